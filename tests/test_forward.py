@@ -1,0 +1,111 @@
+import pickle
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import unfolded_sbl as us
+
+
+def test_templates_listed_and_load_fast():
+    names = us.list_forwards()
+    for cap in ("biosemi64", "things63", "biosemi128"):
+        for spacing in ("ico3", "ico4"):
+            assert f"{cap}-{spacing}" in names
+            assert f"{cap}-{spacing}-perturbed" in names
+    start = time.perf_counter()
+    fwd = us.load_forward()
+    assert time.perf_counter() - start < 5  # generous: milliseconds in practice
+    assert fwd.name == "biosemi64-ico3"
+
+
+@pytest.mark.parametrize("name,n_channels,n_sources", [
+    ("biosemi64-ico3", 64, 1284), ("things63-ico3", 63, 1284), ("things63-ico4", 63, 5124),
+    ("biosemi128-ico3", 128, 1284)])
+def test_template_contents(name, n_channels, n_sources):
+    fwd = us.load_forward(name)
+    assert fwd.lead_field.shape == (n_channels, n_sources)
+    assert np.all(np.isfinite(fwd.lead_field))
+    # average reference: every column sums to zero, rank N - 1
+    np.testing.assert_allclose(fwd.lead_field.sum(0), 0, atol=1e-6 * np.abs(fwd.lead_field).max())
+    assert np.linalg.matrix_rank(fwd.lead_field) == n_channels - 1
+    # positions in metres, inside a head-sized box
+    assert np.abs(fwd.positions).max() < 0.12
+    assert fwd.adjacency.shape == (n_sources, n_sources)
+    assert (fwd.adjacency != fwd.adjacency.T).nnz == 0
+    degree = np.asarray(fwd.adjacency.sum(1)).ravel()
+    assert degree.min() >= 3  # a triangulated surface
+    assert [len(v) for v in fwd.vertices] == [n_sources // 2] * 2
+    np.testing.assert_allclose(np.linalg.norm(fwd.normals, axis=1), 1, atol=1e-5)
+    assert len(fwd.ch_names) == n_channels
+
+
+def test_neighbours_are_close(fwd):
+    rows, cols = fwd.adjacency.nonzero()
+    dist = np.linalg.norm(fwd.positions[rows] - fwd.positions[cols], axis=1)
+    assert 0.005 < np.median(dist) < 0.02  # ico3 spacing is about 10 mm
+
+
+def test_perturbed_differs_but_correlates():
+    nominal = us.load_forward("biosemi64-ico3")
+    perturbed = us.load_forward("biosemi64-ico3-perturbed")
+    assert nominal.ch_names == perturbed.ch_names
+    np.testing.assert_array_equal(nominal.positions, perturbed.positions)
+    rel = np.linalg.norm(nominal.lead_field - perturbed.lead_field) / np.linalg.norm(
+        nominal.lead_field)
+    assert 0.05 < rel < 0.6
+
+
+def test_unknown_template_name():
+    with pytest.raises(ValueError, match="unknown forward model 'nope'.*biosemi64-ico3"):
+        us.load_forward("nope")
+    with pytest.raises(TypeError, match="name must be a str"):
+        us.load_forward(3)
+
+
+def test_forward_from_arrays_validates():
+    rng = np.random.default_rng(0)
+    L, pos = rng.normal(size=(8, 20)), rng.normal(size=(20, 3)) * 0.05
+    fwd = us.ForwardModel(L, pos)
+    np.testing.assert_allclose(fwd.lead_field.sum(0), 0, atol=1e-12)
+    assert fwd.ch_names[0] == "EEG000"
+    assert fwd.adjacency.nnz > 0 and sp.issparse(fwd.adjacency)
+    with pytest.raises(ValueError, match=r"positions must have shape \(n_sources, 3\)"):
+        us.ForwardModel(L, pos[:10])
+    bad = L.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="lead_field contains NaN"):
+        us.ForwardModel(bad, pos)
+    with pytest.raises(ValueError, match="lead_field must be 2-D"):
+        us.ForwardModel(L[0], pos)
+    with pytest.raises(ValueError, match="ch_names has 3 names for 8 channels"):
+        us.ForwardModel(L, pos, ch_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="all zeros"):
+        us.ForwardModel(np.zeros((8, 20)), pos)
+    with pytest.raises(ValueError, match="adjacency must have shape"):
+        us.ForwardModel(L, pos, adjacency=np.eye(3))
+
+
+def test_save_load_roundtrip_and_pickle(tmp_path, small_fwd):
+    fname = tmp_path / "f.npz"
+    small_fwd.save(fname)
+    back = us.ForwardModel.load(fname)
+    np.testing.assert_allclose(back.lead_field, small_fwd.lead_field, rtol=0,
+                               atol=1e-6 * np.abs(small_fwd.lead_field).max())
+    assert (back.adjacency != small_fwd.adjacency).nnz == 0
+    again = pickle.loads(pickle.dumps(small_fwd))
+    np.testing.assert_array_equal(again.lead_field, small_fwd.lead_field)
+
+
+def test_corrupted_forward_file(tmp_path):
+    fname = tmp_path / "broken.npz"
+    fname.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="cannot read forward model file"):
+        us.ForwardModel.load(fname)
+
+
+def test_from_mne_refuses_other_objects():
+    # from_mne on a real computed mne.Forward is exercised by the builder test.
+    with pytest.raises(TypeError, match="mne.Forward"):
+        us.ForwardModel.from_mne(np.zeros((3, 3)))

@@ -1,0 +1,56 @@
+"""Input checks shared by every module: clear errors naming argument and shape."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_finite_array(value, name, ndim=None, shape_doc=None, dtype=np.float64):
+    """Convert to a float array and check dimensionality and finiteness."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array of numbers: {err}") from None
+    if ndim is not None and array.ndim not in np.atleast_1d(ndim):
+        expected = f" {shape_doc}" if shape_doc else ""
+        raise ValueError(f"{name} must be {ndim}-D{expected}, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_range(value, name, low=0.0, high=np.inf, positive=False):
+    """A number or a (low, high) interval inside [low, high]; returns a 2-tuple."""
+    pair = (value, value) if isinstance(value, numbers.Real) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Real) for v in pair):
+        raise ValueError(f"{name} must be a number or a (low, high) pair, got {value!r}")
+    lo, hi = float(pair[0]), float(pair[1])
+    if not (low <= lo <= hi <= high) or (positive and lo <= 0):
+        raise ValueError(f"{name} must satisfy {low} <= low <= high <= {high}"
+                         f"{' and be positive' if positive else ''}, got {value!r}")
+    return lo, hi
+
+
+def check_sensor_data(X, n_channels, name="X"):
+    """Sensor data as float64 (n_samples, n_channels, n_times); 2-D is one time each."""
+    X = check_finite_array(X, name, ndim=(2, 3),
+                           shape_doc="(n_samples, n_channels[, n_times])")
+    if X.ndim == 2:
+        X = X[:, :, None]
+    if X.shape[1] != n_channels:
+        raise ValueError(f"{name} has {X.shape[1]} channels but the forward model has "
+                         f"{n_channels}; expected shape (n_samples, {n_channels}, n_times)")
+    if X.shape[0] < 1 or X.shape[2] < 1:
+        raise ValueError(f"{name} must have at least one sample and one time point, "
+                         f"got shape {X.shape}")
+    return X

@@ -1,0 +1,334 @@
+"""scikit-learn estimators for the classical solvers: ClassicalCB and SLORETA.
+
+``X`` is sensor data ``(n_samples, n_channels, n_times)`` (MNE's decoding
+convention; a 2-D ``(n_samples, n_channels)`` array is one time point per
+sample) and ``predict`` returns sources ``(n_samples, n_sources, n_times)``.
+The forward model is a constructor parameter; ``fit`` validates it and the
+data, and stores the forward-derived state.
+
+Both estimators apply the average reference to data and lead field alike and
+normalise each sample internally (data by its RMS, the lead field by its RMS
+row norm), so they behave the same on volts (~1e-6) and on unit-scale data:
+scaling ``X`` by ``c`` scales the output by ``c``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import scipy.linalg
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._champagne import champagne
+from ._validation import check_finite_array, check_positive_int, check_sensor_data
+from .forward import as_forward
+from .metrics import rmse
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class _SourceEstimator(RegressorMixin, BaseEstimator):
+    """Shared plumbing: forward handling, input checks, referencing, scaling."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = False
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _fit_forward(self, X):
+        forward = as_forward(self.forward)
+        self.forward_ = forward
+        self.n_features_in_ = forward.n_channels
+        self.n_sources_ = forward.n_sources
+        lead_field = forward.lead_field - forward.lead_field.mean(0, keepdims=True)
+        # RMS row norm: trace(L L^T) / N = 1 after scaling.
+        self.lead_field_scale_ = float(np.sqrt((lead_field ** 2).sum() / forward.n_channels))
+        self.lead_field_ = lead_field / self.lead_field_scale_
+        if X is not None:
+            check_sensor_data(X, forward.n_channels)
+        return self
+
+    def _prepare(self, X):
+        """Average-referenced data and per-sample RMS scale, (n, N, T) and (n,)."""
+        check_is_fitted(self, "lead_field_")
+        Y = check_sensor_data(X, self.n_features_in_)
+        Y = Y - Y.mean(axis=1, keepdims=True)
+        scale = np.sqrt(np.mean(Y ** 2, axis=(1, 2)))
+        return Y, scale
+
+    @staticmethod
+    def _squeeze(sources, X):
+        return sources[:, :, 0] if np.ndim(X) == 2 else sources
+
+    def score(self, X, y, sample_weight=None):
+        """``1 - rMSE``: the fraction of source energy the estimate explains."""
+        y = check_finite_array(y, "y", ndim=(2, 3))
+        return 1.0 - rmse(y, self.predict(X))
+
+
+class ClassicalCB(_SourceEstimator):
+    """Champagne with convex-bounding updates (sparse Bayesian learning).
+
+    Parameters
+    ----------
+    forward : str | ForwardModel | mne.Forward | None
+        Forward model or template name (None: the embedded default).
+    noise : {"learn", "homoscedastic", "known"} or array
+        ``"learn"``: joint learning of per-sensor noise variances;
+        ``"homoscedastic"``: one learned noise variance; ``"known"``: fixed
+        noise variances passed per sample to :meth:`predict` as ``noise_var``;
+        an array of shape (n_channels,) (variances) or (n_channels, n_channels)
+        (covariance) fixes the noise for every sample.  Units are those of
+        ``X`` squared.
+    n_iter : int
+        Maximum number of iterations (default 25, the paper's unfolded depth).
+    tol : float
+        Convergence tolerance on the relative change of the source variances;
+        0 (default) always runs ``n_iter`` iterations.
+    init_source_var : float
+        Initial source variance in normalised units, where 1 makes the model's
+        signal power equal to the data power.
+    init_noise_var : float
+        Initial noise variance in normalised units (fraction of the data power)
+        for learned noise; default 0.1 (10 dB).
+    prune_threshold : float | None
+        Hard threshold: ``gamma[m] = 0`` where ``gamma[m] < prune_threshold *
+        max(gamma)`` after each update.
+    keep_history : bool
+        Record cost, source and noise variances per iteration in ``history_``.
+    dtype : {"float64", "float32"}
+    batch_size : int
+        Samples solved together (memory grows as batch_size * n_channels *
+        n_sources).
+
+    Attributes
+    ----------
+    forward_ : ForwardModel
+    n_features_in_ : int
+        Number of channels.
+    source_var_ : ndarray, shape (n_samples, n_sources)
+        Source variances (units of the output squared) of the last ``predict``.
+    noise_var_ : ndarray, shape (n_samples, n_channels)
+        Noise variances of the last ``predict``.
+    n_iter_ : int
+        Iterations run in the last ``predict``.
+    history_ : dict of ndarray
+        With ``keep_history=True``: ``cost`` (n_samples, n_iter_ + 1) in
+        normalised units (data scaled to unit power, constant offset dropped),
+        ``source_var`` (n_samples, n_iter_ + 1, n_sources) and ``noise_var``.
+
+    Notes
+    -----
+    All-zero data give zero sources and variances.  Sources whose lead-field
+    column is zero get zero variance.
+    """
+
+    def __init__(self, forward=None, noise="learn", n_iter=25, tol=0.0,
+                 init_source_var=1.0, init_noise_var=0.1, prune_threshold=None,
+                 keep_history=False, dtype="float64", batch_size=32):
+        self.forward = forward
+        self.noise = noise
+        self.n_iter = n_iter
+        self.tol = tol
+        self.init_source_var = init_source_var
+        self.init_noise_var = init_noise_var
+        self.prune_threshold = prune_threshold
+        self.keep_history = keep_history
+        self.dtype = dtype
+        self.batch_size = batch_size
+
+    def fit(self, X=None, y=None):
+        """Validate parameters and forward model (``X`` optional, ``y`` ignored)."""
+        self._check_params()
+        self._fit_forward(X)
+        self.noise_mode_, self.fixed_noise_ = self._check_noise()
+        return self
+
+    def _check_params(self):
+        check_positive_int(self.n_iter, "n_iter")
+        check_positive_int(self.batch_size, "batch_size")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        for name in ("init_source_var", "init_noise_var"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.tol, numbers.Real) or not self.tol >= 0:
+            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
+        if self.prune_threshold is not None and not 0 <= self.prune_threshold < 1:
+            raise ValueError(f"prune_threshold must be in [0, 1) or None, "
+                             f"got {self.prune_threshold!r}")
+
+    def _check_noise(self):
+        noise, n = self.noise, self.n_features_in_
+        if isinstance(noise, str):
+            if noise not in ("learn", "homoscedastic", "known"):
+                raise ValueError(f"noise must be 'learn', 'homoscedastic', 'known' or an "
+                                 f"array, got {noise!r}")
+            return noise, None
+        noise = check_finite_array(noise, "noise", ndim=(1, 2),
+                                   shape_doc=f"({n},) or ({n}, {n})")
+        if noise.shape not in ((n,), (n, n)):
+            raise ValueError(f"noise must have shape ({n},) or ({n}, {n}), got {noise.shape}")
+        if noise.ndim == 1 and np.any(noise <= 0):
+            raise ValueError("noise variances must be positive")
+        if noise.ndim == 2:
+            if not np.allclose(noise, noise.T):
+                raise ValueError("noise covariance must be symmetric")
+            if np.linalg.eigvalsh(noise).min() <= 0:
+                raise ValueError("noise covariance must be positive definite")
+        return "array", noise
+
+    def predict(self, X, noise_var=None):
+        """Posterior-mean sources.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_channels, n_times) or (n_samples, n_channels)
+        noise_var : array-like, shape (n_samples, n_channels) | None
+            Known per-sample noise variances; required with ``noise="known"``.
+
+        Returns
+        -------
+        sources : ndarray, shape (n_samples, n_sources, n_times) (or 2-D like ``X``)
+        """
+        Y, scale = self._prepare(X)
+        n_samples, n_channels = Y.shape[:2]
+        noise_var = self._known_noise(noise_var, n_samples)
+        sources = np.zeros((n_samples, self.n_sources_, Y.shape[2]))
+        self.source_var_ = np.zeros((n_samples, self.n_sources_))
+        self.noise_var_ = np.zeros((n_samples, n_channels))
+        histories = []
+        active = np.flatnonzero(scale > 0)  # all-zero samples keep zero output
+        self.n_iter_ = 0
+        for start in range(0, len(active), self.batch_size):
+            idx = active[start:start + self.batch_size]
+            result = self._solve(Y[idx] / scale[idx, None, None],
+                                 None if noise_var is None else noise_var[idx] / scale[idx,
+                                                                                      None] ** 2)
+            # Undo the normalisation: X ~ s_y / s_L, variances ~ (s_y / s_L)^2, s_y^2.
+            source_scale = scale[idx] / self.lead_field_scale_
+            sources[idx] = result.sources.double().cpu().numpy() * source_scale[:, None, None]
+            self.source_var_[idx] = result.source_var.double().cpu().numpy() * (
+                source_scale[:, None] ** 2)
+            noise_out = result.noise_var.double().cpu().numpy()
+            if noise_out.ndim == 3:
+                noise_out = np.diagonal(noise_out, axis1=1, axis2=2)
+            self.noise_var_[idx] = noise_out * scale[idx, None] ** 2
+            self.n_iter_ = max(self.n_iter_, result.n_iter)
+            if self.keep_history:
+                histories.append((idx, result.history, source_scale, scale[idx]))
+        if self.keep_history:
+            self.history_ = self._merge_history(histories, n_samples)
+        return self._squeeze(sources, X)
+
+    def _known_noise(self, noise_var, n_samples):
+        if self.noise_mode_ == "known":
+            if noise_var is None:
+                raise ValueError("noise='known' needs noise_var of shape (n_samples, "
+                                 f"{self.n_features_in_}) in predict")
+            noise_var = check_finite_array(noise_var, "noise_var", ndim=2)
+            if noise_var.shape != (n_samples, self.n_features_in_):
+                raise ValueError(f"noise_var must have shape ({n_samples}, "
+                                 f"{self.n_features_in_}), got {noise_var.shape}")
+            if np.any(noise_var <= 0):
+                raise ValueError("noise_var must be positive")
+            return noise_var
+        if noise_var is not None:
+            raise ValueError("noise_var is only used with noise='known'")
+        if self.noise_mode_ == "array":
+            return np.broadcast_to(self.fixed_noise_, (n_samples,) + self.fixed_noise_.shape)
+        return None
+
+    def _solve(self, Y, noise_var):
+        dtype = _DTYPES[self.dtype]
+        n_batch = len(Y)
+        Y_t = torch.as_tensor(Y, dtype=dtype)
+        lead_field = torch.as_tensor(self.lead_field_, dtype=dtype)
+        source_var = torch.full((n_batch, self.n_sources_), float(self.init_source_var),
+                                dtype=dtype)
+        if noise_var is None:
+            noise = torch.full((n_batch, self.n_features_in_), float(self.init_noise_var),
+                               dtype=dtype)
+            mode = self.noise_mode_
+        else:
+            noise = torch.as_tensor(np.ascontiguousarray(noise_var), dtype=dtype)
+            mode = "fixed"
+        with torch.no_grad():
+            return champagne(Y_t, lead_field, source_var, noise, noise_mode=mode,
+                             n_iter=self.n_iter, tol=self.tol,
+                             prune_threshold=self.prune_threshold,
+                             keep_history=self.keep_history)
+
+    def _merge_history(self, parts, n_samples):
+        n_steps = max(h["cost"].shape[1] for _, h, _, _ in parts) if parts else 0
+        history = {"cost": np.full((n_samples, n_steps), np.nan),
+                   "source_var": np.zeros((n_samples, n_steps, self.n_sources_)),
+                   "noise_var": np.zeros((n_samples, n_steps, self.n_features_in_))}
+        for idx, h, source_scale, data_scale in parts:
+            steps = h["cost"].shape[1]
+            history["cost"][idx, :steps] = h["cost"].double().numpy()
+            history["source_var"][idx, :steps] = (h["source_var"].double().numpy()
+                                                  * source_scale[:, None, None] ** 2)
+            noise = h["noise_var"].double().numpy()
+            if noise.ndim == 4:
+                noise = np.diagonal(noise, axis1=2, axis2=3)
+            history["noise_var"][idx, :steps] = noise * data_scale[:, None, None] ** 2
+        return history
+
+
+class SLORETA(_SourceEstimator):
+    """Standardised low-resolution electromagnetic tomography (sLORETA).
+
+    The minimum-norm operator ``K = L^T (L L^T + alpha * I)^-1`` uses the lead
+    field scaled to ``trace(L L^T) = n_channels``, so ``alpha`` is relative to
+    the mean signal power like MNE's ``lambda2 = 1 / SNR^2``.  White sensor
+    noise (after average reference) is assumed.
+
+    Parameters
+    ----------
+    forward : str | ForwardModel | mne.Forward | None
+    alpha : float
+        Regularisation (default 1/9, MNE's default for SNR 3).
+    output : {"standardized", "current"}
+        ``"standardized"`` (default): ``(K y)_m / sqrt(R_mm)`` with the
+        resolution matrix ``R = K L``; dimensionless and scaled like MNE's
+        ``apply_inverse(method="sLORETA")`` up to one global factor (the paper's
+        baseline).  ``"current"``: the minimum-norm current estimate in the
+        units of ``X`` divided by the lead-field units (A m for volts).
+    """
+
+    def __init__(self, forward=None, alpha=1.0 / 9.0, output="standardized"):
+        self.forward = forward
+        self.alpha = alpha
+        self.output = output
+
+    def fit(self, X=None, y=None):
+        """Compute the inverse operator (``X`` optional, ``y`` ignored)."""
+        if not isinstance(self.alpha, numbers.Real) or not self.alpha > 0:
+            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
+        if self.output not in ("standardized", "current"):
+            raise ValueError(f"output must be 'standardized' or 'current', got {self.output!r}")
+        self._fit_forward(X)
+        L = self.lead_field_
+        gram = L @ L.T + self.alpha * np.eye(L.shape[0])
+        self.inverse_operator_ = scipy.linalg.solve(gram, L, assume_a="pos").T  # (M, N)
+        resolution_diag = np.sum(self.inverse_operator_ * L.T, axis=1)
+        self.noise_norm_ = 1.0 / np.sqrt(np.maximum(resolution_diag, np.finfo(float).tiny))
+        self.noise_norm_[resolution_diag <= 0] = 0.0
+        return self
+
+    def predict(self, X):
+        """Source estimate, shape (n_samples, n_sources, n_times) (or 2-D like ``X``)."""
+        Y, _ = self._prepare(X)
+        sources = np.einsum("mn,bnt->bmt", self.inverse_operator_, Y, optimize=True)
+        if self.output == "standardized":
+            sources *= self.noise_norm_[None, :, None]
+        else:
+            sources /= self.lead_field_scale_
+        return self._squeeze(sources, X)

@@ -1,0 +1,227 @@
+"""Forward models: the lead field and the source-space geometry it lives on.
+
+:class:`ForwardModel` is a light container (numpy and scipy only).  Template
+models for fsaverage ship as compressed package data and load with
+:func:`load_forward`; :meth:`ForwardModel.from_mne` adapts any ``mne.Forward``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validation import check_finite_array
+
+_TEMPLATE_DIR = Path(__file__).parent / "data" / "forward"
+DEFAULT_FORWARD = "biosemi64-ico3"
+
+
+class ForwardModel:
+    """EEG lead field with source positions, adjacency and channel names.
+
+    Parameters
+    ----------
+    lead_field : array-like, shape (n_channels, n_sources)
+        Gain matrix (V / (A m)) for fixed-orientation dipoles.
+    positions : array-like, shape (n_sources, 3)
+        Source positions in metres.
+    ch_names : list of str | None
+        Channel names; default ``EEG000, EEG001, ...``.
+    adjacency : sparse matrix or array, shape (n_sources, n_sources) | None
+        Source-space neighbourhood (mesh edges).  ``None`` builds a symmetric
+        6-nearest-neighbour graph from ``positions``.
+    normals : array-like, shape (n_sources, 3) | None
+        Dipole orientations.
+    ch_pos : array-like, shape (n_channels, 3) | None
+        Electrode positions (metres, head coordinates).
+    vertices : list of array | None
+        Surface vertex numbers per hemisphere (for ``mne.SourceEstimate``).
+    subject : str
+        Subject of the source space (``"fsaverage"`` for templates).
+    name : str | None
+        Template name, if any.
+    average_reference : bool
+        Re-reference the lead field to the channel average (default).  Data are
+        re-referenced the same way by the solvers, so both stay consistent.
+    """
+
+    def __init__(self, lead_field, positions, ch_names=None, adjacency=None, *,
+                 normals=None, ch_pos=None, vertices=None, subject="fsaverage",
+                 name=None, average_reference=True):
+        lead_field = check_finite_array(lead_field, "lead_field", ndim=2,
+                                        shape_doc="(n_channels, n_sources)")
+        n_channels, n_sources = lead_field.shape
+        if n_channels < 2 or n_sources < 1:
+            raise ValueError(f"lead_field must have shape (n_channels >= 2, n_sources >= 1), "
+                             f"got {lead_field.shape}")
+        if not np.any(lead_field):
+            raise ValueError("lead_field is all zeros")
+        positions = check_finite_array(positions, "positions", ndim=2,
+                                       shape_doc="(n_sources, 3)")
+        if positions.shape != (n_sources, 3):
+            raise ValueError(f"positions must have shape (n_sources, 3) = ({n_sources}, 3), "
+                             f"got {positions.shape}")
+        if ch_names is None:
+            ch_names = [f"EEG{i:03d}" for i in range(n_channels)]
+        ch_names = [str(c) for c in ch_names]
+        if len(ch_names) != n_channels:
+            raise ValueError(f"ch_names has {len(ch_names)} names for {n_channels} channels")
+        if len(set(ch_names)) != n_channels:
+            raise ValueError("ch_names must be unique")
+        if average_reference:
+            lead_field = lead_field - lead_field.mean(axis=0, keepdims=True)
+        self.average_reference = bool(average_reference)
+        self.lead_field = lead_field
+        self.positions = positions
+        self.ch_names = ch_names
+        self.adjacency = (_knn_adjacency(positions) if adjacency is None
+                          else _check_adjacency(adjacency, n_sources))
+        self.normals = None if normals is None else np.asarray(normals, float)
+        self.ch_pos = None if ch_pos is None else np.asarray(ch_pos, float)
+        self.vertices = None if vertices is None else [np.asarray(v, int) for v in vertices]
+        self.subject = subject
+        self.name = name
+
+    @property
+    def n_channels(self):
+        return self.lead_field.shape[0]
+
+    @property
+    def n_sources(self):
+        return self.lead_field.shape[1]
+
+    def __repr__(self):
+        label = f" {self.name!r}" if self.name else ""
+        return (f"<ForwardModel{label} | {self.n_channels} channels x "
+                f"{self.n_sources} sources>")
+
+    @classmethod
+    def from_mne(cls, forward, name=None):
+        """Adapt an ``mne.Forward`` (converted to fixed orientation if needed)."""
+        import mne
+
+        if not isinstance(forward, mne.Forward):
+            raise TypeError(f"forward must be an mne.Forward, got {type(forward).__name__}")
+        forward = mne.pick_types_forward(forward, meg=False, eeg=True)
+        if not forward["surf_ori"] or forward["source_ori"] != 1:
+            forward = mne.convert_forward_solution(forward, surf_ori=True, force_fixed=True,
+                                                   use_cps=True, verbose=False)
+        src = forward["src"]
+        vertices = [s["vertno"] for s in src]
+        try:
+            adjacency = mne.spatial_src_adjacency(src, verbose=False)
+        except Exception:  # volume or discrete source spaces without a mesh
+            adjacency = None
+        ch_pos = np.array([ch["loc"][:3] for ch in forward["info"]["chs"]])
+        return cls(forward["sol"]["data"], forward["source_rr"], forward["info"]["ch_names"],
+                   adjacency, normals=forward["source_nn"], ch_pos=ch_pos, vertices=vertices,
+                   subject=src._subject or "unknown", name=name)
+
+    def save(self, fname):
+        """Write to a compressed ``.npz`` (lead field in float32)."""
+        adj = sp.triu(self.adjacency, k=1).tocoo()
+        arrays = dict(lead_field=self.lead_field.astype(np.float32),
+                      positions=self.positions.astype(np.float32),
+                      ch_names=np.array(self.ch_names),
+                      edges=np.stack([adj.row, adj.col]).astype(np.int32),
+                      subject=np.array(self.subject), name=np.array(self.name or ""),
+                      average_reference=np.array(self.average_reference))
+        if self.normals is not None:
+            arrays["normals"] = self.normals.astype(np.float32)
+        if self.ch_pos is not None:
+            arrays["ch_pos"] = self.ch_pos.astype(np.float32)
+        if self.vertices is not None:
+            arrays["n_vertices"] = np.array([len(v) for v in self.vertices])
+            arrays["vertices"] = np.concatenate(self.vertices).astype(np.int32)
+        np.savez_compressed(fname, **arrays)
+
+    @classmethod
+    def load(cls, fname):
+        """Read a file written by :meth:`save`."""
+        try:
+            with np.load(fname, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"cannot read forward model file {fname}: {err}") from err
+        missing = {"lead_field", "positions", "ch_names", "edges"} - set(arrays)
+        if missing:
+            raise ValueError(f"forward model file {fname} lacks {sorted(missing)}")
+        n_sources = arrays["lead_field"].shape[1]
+        edges = arrays["edges"]
+        adjacency = sp.coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])),
+                                  shape=(n_sources, n_sources))
+        vertices = None
+        if "vertices" in arrays:
+            vertices = np.split(arrays["vertices"], np.cumsum(arrays["n_vertices"])[:-1])
+        return cls(arrays["lead_field"].astype(np.float64),
+                   arrays["positions"].astype(np.float64),
+                   arrays["ch_names"].tolist(), adjacency + adjacency.T,
+                   normals=arrays.get("normals"), ch_pos=arrays.get("ch_pos"),
+                   vertices=vertices, subject=str(arrays.get("subject", "fsaverage")),
+                   name=str(arrays.get("name", "")) or None,
+                   # re-referencing removes the float32 rounding of the stored sums
+                   average_reference=bool(arrays.get("average_reference", True)))
+
+
+def list_forwards():
+    """Names of the template forward models shipped with the package."""
+    return sorted(p.stem for p in _TEMPLATE_DIR.glob("*.npz"))
+
+
+def load_forward(name=DEFAULT_FORWARD):
+    """Load a shipped template forward model.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_forwards`, e.g. ``"biosemi64-ico3"`` (default: fsaverage
+        ico3, 1284 sources, BioSemi 64-channel cap), ``"things63-ico4"``, or a
+        ``...-perturbed`` validation variant (other skull conductivity and
+        jittered electrodes).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    fname = _TEMPLATE_DIR / f"{name}.npz"
+    if not fname.exists():
+        raise ValueError(f"unknown forward model {name!r}; available: {list_forwards()}")
+    return ForwardModel.load(fname)
+
+
+def as_forward(forward):
+    """Turn a template name, a ForwardModel or an ``mne.Forward`` into a ForwardModel."""
+    if forward is None:
+        return load_forward()
+    if isinstance(forward, ForwardModel):
+        return forward
+    if isinstance(forward, str):
+        return load_forward(forward)
+    if type(forward).__name__ == "Forward":
+        return ForwardModel.from_mne(forward)
+    raise TypeError("forward must be a template name (str), a ForwardModel or an "
+                    f"mne.Forward, got {type(forward).__name__}")
+
+
+def _check_adjacency(adjacency, n_sources):
+    adjacency = sp.csr_matrix(adjacency, dtype=float)
+    if adjacency.shape != (n_sources, n_sources):
+        raise ValueError(f"adjacency must have shape (n_sources, n_sources) = "
+                         f"({n_sources}, {n_sources}), got {adjacency.shape}")
+    adjacency = ((adjacency + adjacency.T) != 0).astype(float)
+    adjacency.setdiag(0)
+    adjacency.eliminate_zeros()
+    return adjacency.tocsr()
+
+
+def _knn_adjacency(positions, k=6):
+    from scipy.spatial import cKDTree
+
+    k = min(k, len(positions) - 1)
+    if k < 1:
+        return sp.csr_matrix((len(positions), len(positions)))
+    _, idx = cKDTree(positions).query(positions, k + 1)
+    rows = np.repeat(np.arange(len(positions)), k)
+    adjacency = sp.coo_matrix((np.ones(rows.size), (rows, idx[:, 1:].ravel())),
+                              shape=(len(positions),) * 2)
+    return _check_adjacency(adjacency, len(positions))

@@ -1,0 +1,357 @@
+"""Offline builder of the template EEG forward models shipped with the package.
+
+Everything here is built from files that installed wheels carry, so that no
+download is needed:
+
+* cortex: nilearn's fsaverage5 (ico5) white/pial/sphere meshes, written into a
+  FreeSurfer-style subjects folder so that :func:`mne.setup_source_space` works;
+* head: MNE's shipped fsaverage inner skull (ico5 topology) and scalp; the scalp
+  is resampled onto the inner-skull topology by casting rays from the
+  inner-skull centroid, and an outer skull is placed between the two;
+* caps: MNE's built-in montages, electrodes projected radially onto the scalp.
+
+The products are 3-layer BEM forward models with fixed orientation normal to the
+cortex and an average reference.  ``build_templates`` writes them as compressed
+``.npz`` files that :func:`unfolded_sbl.load_forward` reads in milliseconds.
+
+This module imports MNE, nibabel and nilearn; the rest of the package only
+needs the ``.npz`` files it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .forward import ForwardModel, _TEMPLATE_DIR
+
+#: Conductivities (S/m) of brain, skull and scalp used for the training models.
+CONDUCTIVITY = (0.3, 0.006, 0.3)
+#: Skull conductivity factor of the validation ("perturbed") models.  Changing
+#: the skull mostly rescales the lead field, so the validation models also get
+#: electrodes jittered by ``PERTURB_JITTER`` metres (seeded), which reshapes
+#: topographies: together they mitigate the "inverse crime".
+PERTURB_SKULL_FACTOR = 0.5
+PERTURB_JITTER = 0.003
+
+#: Channel list of the THINGS-EEG2 recordings (63-channel EasyCap, 10-10 names).
+THINGS63 = (
+    "Fp1 Fp2 AF7 AF3 AFz AF4 AF8 F7 F5 F3 F1 F2 F4 F6 F8 FT9 FT7 FC5 FC3 FC1 FCz "
+    "FC2 FC4 FC6 FT8 FT10 T7 C5 C3 C1 Cz C2 C4 C6 T8 TP9 TP7 CP5 CP3 CP1 CPz CP2 "
+    "CP4 CP6 TP8 TP10 P7 P5 P3 P1 Pz P2 P4 P6 P8 PO7 PO3 POz PO4 PO8 O1 Oz O2"
+).split()
+
+#: cap name -> (MNE built-in montage, channel subset or None for all)
+CAPS = {
+    "biosemi64": ("biosemi64", None),
+    "things63": ("colin27_1005", THINGS63),
+    "biosemi128": ("biosemi128", None),
+}
+SPACINGS = ("ico3", "ico4")
+
+
+def default_cache_dir() -> Path:
+    """Folder for the subjects directory and BEM solutions (``UNFOLDED_SBL_CACHE``)."""
+    env = os.environ.get("UNFOLDED_SBL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "unfolded_sbl"
+
+
+def _mne_data_dir() -> Path:
+    import mne
+
+    return Path(mne.__file__).parent / "data" / "fsaverage"
+
+
+def _nilearn_fsaverage5_dir() -> Path:
+    import nilearn
+
+    return Path(nilearn.__file__).parent / "datasets" / "data" / "fsaverage5"
+
+
+def ray_mesh_distance(origin, directions, rr, tris):
+    """Distance along each ray to its first crossing of a triangle mesh.
+
+    Moller-Trumbore, vectorised over triangles and chunked over rays.
+
+    Returns
+    -------
+    dist : ndarray, shape (n_rays,)
+        Smallest positive distance, ``inf`` where a ray misses the mesh.
+    """
+    v0 = rr[tris[:, 0]]
+    e1 = rr[tris[:, 1]] - v0
+    e2 = rr[tris[:, 2]] - v0
+    dist = np.full(len(directions), np.inf)
+    for start in range(0, len(directions), 256):
+        d = directions[start:start + 256][:, None, :]  # (r, 1, 3)
+        p = np.cross(d, e2[None])  # (r, t, 3)
+        det = np.einsum("tk,rtk->rt", e1, p)
+        ok = np.abs(det) > 1e-12
+        inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+        s = origin - v0  # (t, 3)
+        u = np.einsum("tk,rtk->rt", s, p) * inv
+        q = np.cross(s, e1)  # (t, 3)
+        v = np.einsum("rk,tk->rt", d[:, 0], q) * inv
+        t = np.einsum("tk,tk->t", e2, q)[None] * inv
+        hit = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
+        dist[start:start + 256] = np.where(hit, t, np.inf).min(axis=1)
+    return dist
+
+
+def _mesh_neighbours(tris, n_vert):
+    import scipy.sparse as sp
+
+    i = np.concatenate([tris[:, 0], tris[:, 1], tris[:, 2]])
+    j = np.concatenate([tris[:, 1], tris[:, 2], tris[:, 0]])
+    adj = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n_vert, n_vert)).tocsr()
+    adj = ((adj + adj.T) > 0).astype(float)
+    deg = np.asarray(adj.sum(1)).ravel()
+    return adj, deg
+
+
+def make_head_surfaces(thickness=0.006, min_gap=0.0015, n_smooth=10):
+    """Inner skull, outer skull and scalp (metres) on the ico5 inner-skull topology.
+
+    The scalp is where rays from the inner-skull centroid through each
+    inner-skull vertex first cross MNE's fsaverage head surface.  The outer
+    skull lies ``min(thickness, gap / 2)`` outside the inner skull along the same
+    ray, smoothed on the mesh and kept at least ``min_gap`` from both
+    neighbours, so the three surfaces are nested and do not intersect.
+
+    Returns
+    -------
+    surfaces : dict
+        ``{"inner_skull", "outer_skull", "outer_skin"}`` -> (n_vert, 3) arrays,
+        plus ``"tris"`` (n_tri, 3) and ``"centre"`` (3,).
+    """
+    import mne
+
+    inner = mne.read_bem_surfaces(_mne_data_dir() / "fsaverage-inner_skull-bem.fif",
+                                  verbose=False)[0]
+    head = mne.read_bem_surfaces(_mne_data_dir() / "fsaverage-head.fif", verbose=False)[0]
+    rr_in, tris = inner["rr"].astype(float), inner["tris"]
+    centre = rr_in.mean(axis=0)
+    radius_in = np.linalg.norm(rr_in - centre, axis=1)
+    directions = (rr_in - centre) / radius_in[:, None]
+    radius_skin = ray_mesh_distance(centre, directions, head["rr"], head["tris"])
+    adj, deg = _mesh_neighbours(tris, len(rr_in))
+    missed = ~np.isfinite(radius_skin) | (radius_skin < radius_in + 2 * min_gap)
+    # Rays that miss the (open) head surface or graze it: borrow from neighbours.
+    radius_skin[missed] = np.nan
+    for _ in range(200):
+        if not np.isnan(radius_skin).any():
+            break
+        filled = np.nan_to_num(radius_skin)
+        count = adj @ (~np.isnan(radius_skin)).astype(float)
+        mean = (adj @ filled) / np.maximum(count, 1)
+        fill = np.isnan(radius_skin) & (count > 0)
+        radius_skin[fill] = mean[fill]
+    radius_skin = np.maximum(radius_skin, radius_in + 2 * min_gap + 0.002)
+    gap = radius_skin - radius_in
+    skull = np.minimum(thickness, gap / 2)
+    for _ in range(n_smooth):
+        skull = 0.5 * skull + 0.5 * (adj @ skull) / deg
+    skull = np.clip(skull, min_gap, gap - min_gap)
+    return {
+        "inner_skull": rr_in,
+        "outer_skull": centre + directions * (radius_in + skull)[:, None],
+        "outer_skin": centre + directions * radius_skin[:, None],
+        "tris": tris,
+        "centre": centre,
+    }
+
+
+def make_subjects_dir(subjects_dir=None, overwrite=False):
+    """Write an offline FreeSurfer-style ``fsaverage`` folder; return ``subjects_dir``."""
+    import mne
+    import nibabel as nib
+
+    subjects_dir = Path(subjects_dir or default_cache_dir() / "subjects")
+    subj = subjects_dir / "fsaverage"
+    done = subj / "bem" / "outer_skin.surf"
+    if done.exists() and not overwrite:
+        return subjects_dir
+    (subj / "surf").mkdir(parents=True, exist_ok=True)
+    (subj / "bem").mkdir(parents=True, exist_ok=True)
+    src_dir = _nilearn_fsaverage5_dir()
+    for surf in ("white", "pial", "sphere"):
+        for hemi, side in (("lh", "left"), ("rh", "right")):
+            gii = nib.load(src_dir / f"{surf}_{side}.gii.gz")
+            coords = gii.darrays[0].data.astype(float)
+            faces = gii.darrays[1].data.astype(np.int32)
+            nib.freesurfer.write_geometry(str(subj / "surf" / f"{hemi}.{surf}"), coords, faces)
+    surfaces = make_head_surfaces()
+    for name in ("inner_skull", "outer_skull", "outer_skin"):
+        mne.write_surface(str(subj / "bem" / f"{name}.surf"), surfaces[name] * 1e3,
+                          surfaces["tris"], overwrite=True)
+    return subjects_dir
+
+
+def make_bem_solution(subjects_dir, conductivity=CONDUCTIVITY, ico=4, verbose=False):
+    """3-layer BEM solution, cached on disk by conductivity and resolution."""
+    import mne
+
+    tag = "-".join(f"{c:g}" for c in conductivity)
+    fname = Path(subjects_dir) / "fsaverage" / "bem" / f"fsaverage-ico{ico}-{tag}-bem-sol.fif"
+    if fname.exists():
+        return mne.read_bem_solution(fname, verbose=verbose)
+    model = mne.make_bem_model("fsaverage", ico=ico, conductivity=conductivity,
+                               subjects_dir=subjects_dir, verbose=verbose)
+    solution = mne.make_bem_solution(model, verbose=verbose)
+    mne.write_bem_solution(fname, solution, overwrite=True, verbose=verbose)
+    return solution
+
+
+def make_source_space(subjects_dir, spacing="ico3"):
+    """Cortical surface source space on the white matter surface."""
+    import mne
+
+    return mne.setup_source_space("fsaverage", spacing=spacing, subjects_dir=subjects_dir,
+                                  add_dist=False, verbose=False)
+
+
+def make_cap_info(cap, jitter=0.0, random_state=None):
+    """``mne.Info`` of a template cap, electrodes on the template scalp.
+
+    Parameters
+    ----------
+    cap : str
+        A key of :data:`CAPS`, or the name of any MNE built-in montage.
+    jitter : float
+        Standard deviation (metres) of a random displacement of each electrode
+        before it is projected onto the scalp (used for validation models).
+    """
+    import mne
+
+    montage_name, subset = CAPS.get(cap, (cap, None))
+    montage = mne.channels.make_standard_montage(montage_name)
+    ch_names = list(subset) if subset is not None else list(montage.ch_names)
+    info = mne.create_info(ch_names, 100.0, "eeg")
+    info.set_montage(montage, on_missing="raise", verbose=False)
+    trans = mne.read_trans(_mne_data_dir() / "fsaverage-trans.fif")
+    head_pos = np.array([ch["loc"][:3] for ch in info["chs"]])
+    mri_pos = mne.transforms.apply_trans(trans, head_pos)
+    if jitter:
+        rng = np.random.default_rng(random_state)
+        mri_pos = mri_pos + rng.normal(scale=jitter, size=mri_pos.shape)
+    surfaces = make_head_surfaces()
+    centre = surfaces["centre"]
+    direction = mri_pos - centre
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    dist = ray_mesh_distance(centre, direction, surfaces["outer_skin"], surfaces["tris"])
+    if not np.all(np.isfinite(dist)):
+        raise RuntimeError(f"could not project all electrodes of {cap!r} onto the scalp")
+    projected = mne.transforms.apply_trans(mne.transforms.invert_transform(trans),
+                                           centre + direction * dist[:, None])
+    montage_fit = mne.channels.make_dig_montage(
+        ch_pos=dict(zip(ch_names, projected)), coord_frame="head",
+        **_head_fiducials(trans))
+    info.set_montage(montage_fit, verbose=False)
+    return info
+
+
+def _head_fiducials(trans):
+    """fsaverage fiducials in head coordinates (they round-trip exactly)."""
+    import mne
+
+    fids, _ = mne.io.read_fiducials(_mne_data_dir() / "fsaverage-fiducials.fif")
+    inv = mne.transforms.invert_transform(trans)
+    names = {1: "lpa", 2: "nasion", 3: "rpa"}
+    return {names[f["ident"]]: mne.transforms.apply_trans(inv, f["r"]) for f in fids}
+
+
+def make_template_forward(cap="biosemi64", spacing="ico3", perturbed=False, bem_ico=4,
+                          subjects_dir=None, random_state=0):
+    """Build one template forward model (an ``mne.Forward``, fixed orientation).
+
+    ``perturbed=True`` builds the validation variant: skull conductivity times
+    :data:`PERTURB_SKULL_FACTOR` and electrodes jittered by
+    :data:`PERTURB_JITTER` metres (seeded by ``random_state``).
+    """
+    import mne
+    from threadpoolctl import threadpool_limits
+
+    subjects_dir = make_subjects_dir(subjects_dir)
+    conductivity = CONDUCTIVITY
+    jitter = 0.0
+    if perturbed:
+        conductivity = (CONDUCTIVITY[0], CONDUCTIVITY[1] * PERTURB_SKULL_FACTOR, CONDUCTIVITY[2])
+        jitter = PERTURB_JITTER
+    bem = make_bem_solution(subjects_dir, conductivity, ico=bem_ico)
+    src = make_source_space(subjects_dir, spacing)
+    info = make_cap_info(cap, jitter=jitter, random_state=random_state)
+    trans = mne.read_trans(_mne_data_dir() / "fsaverage-trans.fif")
+    # scipy's Delaunay point location does thousands of tiny LAPACK calls:
+    # multi-threaded BLAS makes them 10x slower on a busy 2-core machine.
+    with threadpool_limits(1):
+        fwd = mne.make_forward_solution(info, trans=trans, src=src, bem=bem, eeg=True,
+                                        meg=False, verbose=False)
+    return mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
+                                        use_cps=True, verbose=False)
+
+
+def template_name(cap, spacing, perturbed=False):
+    return f"{cap}-{spacing}" + ("-perturbed" if perturbed else "")
+
+
+def relative_difference(a, b):
+    """Relative lead-field difference, also after removing one global gain."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    raw = np.linalg.norm(a - b) / np.linalg.norm(a)
+    gain = np.sum(a * b) / np.sum(b * b)
+    gain_free = np.linalg.norm(a - gain * b) / np.linalg.norm(a)
+    an = a / np.linalg.norm(a, axis=0)
+    bn = b / np.linalg.norm(b, axis=0)
+    corr = np.median(np.sum(an * bn, axis=0))
+    return {"relative": float(raw), "relative_gain_free": float(gain_free),
+            "median_column_correlation": float(corr)}
+
+
+def build_templates(out_dir=None, caps=None, spacings=SPACINGS, bem_ico=4,
+                    subjects_dir=None, log=print):
+    """Build every template (nominal and perturbed) and write them as ``.npz``.
+
+    Returns a report dict with build times and the lead-field differences caused
+    by the perturbation; it is also written to ``build_report.json``.
+    """
+    out_dir = Path(out_dir or _TEMPLATE_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    caps = list(caps or CAPS)
+    report = {"conductivity": CONDUCTIVITY, "perturb_skull_factor": PERTURB_SKULL_FACTOR,
+              "perturb_jitter_m": PERTURB_JITTER, "bem_ico": bem_ico, "timings_s": {},
+              "perturbation": {}}
+    t0 = time.perf_counter()
+    subjects_dir = make_subjects_dir(subjects_dir)
+    report["timings_s"]["subjects_dir"] = time.perf_counter() - t0
+    for perturbed in (False, True):
+        cond = CONDUCTIVITY if not perturbed else (
+            CONDUCTIVITY[0], CONDUCTIVITY[1] * PERTURB_SKULL_FACTOR, CONDUCTIVITY[2])
+        t0 = time.perf_counter()
+        make_bem_solution(subjects_dir, cond, ico=bem_ico)
+        report["timings_s"][f"bem_solution_{'perturbed' if perturbed else 'nominal'}"] = (
+            time.perf_counter() - t0)
+        log(f"BEM solution {cond}: {time.perf_counter() - t0:.1f} s")
+    for cap in caps:
+        for spacing in spacings:
+            models = {}
+            for perturbed in (False, True):
+                name = template_name(cap, spacing, perturbed)
+                t0 = time.perf_counter()
+                fwd = ForwardModel.from_mne(make_template_forward(
+                    cap, spacing, perturbed, bem_ico=bem_ico, subjects_dir=subjects_dir))
+                fwd.name = name
+                fwd.save(out_dir / f"{name}.npz")
+                report["timings_s"][name] = time.perf_counter() - t0
+                log(f"{name}: {fwd.n_channels} x {fwd.n_sources} in "
+                    f"{time.perf_counter() - t0:.1f} s")
+                models[perturbed] = fwd
+            diff = relative_difference(models[False].lead_field, models[True].lead_field)
+            report["perturbation"][template_name(cap, spacing)] = diff
+            log(f"  perturbation: {diff}")
+    with open(out_dir / "build_report.json", "w") as fid:
+        json.dump(report, fid, indent=2)
+    return report
