@@ -11,10 +11,11 @@ from .estimators import SLORETA, ClassicalCB  # noqa: E402
 from .forward import ForwardModel, list_forwards, load_forward  # noqa: E402
 from .metrics import emd, f1, localization_error, rmse  # noqa: E402
 from .scoring import SCORERS, emd_scorer, f1_scorer, le_scorer, rmse_scorer  # noqa: E402
+from .unfolded import UnfoldedSBLRegressor  # noqa: E402
 from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # noqa: E402
 
 __all__ = [
     "ClassicalCB", "SLORETA", "ForwardModel", "list_forwards", "load_forward", "emd", "f1",
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
-    "rmse_scorer", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
+    "rmse_scorer", "UnfoldedSBLRegressor", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
 ]

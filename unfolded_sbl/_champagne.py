@@ -67,25 +67,48 @@ def pair_products(lead_field):
     return lead_field[rows] * lead_field[cols], rows, cols
 
 
-class _PairOps:
-    """``L diag(g) L^T`` and ``diag(L^T A L)`` for batches of g and symmetric A."""
+#: Below this batch size the products run per sample (matrix-vector products
+#: against the pair matrix would be memory bound).
+PAIR_BATCH_MIN = 8
 
-    def __init__(self, lead_field):
-        self.n = lead_field.shape[0]
-        self.products, self.rows, self.cols = pair_products(lead_field)
+
+class _PairOps:
+    """``L diag(g) L^T`` and ``diag(L^T A L)`` for batches of g and symmetric A.
+
+    For batches of ``PAIR_BATCH_MIN`` or more, both are single matrix products
+    against the upper-triangle outer products ``l_m l_m^T``; smaller batches use
+    the lead field directly.
+    """
+
+    def __init__(self, lead_field, batch_size):
+        n = self.n = lead_field.shape[0]
+        self.lead_field = lead_field
+        self.paired = batch_size >= PAIR_BATCH_MIN
+        if not self.paired:
+            return
+        self.products, rows, cols = pair_products(lead_field)
         # Off-diagonal pairs count twice in a quadratic form.
-        self.weights = torch.where(self.rows == self.cols, 1.0, 2.0).to(lead_field.dtype)
+        weights = torch.where(rows == cols, 1.0, 2.0).to(lead_field.dtype)
+        self.weighted_products = self.products * weights[:, None]
+        self.flat_upper = rows * n + cols
+        # Every entry of the full matrix, as an index into the upper-triangle pairs.
+        pair_index = torch.empty(n, n, dtype=torch.long, device=lead_field.device)
+        pair_index[rows, cols] = torch.arange(len(rows), device=lead_field.device)
+        pair_index[cols, rows] = pair_index[rows, cols]
+        self.pair_index = pair_index.reshape(-1)
 
     def signal_cov(self, source_var):
+        if not self.paired:
+            return (self.lead_field * source_var.unsqueeze(-2)) @ self.lead_field.T
         upper = source_var @ self.products.T  # (B, P)
-        cov = source_var.new_zeros(source_var.shape[0], self.n, self.n)
-        cov[:, self.rows, self.cols] = upper
-        cov[:, self.cols, self.rows] = upper
-        return cov
+        return upper[:, self.pair_index].reshape(-1, self.n, self.n)
 
-    def quad_diag(self, sym):
-        """``diag(L^T A L)`` for symmetric A of shape (..., N, N) -> (..., M)."""
-        return (sym[..., self.rows, self.cols] * self.weights) @ self.products
+    def quad_diag(self, *syms):
+        """``diag(L^T A L)`` for each symmetric (B, N, N) A -> (B, M) each."""
+        if not self.paired:
+            return tuple(((a @ self.lead_field) * self.lead_field).sum(-2) for a in syms)
+        flat = torch.cat([a.reshape(a.shape[0], -1) for a in syms])[:, self.flat_upper]
+        return (flat @ self.weighted_products).split(syms[0].shape[0])
 
 
 def _add_noise(signal_cov, noise):
@@ -138,7 +161,7 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     -------
     result : ChampagneResult
     """
-    ops = _PairOps(lead_field)
+    ops = _PairOps(lead_field, len(Y))
     V = covariance_factor(Y)
     has_gain = (lead_field ** 2).sum(0) > 0
     tiny = torch.finfo(Y.dtype).tiny
@@ -157,8 +180,8 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         # Source update: S = P^T P, S Cy S = (P^T U)(P^T U)^T.
         SV = inv_chol.transpose(-1, -2) @ U
         precision = inv_chol.transpose(-1, -2) @ inv_chol
-        gain = ops.quad_diag(precision)  # l^T S l
-        fit = ops.quad_diag(SV @ SV.transpose(-1, -2))  # l^T S Cy S l
+        # l^T S l and l^T S Cy S l
+        gain, fit = ops.quad_diag(precision, SV @ SV.transpose(-1, -2))
         ratio = torch.where(has_gain, fit.clamp(min=0) / gain.clamp(min=tiny),
                             torch.zeros_like(gain))
         new_source_var = source_var * ratio.sqrt()

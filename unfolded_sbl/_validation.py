@@ -5,10 +5,15 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def check_finite_array(value, name, ndim=None, shape_doc=None, dtype=np.float64):
     """Convert to a float array and check dimensionality and finiteness."""
+    if sp.issparse(value):
+        raise TypeError(f"{name} is a sparse matrix; a dense array is required")
+    if np.iscomplexobj(value):
+        raise ValueError(f"{name}: complex data not supported")
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
     try:

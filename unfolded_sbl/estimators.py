@@ -6,9 +6,9 @@ sample) and ``predict`` returns sources ``(n_samples, n_sources, n_times)``.
 The forward model is a constructor parameter; ``fit`` validates it and the
 data, and stores the forward-derived state.
 
-Both estimators apply the average reference to data and lead field alike and
-normalise each sample internally (data by its RMS, the lead field by its RMS
-row norm), so they behave the same on volts (~1e-6) and on unit-scale data:
+Both estimators apply the average reference to the data when the forward
+model has it (the default for every ForwardModel), and normalise each sample internally (data by its RMS, the lead field so that
+``trace(L L^T)`` equals the number of independent channels), so they behave the same on volts (~1e-6) and on unit-scale data:
 scaling ``X`` by ``c`` scales the output by ``c``.
 """
 
@@ -45,9 +45,14 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         self.forward_ = forward
         self.n_features_in_ = forward.n_channels
         self.n_sources_ = forward.n_sources
-        lead_field = forward.lead_field - forward.lead_field.mean(0, keepdims=True)
-        # RMS row norm: trace(L L^T) / N = 1 after scaling.
-        self.lead_field_scale_ = float(np.sqrt((lead_field ** 2).sum() / forward.n_channels))
+        # Data get the same reference as the lead field (average, unless the
+        # forward model was built without it, e.g. for pre-whitened problems).
+        self.average_reference_ = forward.average_reference
+        lead_field = forward.lead_field
+        # trace(L L^T) = number of independent channels after scaling (N - 1 with
+        # an average reference, as MNE scales its source prior).
+        n_effective = forward.n_channels - int(forward.average_reference)
+        self.lead_field_scale_ = float(np.sqrt((lead_field ** 2).sum() / n_effective))
         self.lead_field_ = lead_field / self.lead_field_scale_
         if X is not None:
             check_sensor_data(X, forward.n_channels)
@@ -57,7 +62,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         """Average-referenced data and per-sample RMS scale, (n, N, T) and (n,)."""
         check_is_fitted(self, "lead_field_")
         Y = check_sensor_data(X, self.n_features_in_)
-        Y = Y - Y.mean(axis=1, keepdims=True)
+        if self.average_reference_:
+            Y = Y - Y.mean(axis=1, keepdims=True)
         scale = np.sqrt(np.mean(Y ** 2, axis=(1, 2)))
         return Y, scale
 
@@ -130,7 +136,7 @@ class ClassicalCB(_SourceEstimator):
 
     def __init__(self, forward=None, noise="learn", n_iter=25, tol=0.0,
                  init_source_var=1.0, init_noise_var=0.1, prune_threshold=None,
-                 keep_history=False, dtype="float64", batch_size=32):
+                 keep_history=False, dtype="float64", batch_size=64):
         self.forward = forward
         self.noise = noise
         self.n_iter = n_iter
@@ -208,9 +214,11 @@ class ClassicalCB(_SourceEstimator):
         self.n_iter_ = 0
         for start in range(0, len(active), self.batch_size):
             idx = active[start:start + self.batch_size]
-            result = self._solve(Y[idx] / scale[idx, None, None],
-                                 None if noise_var is None else noise_var[idx] / scale[idx,
-                                                                                      None] ** 2)
+            batch_noise = None
+            if noise_var is not None:
+                batch_noise = noise_var[idx] / (scale[idx] ** 2).reshape(
+                    (-1,) + (1,) * (noise_var.ndim - 1))
+            result = self._solve(Y[idx] / scale[idx, None, None], batch_noise)
             # Undo the normalisation: X ~ s_y / s_L, variances ~ (s_y / s_L)^2, s_y^2.
             source_scale = scale[idx] / self.lead_field_scale_
             sources[idx] = result.sources.double().cpu().numpy() * source_scale[:, None, None]
@@ -286,8 +294,9 @@ class SLORETA(_SourceEstimator):
     """Standardised low-resolution electromagnetic tomography (sLORETA).
 
     The minimum-norm operator ``K = L^T (L L^T + alpha * I)^-1`` uses the lead
-    field scaled to ``trace(L L^T) = n_channels``, so ``alpha`` is relative to
-    the mean signal power like MNE's ``lambda2 = 1 / SNR^2``.  White sensor
+    field scaled to ``trace(L L^T) = rank`` (n_channels - 1 with the average
+    reference), so ``alpha`` is relative to the mean signal power exactly like
+    MNE's ``lambda2 = 1 / SNR^2`` with white noise.  White sensor
     noise (after average reference) is assumed.
 
     Parameters

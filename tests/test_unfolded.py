@@ -1,0 +1,217 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+import unfolded_sbl as us
+from unfolded_sbl.network import UnfoldedChampagne
+from unfolded_sbl.training import relative_error
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 16-channel, 60-source problem with simulated data."""
+    rng = np.random.default_rng(0)
+    fwd = us.ForwardModel(rng.normal(size=(16, 60)) * 50, rng.normal(size=(60, 3)) * 0.03,
+                          name="tiny")
+    data = us.simulate(fwd, 24, random_state=1, n_patches=(1, 3), n_times=20)
+    return fwd, data
+
+
+@pytest.mark.parametrize("learn_noise", [True, False])
+@pytest.mark.parametrize("correction", ["none", "bias", "mlp", "attention"])
+def test_untrained_network_equals_classical(tiny, correction, learn_noise):
+    fwd, data = tiny
+    nv = None if learn_noise else data.noise_var
+    classical = us.ClassicalCB(fwd, noise="learn" if learn_noise else "known", n_iter=6)
+    ref = classical.fit().predict(data.sensors[:4], noise_var=None if nv is None else nv[:4])
+    net = us.UnfoldedSBLRegressor(fwd, correction=correction, learn_noise=learn_noise,
+                                  n_layers=6, max_epochs=0, dtype="float64")
+    net.fit(data.sensors, data.sources, noise_var=nv)
+    out = net.predict(data.sensors[:4], noise_var=None if nv is None else nv[:4])
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+    np.testing.assert_allclose(net.source_var_, classical.source_var_, rtol=1e-5,
+                               atol=1e-5 * classical.source_var_.max())
+    np.testing.assert_allclose(net.noise_var_, classical.noise_var_, rtol=1e-5)
+
+
+def test_untrained_equals_classical_on_template_batched(fwd, data):
+    """The paired (batch >= 8) products on the default template, 25 layers."""
+    ref = us.ClassicalCB(fwd).fit().predict(data.sensors)
+    net = us.UnfoldedSBLRegressor(fwd, max_epochs=0, dtype="float64").fit(data.sensors,
+                                                                          data.sources)
+    out = net.predict(data.sensors)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_gradients_reach_every_correction(tiny):
+    fwd, data = tiny
+    for correction in ("bias", "mlp", "attention"):
+        net = UnfoldedChampagne(n_layers=4, correction=correction,
+                                noise_correction="mlp" if correction != "bias" else "bias",
+                                n_sources=60, n_channels=16).double()
+        # move every zero-initialised output away from zero so that all weights get
+        # gradient (at exactly zero, hidden-layer gradients vanish by construction)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        est = us.UnfoldedSBLRegressor(fwd, max_epochs=0, dtype="float64").fit(
+            data.sensors, data.sources)
+        Y, X, _ = est._normalise(data.sensors[:4], data.sources[:4])
+        out = net(Y, torch.as_tensor(est.lead_field_), return_layers=(1,))
+        loss = relative_error(out["sources"], X) + relative_error(out["intermediate"][1], X)
+        loss.backward()
+        for name, p in net.named_parameters():
+            assert p.grad is not None and torch.any(p.grad != 0), (correction, name)
+
+
+def test_tiny_training_lowers_validation_loss(tiny, tmp_path):
+    fwd, data = tiny
+    net = us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=4, max_epochs=3,
+                                  steps_per_epoch=6, progressive_steps=3, batch_size=8,
+                                  learning_rate=3e-3, n_val=16, random_state=0,
+                                  simulator_params={"n_patches": (1, 3), "n_times": 20})
+    net.fit_simulated()
+    untrained = us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=4, max_epochs=0,
+                                        n_val=16, random_state=0,
+                                        simulator_params={"n_patches": (1, 3),
+                                                          "n_times": 20}).fit_simulated()
+    val = us.simulate(fwd, 32, random_state=9, n_patches=(1, 3), n_times=20)
+    before = us.rmse(val.sources, untrained.predict(val.sensors))
+    after = us.rmse(val.sources, net.predict(val.sensors))
+    assert len(net.history_) == 3 and "val_rmse" in net.history_[0]
+    assert after < before
+
+
+def test_checkpoint_resume_gives_same_result(tiny, tmp_path, monkeypatch):
+    from unfolded_sbl.training import Trainer
+
+    fwd, data = tiny
+    params = dict(correction="mlp", n_layers=3, max_epochs=3, steps_per_epoch=2,
+                  progressive_steps=1, batch_size=4, n_val=4, random_state=0)
+    full = us.UnfoldedSBLRegressor(fwd, **params).fit(data.sensors, data.sources)
+    ckpt = tmp_path / "train.ckpt"
+    save = Trainer._save
+
+    def interrupt_after_first_epoch(self, *args):
+        save(self, *args)
+        if self.state.get("phase") == "joint" and self.state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        us.UnfoldedSBLRegressor(fwd, checkpoint=str(ckpt), **params).fit(data.sensors,
+                                                                         data.sources)
+    monkeypatch.setattr(Trainer, "_save", save)
+    resumed = us.UnfoldedSBLRegressor(fwd, checkpoint=str(ckpt), **params)
+    resumed.fit(data.sensors, data.sources)
+    assert [h["epoch"] for h in resumed.history_] == [0, 1, 2]
+    np.testing.assert_allclose(resumed.predict(data.sensors[:2]),
+                               full.predict(data.sensors[:2]), rtol=1e-5)
+
+
+def test_save_load_roundtrip_and_errors(tiny, tmp_path):
+    fwd, data = tiny
+    net = us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=3, max_epochs=1,
+                                  steps_per_epoch=2, progressive_steps=1, batch_size=4,
+                                  n_val=0, random_state=0).fit(data.sensors, data.sources)
+    path = tmp_path / "m.pt"
+    net.save(path)
+    back = us.UnfoldedSBLRegressor.load(path, forward=fwd)
+    np.testing.assert_array_equal(back.predict(data.sensors[:3]), net.predict(data.sensors[:3]))
+    raw = path.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="corrupted"):
+        us.UnfoldedSBLRegressor.load(tmp_path / "trunc.pt", forward=fwd)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an unfolded_sbl model"):
+        us.UnfoldedSBLRegressor.load(tmp_path / "other.pt", forward=fwd)
+    with pytest.raises(ValueError, match="custom forward model"):
+        us.UnfoldedSBLRegressor.load(path)
+
+
+def test_mlp_runs_on_other_forward_bias_refuses(tiny, tmp_path):
+    fwd, data = tiny
+    rng = np.random.default_rng(5)
+    other = us.ForwardModel(rng.normal(size=(10, 40)), rng.normal(size=(40, 3)) * 0.03)
+    for correction in ("mlp", "bias"):
+        net = us.UnfoldedSBLRegressor(fwd, correction=correction, noise_correction="none",
+                                      n_layers=3, max_epochs=0).fit(data.sensors, data.sources)
+        path = tmp_path / f"{correction}.pt"
+        net.save(path)
+        if correction == "mlp":
+            moved = us.UnfoldedSBLRegressor.load(path, forward=other)
+            assert moved.predict(rng.normal(size=(2, 10, 5))).shape == (2, 40, 5)
+        else:
+            with pytest.raises(ValueError, match="tied to 16 channels x 60 sources"):
+                us.UnfoldedSBLRegressor.load(path, forward=other)
+
+
+def test_scale_invariance(tiny):
+    fwd, data = tiny
+    net = us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=3, max_epochs=1,
+                                  steps_per_epoch=2, progressive_steps=1, batch_size=4,
+                                  n_val=0, dtype="float64", random_state=0)
+    net.fit(data.sensors, data.sources)
+    out = net.predict(data.sensors[:2])
+    small = net.predict(data.sensors[:2] * 1e-6)
+    np.testing.assert_allclose(small, out * 1e-6, rtol=1e-6, atol=1e-6 * np.abs(small).max())
+
+
+def test_trajectory(tiny):
+    fwd, data = tiny
+    net = us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=4, max_epochs=0).fit(
+        data.sensors, data.sources)
+    layers = net.predict_trajectory(data.sensors[:2])
+    assert len(layers) == 4
+    assert layers[0]["source_correction"].shape == (2, 60)
+    assert layers[-1]["source_correction"] is None  # the last layer is classical
+    np.testing.assert_allclose(layers[-1]["sources"], net.predict(data.sensors[:2]), rtol=1e-5,
+                               atol=1e-6 * np.abs(layers[-1]["sources"]).max())
+
+
+def test_prune_threshold_matches_classical(tiny):
+    fwd, data = tiny
+    ref = us.ClassicalCB(fwd, n_iter=5, prune_threshold=0.05).fit().predict(data.sensors[:3])
+    net = us.UnfoldedSBLRegressor(fwd, n_layers=5, prune_threshold=0.05, max_epochs=0,
+                                  dtype="float64").fit(data.sensors, data.sources)
+    out = net.predict(data.sensors[:3])
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_bad_inputs(tiny):
+    fwd, data = tiny
+    net = us.UnfoldedSBLRegressor(fwd, n_layers=2, max_epochs=0).fit(data.sensors,
+                                                                     data.sources)
+    with pytest.raises(ValueError, match="X has 3 channels"):
+        net.predict(np.ones((1, 3, 4)))
+    bad = data.sensors[:1].copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="X contains NaN or infinite"):
+        net.predict(bad)
+    with pytest.raises(ValueError, match=r"y must have shape \(24, 60, 20\)"):
+        us.UnfoldedSBLRegressor(fwd, max_epochs=0).fit(data.sensors, data.sources[:, :5])
+    with pytest.raises(ValueError, match="correction must be one of"):
+        us.UnfoldedSBLRegressor(fwd, correction="transformer").fit(data.sensors, data.sources)
+    with pytest.raises(ValueError, match="learn_noise=False needs noise_var"):
+        us.UnfoldedSBLRegressor(fwd, learn_noise=False, max_epochs=0).fit(
+            data.sensors, data.sources)
+    with pytest.raises(ValueError, match="all-zero"):
+        us.UnfoldedSBLRegressor(fwd, max_epochs=0).fit(np.zeros_like(data.sensors),
+                                                       data.sources)
+    zero = net.predict(np.zeros((1, 16, 4)))
+    assert np.all(zero == 0)
+
+
+def test_sklearn_conventions_and_gridsearch(tiny):
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    fwd, data = tiny
+    net = us.UnfoldedSBLRegressor(fwd, n_layers=3, max_epochs=1, steps_per_epoch=1,
+                                  progressive_steps=0, batch_size=4, n_val=0)
+    assert clone(net).get_params()["n_layers"] == 3
+    search = GridSearchCV(net, {"n_layers": [2, 3], "correction": ["bias", "mlp"]},
+                          cv=KFold(2), scoring={"f1": us.f1_scorer, "emd": us.emd_scorer},
+                          refit="f1", error_score="raise")
+    search.fit(data.sensors, data.sources)
+    assert search.best_estimator_.predict(data.sensors[:1]).shape == (1, 60, 20)

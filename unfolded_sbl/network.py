@@ -1,0 +1,242 @@
+"""The unfolded Champagne network: one convex-bounding iteration per layer.
+
+Layer k takes the source and noise variances (gamma_k, lam_k), computes the
+log-domain statistics of ``METHOD.md`` (paper eq. 7)::
+
+    a[m] = log((1/T)||Xbar[m]||^2)      b[m] = log(l_m^T S l_m)
+    p[n] = log((1/T)||R[n]||^2)         q[n] = log(S[n, n])
+    log gamma_{k+1} = a/2 - b/2 + c_k        log lam_{k+1} = p/2 - q/2 + d_k
+
+and adds a learned correction ``c_k`` (source branch) and ``d_k`` (noise
+branch).  Every correction's output layer starts at zero, so the untrained
+network is the classical solver; the last layer is always purely classical.
+
+The module works in normalised units: the caller passes data scaled to unit
+mean power and a lead field scaled to ``trace(L L^T) = rank`` (see
+``unfolded_sbl.estimators``).  The lead field is an input, not a weight, so the
+MLP and attention corrections run on any cap and source space.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._champagne import NOISE_FLOOR, _PairOps
+
+CORRECTIONS = ("none", "bias", "mlp", "attention")
+NOISE_CORRECTIONS = ("none", "bias", "mlp")
+#: Lower clamp inside the logarithms (a clamp, not an added constant: ONNX
+#: optimisers fold ``x + 1e-30`` into ``x``).
+LOG_EPS = 1e-30
+
+
+class PointwiseMLP(nn.Module):
+    """Small MLP applied to every source (or sensor) independently."""
+
+    def __init__(self, n_features, hidden=32):
+        super().__init__()
+        self.hidden = nn.Linear(n_features, hidden)
+        self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features):  # (B, M, F) -> (B, M)
+        return self.out(nn.functional.gelu(self.hidden(features))).squeeze(-1)
+
+
+class SourceAttention(nn.Module):
+    """Linear(F, d) + LayerNorm -> self-attention (residual) -> row-wise MLP."""
+
+    def __init__(self, n_features, dim=16, heads=2, hidden=32):
+        super().__init__()
+        self.embed = nn.Linear(n_features, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = PointwiseMLP(dim, hidden)
+
+    def forward(self, features):
+        h = self.norm(self.embed(features))
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.mlp(h)
+
+
+class BiasCorrection(nn.Module):
+    """Input-free per-source (or per-sensor) bias; tied to its size."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+    def forward(self, features):
+        if features.shape[1] != self.bias.shape[0]:
+            raise ValueError(
+                f"the bias correction was built for {self.bias.shape[0]} sources/sensors "
+                f"but got {features.shape[1]}; bias models are tied to one forward model "
+                "(use correction='mlp' or 'attention' to change cap or source space)")
+        return self.bias.expand(features.shape[0], -1)
+
+
+def _make_correction(kind, n_features, size):
+    if kind == "none":
+        return None
+    if kind == "bias":
+        return BiasCorrection(size)
+    if kind == "mlp":
+        return PointwiseMLP(n_features)
+    return SourceAttention(n_features)
+
+
+def _features(*columns):
+    """Per-sample centred log-features, stacked: (B, K, F)."""
+    stacked = torch.stack(columns, dim=-1)
+    return stacked - stacked.mean(dim=1, keepdim=True)
+
+
+class UnfoldedChampagne(nn.Module):
+    """K unfolded convex-bounding layers with learned corrections.
+
+    Parameters
+    ----------
+    n_layers : int
+    correction : {"none", "bias", "mlp", "attention"}
+        Source-branch correction.
+    noise_correction : {"none", "bias", "mlp"}
+        Noise-branch correction (used when ``learn_noise``).
+    learn_noise : bool
+        Learn per-sensor noise variances; False keeps the given noise fixed.
+    n_sources, n_channels : int | None
+        Sizes, required by the bias corrections only.
+    init_source_var, init_noise_var : float
+        Starting variances (normalised units), as in ``ClassicalCB``.
+    prune_threshold : float | None
+        Hard threshold after each source update.
+    """
+
+    def __init__(self, n_layers=25, correction="mlp", noise_correction="mlp",
+                 learn_noise=True, n_sources=None, n_channels=None, init_source_var=1.0,
+                 init_noise_var=0.1, prune_threshold=None):
+        super().__init__()
+        if correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+        if noise_correction not in NOISE_CORRECTIONS:
+            raise ValueError(f"noise_correction must be one of {NOISE_CORRECTIONS}, "
+                             f"got {noise_correction!r}")
+        if "bias" in (correction, noise_correction) and (n_sources is None or n_channels is None):
+            raise ValueError("bias corrections need n_sources and n_channels")
+        self.n_layers = n_layers
+        self.correction = correction
+        self.noise_correction = noise_correction if learn_noise else "none"
+        self.learn_noise = learn_noise
+        self.init_source_var = float(init_source_var)
+        self.init_noise_var = float(init_noise_var)
+        self.prune_threshold = prune_threshold
+        # The last layer stays classical: corrections for layers 0 .. K-2 only.
+        self.source_corrections = nn.ModuleList(
+            [_make_correction(correction, 3, n_sources) or nn.Identity()
+             for _ in range(n_layers - 1)])
+        self.noise_corrections = nn.ModuleList(
+            [_make_correction(self.noise_correction, 3, n_channels) or nn.Identity()
+             for _ in range(n_layers - 1)])
+        self.use_inverse = False  # True while exporting (ONNX has no Cholesky)
+
+    def _precision(self, model_cov):
+        if self.use_inverse:
+            return torch.linalg.inv(model_cov)
+        return torch.cholesky_inverse(torch.linalg.cholesky(model_cov))
+
+    def _correct(self, modules, k, features):
+        if k >= len(modules) or isinstance(modules[k], nn.Identity):
+            return None
+        return modules[k](features)
+
+    def forward(self, Y, lead_field, noise_var=None, return_layers=(), trajectory=False,
+                n_layers_active=None):
+        """Run the K layers.
+
+        Parameters
+        ----------
+        Y : tensor, shape (B, N, T)
+            Normalised sensor data.
+        lead_field : tensor, shape (N, M)
+            Normalised lead field.
+        noise_var : tensor, shape (B, N) | None
+            Fixed noise variances (required when ``learn_noise`` is False),
+            initial ones otherwise (default ``init_noise_var``).
+        return_layers : sequence of int
+            Layers (0-based, after their update) whose posterior mean is also
+            returned, for deep supervision.
+        trajectory : bool
+            Also return the per-layer states and corrections.
+        n_layers_active : int | None
+            Run only the first layers (progressive training).
+
+        Returns
+        -------
+        out : dict
+            ``sources`` (B, M, T), ``source_var`` (B, M), ``noise_var`` (B, N),
+            ``intermediate`` {layer: sources}, and with ``trajectory`` a list of
+            per-layer dicts.
+        """
+        n_batch, n_channels, n_times = Y.shape
+        ops = _PairOps(lead_field, n_batch)
+        has_gain = ((lead_field ** 2).sum(0) > 0).to(Y.dtype)
+        cov = Y @ Y.transpose(-1, -2) / n_times
+        floor = NOISE_FLOOR * torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1, keepdim=True) / (
+            n_channels)
+        source_var = has_gain * self.init_source_var * torch.ones(
+            n_batch, lead_field.shape[1], dtype=Y.dtype, device=Y.device)
+        if noise_var is None:
+            if not self.learn_noise:
+                raise ValueError("noise_var is required when learn_noise=False")
+            noise_var = torch.full((n_batch, n_channels), self.init_noise_var, dtype=Y.dtype,
+                                   device=Y.device)
+        noise = noise_var
+        signal_cov = ops.signal_cov(source_var)
+        precision = self._precision(signal_cov + torch.diag_embed(noise))
+        wanted = set(return_layers)
+        intermediate, states = {}, []
+        for k in range(n_layers_active or self.n_layers):
+            scs = precision @ cov @ precision
+            gain, fit = ops.quad_diag(precision, scs)
+            log_gamma = torch.log(source_var.clamp(min=LOG_EPS))
+            a = torch.log((source_var ** 2 * fit).clamp(min=LOG_EPS))
+            b = torch.log(gain.clamp(min=LOG_EPS))
+            c = self._correct(self.source_corrections, k, _features(a, b, log_gamma))
+            log_update = 0.5 * (a - b) if c is None else 0.5 * (a - b) + c
+            source_var = has_gain * torch.exp(log_update)
+            if self.prune_threshold:
+                peak = source_var.amax(-1, keepdim=True)
+                source_var = source_var * (source_var >= self.prune_threshold * peak)
+            signal_cov = ops.signal_cov(source_var)
+            d = None
+            if self.learn_noise:
+                noise_precision = self._precision(signal_cov + torch.diag_embed(noise))
+                scs_n = noise_precision @ cov @ noise_precision
+                s_diag = torch.diagonal(noise_precision, dim1=-2, dim2=-1)
+                scs_diag = torch.diagonal(scs_n, dim1=-2, dim2=-1)
+                log_lam = torch.log(noise.clamp(min=LOG_EPS))
+                p = torch.log((noise ** 2 * scs_diag).clamp(min=LOG_EPS))
+                q = torch.log(s_diag.clamp(min=LOG_EPS))
+                d = self._correct(self.noise_corrections, k, _features(p, q, log_lam))
+                log_noise = 0.5 * (p - q) if d is None else 0.5 * (p - q) + d
+                noise = torch.maximum(torch.exp(log_noise), floor)
+            precision = self._precision(signal_cov + torch.diag_embed(noise))
+            if k in wanted or trajectory:
+                sources_k = self.posterior_mean(precision, lead_field, source_var, Y)
+                if k in wanted:
+                    intermediate[k] = sources_k
+            if trajectory:
+                states.append({"sources": sources_k, "source_var": source_var, "noise_var": noise,
+                               "source_correction": c, "noise_correction": d})
+        sources = self.posterior_mean(precision, lead_field, source_var, Y)
+        out = {"sources": sources, "source_var": source_var, "noise_var": noise,
+               "intermediate": intermediate}
+        if trajectory:
+            out["trajectory"] = states
+        return out
+
+    @staticmethod
+    def posterior_mean(precision, lead_field, source_var, Y):
+        """``Gamma L^T S Y``."""
+        return source_var.unsqueeze(-1) * (lead_field.T @ (precision @ Y))

@@ -1,0 +1,184 @@
+"""Training of the unfolded network: progressive layer-wise phase, then joint
+fine-tuning with stochastic deep supervision.  Checkpointed and resumable.
+
+Loss: per-sample relative squared error ``||Xhat - X||^2 / ||X||^2`` of the final
+posterior mean (scale-free, so samples of any amplitude weigh alike), plus
+``deep_supervision`` times the mean of the same loss on ``n_deep`` intermediate
+layers drawn at random per mini-batch (never the last).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .metrics import f1 as f1_score
+
+
+def relative_error(pred, target):
+    """Mean over samples of ``||pred - target||^2 / ||target||^2``."""
+    num = ((pred - target) ** 2).sum(dim=(1, 2))
+    den = (target ** 2).sum(dim=(1, 2)).clamp(min=torch.finfo(target.dtype).tiny)
+    return (num / den).mean()
+
+
+@dataclass
+class TrainSettings:
+    max_epochs: int = 10
+    steps_per_epoch: int = 50
+    progressive_steps: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    deep_supervision: float = 0.3
+    n_deep: int = 5
+    grad_clip: float = 1.0
+    checkpoint: str | None = None
+    verbose: bool = True
+
+
+class Trainer:
+    """Train an :class:`UnfoldedChampagne` on batches from ``draw_batch``.
+
+    Parameters
+    ----------
+    model : UnfoldedChampagne
+    lead_field : tensor (N, M), normalised
+    draw_batch : callable(batch_size, rng) -> (Y, X, noise_var or None) tensors
+        Normalised training batches (fresh samples each call when streaming).
+    validation : tuple of tensors | None
+        Fixed normalised validation set ``(Y, X, noise_var or None)``.
+    settings : TrainSettings
+    random_state : int | None
+    """
+
+    def __init__(self, model, lead_field, draw_batch, validation, settings, random_state=None):
+        self.model = model
+        self.lead_field = lead_field
+        self.draw_batch = draw_batch
+        self.validation = validation
+        self.s = settings
+        self.rng = np.random.default_rng(random_state)
+        self.torch_gen = torch.Generator().manual_seed(
+            int(self.rng.integers(2 ** 31)) if random_state is not None else 0)
+        self.history = []
+        self.state = {"phase": "progressive", "layer": 0, "epoch": 0}
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _save(self, optimizer, scheduler=None):
+        if not self.s.checkpoint:
+            return
+        tmp = f"{self.s.checkpoint}.tmp"
+        torch.save({"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "state": dict(self.state), "history": self.history,
+                    "rng": self.rng.bit_generator.state,
+                    "torch_gen": self.torch_gen.get_state()}, tmp)
+        os.replace(tmp, self.s.checkpoint)  # atomic: an interrupt never leaves half a file
+
+    def _load(self):
+        if not self.s.checkpoint or not os.path.exists(self.s.checkpoint):
+            return None
+        ckpt = torch.load(self.s.checkpoint, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.state = ckpt["state"]
+        self.history = ckpt["history"]
+        self.rng.bit_generator.state = ckpt["rng"]
+        self.torch_gen.set_state(ckpt["torch_gen"])
+        return ckpt["optimizer"], ckpt["scheduler"]
+
+    # -- steps -----------------------------------------------------------------------
+    def _loss(self, n_layers_active=None, deep=True):
+        Y, X, noise = self.draw_batch(self.s.batch_size, self.rng)
+        n_active = n_layers_active or self.model.n_layers
+        layers = ()
+        if deep and self.s.deep_supervision > 0 and n_active > 1:
+            k = min(self.s.n_deep, n_active - 1)
+            layers = tuple(self.rng.choice(n_active - 1, size=k, replace=False).tolist())
+        out = self.model(Y, self.lead_field, noise, return_layers=layers,
+                         n_layers_active=n_active)
+        loss = relative_error(out["sources"], X)
+        if layers:
+            deep_loss = torch.stack([relative_error(out["intermediate"][k], X)
+                                     for k in layers]).mean()
+            loss = loss + self.s.deep_supervision * deep_loss
+        return loss
+
+    def _step(self, optimizer, params, **kwargs):
+        optimizer.zero_grad()
+        loss = self._loss(**kwargs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)
+        optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self):
+        if self.validation is None:
+            return {}
+        Y, X, noise = self.validation
+        self.model.eval()
+        out = self.model(Y, self.lead_field, noise)
+        self.model.train()
+        pred = out["sources"]
+        return {"val_rmse": float(relative_error(pred, X)),
+                "val_f1": float(f1_score(X.double().numpy(), pred.double().numpy()))}
+
+    # -- phases ----------------------------------------------------------------------
+    def _layer_params(self, k):
+        params = list(self.model.source_corrections[k].parameters())
+        params += list(self.model.noise_corrections[k].parameters())
+        return params
+
+    def run(self):
+        from tqdm.auto import tqdm
+
+        saved_optimizer, saved_scheduler = self._load() or (None, None)
+        model, s = self.model, self.s
+        model.train()
+        n_trainable = model.n_layers - 1
+        all_params = [p for p in model.parameters() if p.requires_grad]
+        if not all_params or s.max_epochs == 0:
+            return self.history
+        if self.state["phase"] == "progressive" and s.progressive_steps > 0:
+            bar = tqdm(range(self.state["layer"], n_trainable), desc="progressive",
+                       disable=not s.verbose)
+            for k in bar:
+                params = self._layer_params(k)
+                if k > 0 and self.state["layer"] == k:  # start layer k from layer k-1
+                    for name in ("source_corrections", "noise_corrections"):
+                        modules = getattr(model, name)
+                        modules[k].load_state_dict(modules[k - 1].state_dict())
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                for p in params:
+                    p.requires_grad_(True)
+                optimizer = torch.optim.Adam(params, lr=s.learning_rate)
+                for _ in range(s.progressive_steps):
+                    loss = self._step(optimizer, params, n_layers_active=k + 1, deep=False)
+                    bar.set_postfix(layer=k, loss=f"{loss:.4f}")
+                self.state["layer"] = k + 1
+                self._save(optimizer)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            self.state = {"phase": "joint", "layer": n_trainable, "epoch": 0}
+        for p in model.parameters():
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(all_params, lr=s.learning_rate)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.max_epochs)
+        if saved_scheduler is not None and self.state["phase"] == "joint":
+            optimizer.load_state_dict(saved_optimizer)
+            scheduler.load_state_dict(saved_scheduler)
+        bar = tqdm(range(self.state["epoch"], s.max_epochs), desc="joint",
+                   disable=not s.verbose)
+        for epoch in bar:
+            losses = [self._step(optimizer, all_params) for _ in range(s.steps_per_epoch)]
+            scheduler.step()
+            record = {"epoch": epoch, "loss": float(np.mean(losses)), **self.validate()}
+            self.history.append(record)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
+            self.state["epoch"] = epoch + 1
+            self._save(optimizer, scheduler)
+        return self.history

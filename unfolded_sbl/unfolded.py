@@ -1,0 +1,334 @@
+"""UnfoldedSBLRegressor: the unfolded Champagne network as a scikit-learn estimator."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._validation import check_finite_array, check_positive_int
+from .estimators import _DTYPES, _SourceEstimator
+from .forward import list_forwards
+from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne
+from .simulate import Simulator
+from .training import Trainer, TrainSettings
+
+MODEL_FORMAT = "unfolded_sbl.network"
+MODEL_FORMAT_VERSION = 1
+_CONFIG_KEYS = ("n_layers", "correction", "noise_correction", "learn_noise",
+                "init_source_var", "init_noise_var", "prune_threshold")
+
+
+class UnfoldedSBLRegressor(_SourceEstimator):
+    """Unfolded Champagne with learned corrections (Bias / Deep / Deep Attn CB).
+
+    Parameters
+    ----------
+    forward : str | ForwardModel | mne.Forward | None
+        Forward model the network is trained and run on.
+    correction : {"none", "bias", "mlp", "attention"}
+        Source-branch correction.
+    noise_correction : {"none", "bias", "mlp"}
+        Noise-branch correction when ``learn_noise``.
+    learn_noise : bool
+        Joint noise learning (True) or known noise passed to ``predict``.
+    n_layers : int
+        Unfolded iterations (default 25); the last layer stays classical.
+    max_epochs : int
+        Joint fine-tuning epochs; 0 builds the untrained network, which equals
+        ``ClassicalCB`` with ``n_iter=n_layers``.
+    steps_per_epoch, batch_size : int
+        Mini-batches per epoch and their size.
+    progressive_steps : int
+        Steps per layer in the progressive phase (0 skips it).
+    learning_rate : float
+        Adam learning rate (cosine-annealed over the joint epochs).
+    deep_supervision : float
+        Weight of the loss on 5 random intermediate layers.
+    n_val : int
+        Validation samples, simulated with the ``-perturbed`` variant of a
+        template forward model (or the forward itself otherwise).
+    simulator_params : dict | None
+        Keyword arguments of :class:`Simulator` for ``fit_simulated``.
+    prune_threshold, init_source_var, init_noise_var : see ``ClassicalCB``.
+    dtype : {"float32", "float64"}
+    checkpoint : str | None
+        File for resumable training checkpoints.
+    random_state : int | None
+    verbose : bool
+        Progress bars.
+
+    Attributes
+    ----------
+    network_ : UnfoldedChampagne
+    history_ : list of dict
+        Per-epoch training loss and validation metrics.
+    source_var_, noise_var_ : ndarray
+        Variances of the last ``predict``.
+    """
+
+    def __init__(self, forward=None, correction="mlp", noise_correction="mlp",
+                 learn_noise=True, n_layers=25, max_epochs=10, steps_per_epoch=50,
+                 batch_size=32, progressive_steps=10, learning_rate=1e-3,
+                 deep_supervision=0.3, n_val=128, simulator_params=None,
+                 prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
+                 dtype="float32", checkpoint=None, random_state=None, verbose=False):
+        self.forward = forward
+        self.correction = correction
+        self.noise_correction = noise_correction
+        self.learn_noise = learn_noise
+        self.n_layers = n_layers
+        self.max_epochs = max_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.progressive_steps = progressive_steps
+        self.learning_rate = learning_rate
+        self.deep_supervision = deep_supervision
+        self.n_val = n_val
+        self.simulator_params = simulator_params
+        self.prune_threshold = prune_threshold
+        self.init_source_var = init_source_var
+        self.init_noise_var = init_noise_var
+        self.dtype = dtype
+        self.checkpoint = checkpoint
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- set-up ------------------------------------------------------------------------
+    def _check_params(self):
+        check_positive_int(self.n_layers, "n_layers")
+        check_positive_int(self.max_epochs, "max_epochs", minimum=0)
+        check_positive_int(self.steps_per_epoch, "steps_per_epoch")
+        check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.progressive_steps, "progressive_steps", minimum=0)
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+        if self.noise_correction not in NOISE_CORRECTIONS:
+            raise ValueError(f"noise_correction must be one of {NOISE_CORRECTIONS}, "
+                             f"got {self.noise_correction!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        for name in ("learning_rate", "init_source_var", "init_noise_var"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+    def _config(self):
+        return {k: getattr(self, k) for k in _CONFIG_KEYS}
+
+    def _build(self):
+        self._check_params()
+        self._fit_forward(None)
+        self.torch_dtype_ = _DTYPES[self.dtype]
+        torch.manual_seed(0 if self.random_state is None else int(self.random_state))
+        self.network_ = UnfoldedChampagne(n_sources=self.n_sources_,
+                                          n_channels=self.n_features_in_,
+                                          **self._config()).to(self.torch_dtype_)
+        self.history_ = []
+        return self
+
+    def _tensor(self, array):
+        return torch.as_tensor(np.ascontiguousarray(array), dtype=self.torch_dtype_)
+
+    def _normalise(self, X, y=None, noise_var=None):
+        """Referenced, scaled tensors (Y, X, noise) as the network sees them."""
+        Y, scale = self._prepare(X)
+        if np.any(scale == 0):
+            raise ValueError("X contains all-zero samples; training needs signal")
+        Y = Y / scale[:, None, None]
+        out = [self._tensor(Y)]
+        source_scale = scale / self.lead_field_scale_
+        out.append(None if y is None else self._tensor(y / source_scale[:, None, None]))
+        out.append(None if noise_var is None else self._tensor(noise_var / scale[:, None] ** 2))
+        return out
+
+    def _validation_set(self, rng):
+        if self.n_val == 0:
+            return None
+        forward = self.forward_
+        name = forward.name
+        if name and f"{name}-perturbed" in list_forwards():
+            from .forward import load_forward
+
+            val_forward = load_forward(f"{name}-perturbed")
+        else:
+            val_forward = forward
+        params = dict(self.simulator_params or {})
+        data = Simulator(val_forward, random_state=rng, **params).draw(self.n_val)
+        return tuple(self._normalise(data.sensors, data.sources,
+                                     None if self.learn_noise else data.noise_var))
+
+    def _train(self, draw_batch, rng):
+        settings = TrainSettings(
+            max_epochs=self.max_epochs, steps_per_epoch=self.steps_per_epoch,
+            progressive_steps=self.progressive_steps, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, deep_supervision=self.deep_supervision,
+            checkpoint=self.checkpoint, verbose=self.verbose)
+        validation = self._validation_set(rng) if self.max_epochs else None
+        trainer = Trainer(self.network_, self._tensor(self.lead_field_), draw_batch,
+                          validation, settings, random_state=self.random_state)
+        self.history_ = trainer.run()
+        self.network_.eval()
+        return self
+
+    # -- public ------------------------------------------------------------------------
+    def fit(self, X, y, noise_var=None):
+        """Train on sensor data ``X`` (n, N, T) and true sources ``y`` (n, M, T).
+
+        ``noise_var`` (n, N) is required when ``learn_noise=False``.
+        """
+        self._build()
+        Y, target, noise = self._normalise(X, check_finite_array(y, "y", ndim=3), noise_var)
+        if target.shape[0] != Y.shape[0] or target.shape[2] != Y.shape[2] or (
+                target.shape[1] != self.n_sources_):
+            raise ValueError(f"y must have shape ({Y.shape[0]}, {self.n_sources_}, "
+                             f"{Y.shape[2]}), got {tuple(target.shape)}")
+        if not self.learn_noise and noise is None:
+            raise ValueError("learn_noise=False needs noise_var of shape (n_samples, "
+                             f"{self.n_features_in_}) in fit")
+        rng = np.random.default_rng(self.random_state)
+
+        def draw_batch(batch_size, batch_rng):
+            idx = batch_rng.choice(len(Y), size=min(batch_size, len(Y)), replace=False)
+            return Y[idx], target[idx], None if noise is None else noise[idx]
+
+        return self._train(draw_batch, rng)
+
+    def fit_simulated(self, **simulator_params):
+        """Train on fresh simulated batches (nothing is materialised).
+
+        Keyword arguments override ``simulator_params`` for this call.
+        """
+        self._build()
+        rng = np.random.default_rng(self.random_state)
+        params = {**(self.simulator_params or {}), **simulator_params}
+        simulator = Simulator(self.forward_, random_state=rng, **params)
+
+        def draw_batch(batch_size, batch_rng):
+            data = simulator.draw(batch_size)
+            return tuple(self._normalise(data.sensors, data.sources,
+                                         None if self.learn_noise else data.noise_var))
+
+        return self._train(draw_batch, rng)
+
+    def _run(self, X, noise_var, **kwargs):
+        if not hasattr(self, "network_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("call fit, fit_simulated or load first")
+        Y, scale = self._prepare(X)
+        if not self.learn_noise:
+            noise_var = check_finite_array(noise_var, "noise_var", ndim=2) if (
+                noise_var is not None) else None
+            if noise_var is None or noise_var.shape != Y.shape[:2] or np.any(noise_var <= 0):
+                raise ValueError(f"learn_noise=False needs positive noise_var of shape "
+                                 f"{Y.shape[:2]} in predict")
+        elif noise_var is not None:
+            raise ValueError("noise_var is only used with learn_noise=False")
+        safe = np.where(scale > 0, scale, 1.0)
+        Y = self._tensor(Y / safe[:, None, None])
+        noise = None if noise_var is None else self._tensor(noise_var / safe[:, None] ** 2)
+        with torch.no_grad():
+            out = self.network_(Y, self._tensor(self.lead_field_), noise, **kwargs)
+        return out, safe, scale > 0
+
+    def predict(self, X, noise_var=None):
+        """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
+        out, scale, nonzero = self._run(X, noise_var)
+        source_scale = (scale / self.lead_field_scale_) * nonzero
+        sources = out["sources"].double().numpy() * source_scale[:, None, None]
+        self.source_var_ = out["source_var"].double().numpy() * source_scale[:, None] ** 2
+        self.noise_var_ = out["noise_var"].double().numpy() * (scale * nonzero)[:, None] ** 2
+        return self._squeeze(sources, X)
+
+    def predict_trajectory(self, X, noise_var=None):
+        """Per-layer states for interpretability plots (paper figures 4 and 8).
+
+        Returns
+        -------
+        layers : list of dict
+            For each layer: ``sources`` (n, M, T), ``source_var`` (n, M),
+            ``noise_var`` (n, N) in physical units, and the corrections
+            ``source_correction`` (n, M) / ``noise_correction`` (n, N) added to
+            the log-variance updates (None where a layer has none).
+        """
+        out, scale, nonzero = self._run(X, noise_var, trajectory=True)
+        source_scale = (scale / self.lead_field_scale_) * nonzero
+        layers = []
+        for state in out["trajectory"]:
+            layers.append({
+                "sources": state["sources"].double().numpy() * source_scale[:, None, None],
+                "source_var": state["source_var"].double().numpy() * source_scale[:, None] ** 2,
+                "noise_var": state["noise_var"].double().numpy() * scale[:, None] ** 2,
+                "source_correction": None if state["source_correction"] is None
+                else state["source_correction"].double().numpy(),
+                "noise_correction": None if state["noise_correction"] is None
+                else state["noise_correction"].double().numpy()})
+        return layers
+
+    # -- persistence -------------------------------------------------------------------
+    def save(self, path):
+        """Write weights, the config that rebuilds them and a version field."""
+        if not hasattr(self, "network_"):
+            raise ValueError("nothing to save: the estimator is not fitted")
+        torch.save({"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+                    "package_version": __version__, "config": self._config(),
+                    "dtype": self.dtype, "n_channels": self.n_features_in_,
+                    "n_sources": self.n_sources_,
+                    # only shipped templates can be found again by name
+                    "forward_name": (self.forward_.name if self.forward_.name in
+                                     list_forwards() else None),
+                    "history": self.history_,
+                    "state_dict": {k: v.detach().cpu() for k, v in
+                                   self.network_.state_dict().items()}}, path)
+
+    @classmethod
+    def load(cls, path, forward=None):
+        """Load a model written by :meth:`save`.
+
+        ``forward`` (default: the template it was trained on) may be another cap
+        or source space for the MLP and attention variants.
+        """
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # torch raises many types for damaged files
+            raise ValueError(f"cannot read model file {path}: it is corrupted or not a "
+                             f"model saved by unfolded_sbl ({type(err).__name__}: "
+                             f"{str(err)[:200]})") from None
+        if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{path} is not an unfolded_sbl model file")
+        if blob.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ValueError(f"{path} has model format version {blob.get('format_version')}; "
+                             f"this unfolded_sbl reads version {MODEL_FORMAT_VERSION}")
+        config = blob["config"]
+        if forward is None:
+            forward = blob.get("forward_name")
+            if forward is None:
+                raise ValueError("the model was trained on a custom forward model: pass "
+                                 "forward=")
+        est = cls(forward=forward, max_epochs=0, dtype=blob["dtype"], **config)
+        est._check_params()
+        est._fit_forward(None)
+        fwd = est.forward_
+        if "bias" in (config["correction"], config["noise_correction"]) and (
+                fwd.n_sources != blob["n_sources"] or fwd.n_channels != blob["n_channels"]):
+            raise ValueError(
+                f"this bias model is tied to {blob['n_channels']} channels x "
+                f"{blob['n_sources']} sources; the forward model has {fwd.n_channels} x "
+                f"{fwd.n_sources}")
+        est.torch_dtype_ = _DTYPES[est.dtype]
+        est.network_ = UnfoldedChampagne(n_sources=blob["n_sources"],
+                                         n_channels=blob["n_channels"], **config)
+        try:
+            est.network_.load_state_dict(blob["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"{path}: weights do not match the stored config: {err}") from None
+        est.network_.to(est.torch_dtype_).eval()
+        est.history_ = blob.get("history", [])
+        return est
+
+
