@@ -12,10 +12,14 @@ from .forward import ForwardModel, list_forwards, load_forward  # noqa: E402
 from .metrics import emd, f1, localization_error, rmse  # noqa: E402
 from .scoring import SCORERS, emd_scorer, f1_scorer, le_scorer, rmse_scorer  # noqa: E402
 from .unfolded import UnfoldedSBLRegressor  # noqa: E402
+from .export import export_onnx  # noqa: E402
+from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
+from .zoo import list_pretrained, load_pretrained  # noqa: E402
 from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # noqa: E402
 
 __all__ = [
     "ClassicalCB", "SLORETA", "ForwardModel", "list_forwards", "load_forward", "emd", "f1",
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
-    "rmse_scorer", "UnfoldedSBLRegressor", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
+    "rmse_scorer", "UnfoldedSBLRegressor", "export_onnx", "OnnxSBLRegressor",
+    "list_pretrained", "load_pretrained", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
 ]

@@ -80,10 +80,10 @@ class _PairOps:
     the lead field directly.
     """
 
-    def __init__(self, lead_field, batch_size):
+    def __init__(self, lead_field, batch_size, paired=None):
         n = self.n = lead_field.shape[0]
         self.lead_field = lead_field
-        self.paired = batch_size >= PAIR_BATCH_MIN
+        self.paired = batch_size >= PAIR_BATCH_MIN if paired is None else paired
         if not self.paired:
             return
         self.products, rows, cols = pair_products(lead_field)

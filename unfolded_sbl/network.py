@@ -87,6 +87,17 @@ def _make_correction(kind, n_features, size):
     return SourceAttention(n_features)
 
 
+def _identity(n_channels, like):
+    """Identity built from ``arange`` so that exported graphs keep a dynamic size."""
+    idx = torch.arange(n_channels, device=like.device)
+    return (idx.unsqueeze(0) == idx.unsqueeze(1)).to(like.dtype)
+
+
+def _diagonal(matrix, eye):
+    """Batched diagonal as ``(A * I).sum(-1)`` (exports cleanly, unlike ``diagonal``)."""
+    return (matrix * eye).sum(-1)
+
+
 def _features(*columns):
     """Per-sample centred log-features, stacked: (B, K, F)."""
     stacked = torch.stack(columns, dim=-1)
@@ -179,21 +190,23 @@ class UnfoldedChampagne(nn.Module):
             per-layer dicts.
         """
         n_batch, n_channels, n_times = Y.shape
-        ops = _PairOps(lead_field, n_batch)
+        # Exported graphs use the per-sample products: they need no pair indices,
+        # whose size depends on the (dynamic) channel count.
+        ops = _PairOps(lead_field, n_batch, paired=False if self.use_inverse else None)
         has_gain = ((lead_field ** 2).sum(0) > 0).to(Y.dtype)
+        eye = _identity(n_channels, Y)
         cov = Y @ Y.transpose(-1, -2) / n_times
-        floor = NOISE_FLOOR * torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1, keepdim=True) / (
-            n_channels)
-        source_var = has_gain * self.init_source_var * torch.ones(
-            n_batch, lead_field.shape[1], dtype=Y.dtype, device=Y.device)
+        floor = NOISE_FLOOR * _diagonal(cov, eye).sum(-1, keepdim=True) / n_channels
+        # ones of shape (B, M) from the inputs, so that the graph keeps both axes dynamic
+        source_var = has_gain * self.init_source_var * (
+            Y[:, :1, :1].reshape(-1, 1) * 0 + 1)
         if noise_var is None:
             if not self.learn_noise:
                 raise ValueError("noise_var is required when learn_noise=False")
-            noise_var = torch.full((n_batch, n_channels), self.init_noise_var, dtype=Y.dtype,
-                                   device=Y.device)
+            noise_var = self.init_noise_var * (Y[:, :, 0] * 0 + 1)
         noise = noise_var
         signal_cov = ops.signal_cov(source_var)
-        precision = self._precision(signal_cov + torch.diag_embed(noise))
+        precision = self._precision(signal_cov + noise.unsqueeze(-1) * eye)
         wanted = set(return_layers)
         intermediate, states = {}, []
         for k in range(n_layers_active or self.n_layers):
@@ -211,17 +224,17 @@ class UnfoldedChampagne(nn.Module):
             signal_cov = ops.signal_cov(source_var)
             d = None
             if self.learn_noise:
-                noise_precision = self._precision(signal_cov + torch.diag_embed(noise))
+                noise_precision = self._precision(signal_cov + noise.unsqueeze(-1) * eye)
                 scs_n = noise_precision @ cov @ noise_precision
-                s_diag = torch.diagonal(noise_precision, dim1=-2, dim2=-1)
-                scs_diag = torch.diagonal(scs_n, dim1=-2, dim2=-1)
+                s_diag = _diagonal(noise_precision, eye)
+                scs_diag = _diagonal(scs_n, eye)
                 log_lam = torch.log(noise.clamp(min=LOG_EPS))
                 p = torch.log((noise ** 2 * scs_diag).clamp(min=LOG_EPS))
                 q = torch.log(s_diag.clamp(min=LOG_EPS))
                 d = self._correct(self.noise_corrections, k, _features(p, q, log_lam))
                 log_noise = 0.5 * (p - q) if d is None else 0.5 * (p - q) + d
                 noise = torch.maximum(torch.exp(log_noise), floor)
-            precision = self._precision(signal_cov + torch.diag_embed(noise))
+            precision = self._precision(signal_cov + noise.unsqueeze(-1) * eye)
             if k in wanted or trajectory:
                 sources_k = self.posterior_mean(precision, lead_field, source_var, Y)
                 if k in wanted:

@@ -1,0 +1,102 @@
+"""ONNX export of trained unfolded networks.
+
+Standard ONNX has no matrix inverse or Cholesky, and no torch solver exports
+to standard ops (``ONNX.md``).  The graph therefore uses onnxruntime's contrib
+operator ``com.microsoft::Inverse`` (CPU and CUDA kernels) for the N x N model
+covariance, the one place the network needs it: accurate (float32 floor) and
+fast, where standard-op fallbacks were either inaccurate (Newton-Schulz) or
+slow (Gauss-Jordan in a Loop).  The file therefore needs onnxruntime, which
+the package depends on.
+
+Inputs: ``sensors`` (batch, channels, times) and ``lead_field``
+(channels, sources), normalised as ``unfolded_sbl`` does in its wrapper (see
+:class:`unfolded_sbl.onnx_runtime.OnnxSBLRegressor`); known-noise models also
+take ``noise_var`` (batch, channels).  Outputs: ``sources``, ``source_var``,
+``noise_var``.  Every axis is dynamic, so one file serves any cap and source
+space (bias models record their fixed sizes in the metadata).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from . import __version__
+
+OPSET = 17
+
+
+class _Graph(nn.Module):
+    def __init__(self, network, with_noise):
+        super().__init__()
+        self.network = network
+        self.with_noise = with_noise
+
+    def forward(self, sensors, lead_field, noise_var=None):
+        out = self.network(sensors, lead_field, noise_var if self.with_noise else None)
+        return out["sources"], out["source_var"], out["noise_var"]
+
+
+def _inverse_symbolic(g, matrix):
+    return g.op("com.microsoft::Inverse", matrix).setType(matrix.type())
+
+
+def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
+    """Write a fitted :class:`UnfoldedSBLRegressor` as one ONNX file.
+
+    Parameters
+    ----------
+    estimator : UnfoldedSBLRegressor
+        Fitted (or loaded) estimator; exported in float32.
+    path : str | Path
+    n_channels, n_sources, n_times : int | None
+        Sizes of the example inputs used to trace the graph (default: the
+        estimator's forward model); the axes stay dynamic.
+
+    Returns
+    -------
+    path : str
+    """
+    import onnx
+    from torch.onnx import register_custom_op_symbolic
+
+    if not hasattr(estimator, "network_"):
+        raise ValueError("the estimator is not fitted")
+    network = estimator.network_
+    config = estimator._config()
+    n_channels = n_channels or estimator.n_features_in_
+    n_sources = n_sources or estimator.n_sources_
+    graph = _Graph(network, with_noise=not config["learn_noise"]).float().eval()
+    sensors = torch.randn(2, n_channels, n_times)
+    lead_field = torch.as_tensor(estimator.lead_field_, dtype=torch.float32)[:, :n_sources]
+    args = (sensors, lead_field)
+    names = ["sensors", "lead_field"]
+    axes = {"sensors": {0: "batch", 1: "channels", 2: "times"},
+            "lead_field": {0: "channels", 1: "sources"},
+            "sources": {0: "batch", 1: "sources", 2: "times"},
+            "source_var": {0: "batch", 1: "sources"}, "noise_var": {0: "batch", 1: "channels"}}
+    if not config["learn_noise"]:
+        args = args + (torch.ones(2, n_channels),)
+        names.append("noise_var_in")
+        axes["noise_var_in"] = {0: "batch", 1: "channels"}
+    register_custom_op_symbolic("aten::linalg_inv", _inverse_symbolic, OPSET)
+    network.use_inverse = True
+    try:
+        with torch.no_grad():
+            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=names,
+                              output_names=["sources", "source_var", "noise_var"],
+                              dynamic_axes=axes, opset_version=OPSET,
+                              custom_opsets={"com.microsoft": 1})
+    finally:
+        network.use_inverse = False
+    model = onnx.load(str(path))
+    meta = {"unfolded_sbl_version": __version__, "config": config,
+            "lead_field_scale_rule": "trace(L L^T) = n_channels - 1 (average reference)",
+            "n_channels": estimator.n_features_in_, "n_sources": estimator.n_sources_,
+            "fixed_sizes": "bias" in (config["correction"], config["noise_correction"])}
+    model.metadata_props.add(key="unfolded_sbl", value=json.dumps(meta))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)

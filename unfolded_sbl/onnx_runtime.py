@@ -1,0 +1,136 @@
+"""OnnxSBLRegressor: exported unfolded networks run by onnxruntime, as an sklearn predictor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from ._validation import check_finite_array, check_positive_int
+from .estimators import _SourceEstimator
+
+logger = logging.getLogger("unfolded_sbl")
+
+
+def _session(path, providers, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.log_severity_level = 3  # the CUDA probe on CPU-only machines is noisy
+    available = ort.get_available_providers()
+    wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                           if p in available]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ValueError(f"cannot load ONNX model {path}: it is corrupted or not an ONNX "
+                         f"model ({type(err).__name__}: {str(err)[:200]})") from None
+    # onnxruntime-gpu lists CUDA even without a usable GPU and then silently runs
+    # on the CPU: report what the session really uses.
+    used = session.get_providers()[0]
+    if "CUDAExecutionProvider" in wanted and used != "CUDAExecutionProvider":
+        logger.info("onnxruntime: CUDA unavailable here, running on %s", used)
+    else:
+        logger.info("onnxruntime: running on %s", used)
+    return session
+
+
+class OnnxSBLRegressor(_SourceEstimator):
+    """Predict sources with an exported unfolded network (onnxruntime).
+
+    Parameters
+    ----------
+    path : str | Path
+        ONNX file written by :func:`unfolded_sbl.export_onnx`.
+    forward : str | ForwardModel | mne.Forward | None
+        Forward model to run on (any cap or source space for MLP and attention
+        models; bias models only on the sizes they were trained for).
+    providers : list of str | None
+        onnxruntime execution providers; default CUDA when available, else CPU.
+    batch_size : int
+        Samples per onnxruntime call.
+    intra_op_num_threads : int | None
+        onnxruntime threads (None: its default).
+
+    Attributes
+    ----------
+    provider_ : str
+        The execution provider actually used.
+    metadata_ : dict
+        Model configuration stored in the file.
+    """
+
+    def __init__(self, path, forward=None, providers=None, batch_size=64,
+                 intra_op_num_threads=None):
+        self.path = path
+        self.forward = forward
+        self.providers = providers
+        self.batch_size = batch_size
+        self.intra_op_num_threads = intra_op_num_threads
+
+    def fit(self, X=None, y=None):
+        """Load the session and the forward model (``X`` optional, ``y`` ignored)."""
+        check_positive_int(self.batch_size, "batch_size")
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"no ONNX model at {self.path}")
+        self._fit_forward(X)
+        self.session_ = _session(self.path, self.providers, self.intra_op_num_threads)
+        self.provider_ = self.session_.get_providers()[0]
+        meta = self.session_.get_modelmeta().custom_metadata_map.get("unfolded_sbl")
+        if meta is None:
+            raise ValueError(f"{self.path} is not an ONNX model exported by unfolded_sbl")
+        self.metadata_ = json.loads(meta)
+        if self.metadata_["fixed_sizes"] and (
+                self.metadata_["n_channels"] != self.n_features_in_
+                or self.metadata_["n_sources"] != self.n_sources_):
+            raise ValueError(
+                f"this bias model is tied to {self.metadata_['n_channels']} channels x "
+                f"{self.metadata_['n_sources']} sources; the forward model has "
+                f"{self.n_features_in_} x {self.n_sources_}")
+        self.learn_noise_ = self.metadata_["config"]["learn_noise"]
+        return self
+
+    def predict(self, X, noise_var=None):
+        """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
+        Y, scale = self._prepare(X)
+        if not self.learn_noise_:
+            if noise_var is None:
+                raise ValueError("this model uses known noise: pass noise_var of shape "
+                                 f"{Y.shape[:2]}")
+            noise_var = check_finite_array(noise_var, "noise_var", ndim=2)
+            if noise_var.shape != Y.shape[:2] or np.any(noise_var <= 0):
+                raise ValueError(f"noise_var must be positive with shape {Y.shape[:2]}")
+        elif noise_var is not None:
+            raise ValueError("noise_var is only used by known-noise models")
+        safe = np.where(scale > 0, scale, 1.0)
+        lead_field = self.lead_field_.astype(np.float32)
+        n = len(Y)
+        sources = np.zeros((n, self.n_sources_, Y.shape[2]))
+        self.source_var_ = np.zeros((n, self.n_sources_))
+        self.noise_var_ = np.zeros((n, self.n_features_in_))
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            feeds = {"sensors": (Y[sl] / safe[sl, None, None]).astype(np.float32),
+                     "lead_field": lead_field}
+            if not self.learn_noise_:
+                feeds["noise_var_in"] = (noise_var[sl] / safe[sl, None] ** 2).astype(np.float32)
+            x, source_var, noise = self.session_.run(None, feeds)
+            source_scale = safe[sl] / self.lead_field_scale_ * (scale[sl] > 0)
+            sources[sl] = x * source_scale[:, None, None]
+            self.source_var_[sl] = source_var * source_scale[:, None] ** 2
+            self.noise_var_[sl] = noise * (safe[sl] * (scale[sl] > 0))[:, None] ** 2
+        return self._squeeze(sources, X)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("session_", None)  # onnxruntime sessions do not pickle; rebuilt on load
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "provider_" in state:
+            self.session_ = _session(self.path, self.providers, self.intra_op_num_threads)

@@ -1,0 +1,178 @@
+"""Shipped pretrained models: presets, training, export and verified loading.
+
+Each model ``NAME`` ships as ``NAME.pt`` (torch weights and config, for
+fine-tuning), ``NAME.onnx`` (deployment) and ``NAME.json`` (model card: training
+data and simulator settings, budget, seed, versions, validation metrics against
+ClassicalCB, sha256 of the files).  The files live in the package
+(``unfolded_sbl/data/models``; the repository's ``exported_models/`` points
+there), so an installed package finds them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL_DIR = Path(__file__).parent / "data" / "models"
+
+#: name -> estimator parameters and training budget (2 CPU cores).
+PRESETS = {
+    "deep-cb-joint": dict(correction="mlp", noise_correction="mlp", learn_noise=True,
+                          max_epochs=16, steps_per_epoch=20, progressive_steps=4,
+                          batch_size=32, learning_rate=2e-3),
+    "deep-cb-known": dict(correction="mlp", noise_correction="none", learn_noise=False,
+                          max_epochs=10, steps_per_epoch=20, progressive_steps=3,
+                          batch_size=32, learning_rate=2e-3),
+    "deep-attn-cb-joint": dict(correction="attention", noise_correction="mlp",
+                               learn_noise=True, max_epochs=4, steps_per_epoch=10,
+                               progressive_steps=1, batch_size=16, learning_rate=2e-3),
+}
+TRAIN_FORWARD = "biosemi64-ico3"
+
+
+def list_pretrained():
+    """Names of the shipped models (those with a model card)."""
+    return sorted(p.stem for p in MODEL_DIR.glob("*.json"))
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fid:
+        for block in iter(lambda: fid.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_card(name):
+    """The model card (a dict) of a shipped model."""
+    path = MODEL_DIR / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"unknown pretrained model {name!r}; available: {list_pretrained()}")
+    with open(path) as fid:
+        return json.load(fid)
+
+
+def pretrained_path(name, kind="pt"):
+    """Path of a shipped model file after checking its sha256 against the card."""
+    card = model_card(name)
+    path = MODEL_DIR / f"{name}.{kind}"
+    if not path.exists():
+        raise ValueError(f"pretrained model file {path.name} is missing")
+    expected = card["files"][path.name]["sha256"]
+    if sha256(path) != expected:
+        raise ValueError(f"{path} does not match the sha256 in its model card: the file "
+                         "is corrupted or was modified")
+    return path
+
+
+def load_pretrained(name, forward=None, backend="torch", **kwargs):
+    """Load a shipped model, verified against its model card.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_pretrained`, e.g. ``"deep-cb-joint"``.
+    forward : str | ForwardModel | mne.Forward | None
+        Forward model to run on (default: the training template).  MLP and
+        attention models run on any cap and source space.
+    backend : {"torch", "onnx"}
+        ``"torch"`` returns an :class:`UnfoldedSBLRegressor` (fine-tunable),
+        ``"onnx"`` a fitted :class:`OnnxSBLRegressor`.
+    **kwargs
+        Passed to :class:`OnnxSBLRegressor` (e.g. ``intra_op_num_threads``).
+    """
+    if backend == "torch":
+        from .unfolded import UnfoldedSBLRegressor
+
+        return UnfoldedSBLRegressor.load(pretrained_path(name, "pt"),
+                                         forward=forward or TRAIN_FORWARD)
+    if backend == "onnx":
+        from .onnx_runtime import OnnxSBLRegressor
+
+        return OnnxSBLRegressor(pretrained_path(name, "onnx"), forward=forward or TRAIN_FORWARD,
+                                **kwargs).fit()
+    raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+
+
+def _evaluate(estimators, data, forward, known):
+    from .evaluation import evaluate
+
+    kwargs = {k: {"noise_var": data.noise_var} for k in known}
+    return evaluate(estimators, data, forward, kwargs)
+
+
+def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overrides=None,
+                     checkpoint_dir=None, verbose=True):
+    """Train a preset on the simulator, evaluate it, export it and write its card."""
+    import sklearn
+    import torch
+
+    from . import __version__
+    from .estimators import ClassicalCB
+    from .export import export_onnx
+    from .forward import load_forward
+    from .simulate import Simulator, simulate
+    from .unfolded import UnfoldedSBLRegressor
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    params = {**PRESETS[name], **(overrides or {})}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = None
+    if checkpoint_dir:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        checkpoint = str(Path(checkpoint_dir) / f"{name}.ckpt")
+    est = UnfoldedSBLRegressor(forward=TRAIN_FORWARD, random_state=random_state,
+                               checkpoint=checkpoint, verbose=verbose, **params)
+    start = time.perf_counter()
+    est.fit_simulated()
+    train_seconds = time.perf_counter() - start
+    files = {f"{name}.pt": out_dir / f"{name}.pt", f"{name}.onnx": out_dir / f"{name}.onnx"}
+    est.save(files[f"{name}.pt"])
+    export_onnx(est, files[f"{name}.onnx"])
+
+    val_forward = load_forward(f"{TRAIN_FORWARD}-perturbed")
+    data = simulate(val_forward, n_eval, random_state=10_000 + random_state)
+    fwd = load_forward(TRAIN_FORWARD)
+    noise = "learn" if params["learn_noise"] else "known"
+    classical = {f"ClassicalCB ({noise}), 25 it.": ClassicalCB(fwd, noise=noise).fit(),
+                 f"ClassicalCB ({noise}), 100 it.": ClassicalCB(fwd, noise=noise,
+                                                                n_iter=100).fit()}
+    known = [] if params["learn_noise"] else list(classical) + [name]
+    rows = _evaluate({**classical, name: est}, data, fwd, known)
+    sim = Simulator(fwd)
+    card = {
+        "name": name, "format_version": 1,
+        "description": {"deep-cb-joint": "Deep CB: pointwise-MLP corrections, joint noise",
+                        "deep-cb-known": "Deep CB: pointwise-MLP corrections, known noise",
+                        "deep-attn-cb-joint": "Deep Attn CB: attention corrections, joint "
+                                              "noise"}.get(name, name),
+        "estimator_params": params, "seed": random_state,
+        "training": {"forward": TRAIN_FORWARD, "data": "streamed from the simulator, fresh "
+                     "samples every step",
+                     "samples_seen": int(params["batch_size"] * (
+                         params["max_epochs"] * params["steps_per_epoch"]
+                         + params["progressive_steps"] * (25 - 1))),
+                     "seconds": round(train_seconds, 1),
+                     "machine": f"{platform.machine()}, CPU only",
+                     "simulator": {"n_patches": sim.n_patches, "spread_m": sim.spread,
+                                   "amplitude_Am": sim.amplitude, "snr_db": sim.snr_db,
+                                   "n_times": sim.n_times, "sfreq": sim.sfreq,
+                                   "bands": sim.bands},
+                     "history": est.history_},
+        "validation": {"forward": f"{TRAIN_FORWARD}-perturbed", "n_samples": n_eval,
+                       "seed": 10_000 + random_state, "metrics": rows},
+        "versions": {"unfolded_sbl": __version__, "torch": torch.__version__,
+                     "numpy": np.__version__, "scikit-learn": sklearn.__version__},
+        "files": {fname: {"sha256": sha256(path), "bytes": path.stat().st_size}
+                  for fname, path in files.items()},
+    }
+    with open(out_dir / f"{name}.json", "w") as fid:
+        json.dump(card, fid, indent=2, default=float)
+    return card
