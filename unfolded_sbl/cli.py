@@ -55,11 +55,40 @@ def _cmd_demo(args):
         "ClassicalCB (joint noise)": ClassicalCB(fwd, noise="learn").fit(),
         "ClassicalCB (known noise)": ClassicalCB(fwd, noise="known").fit(),
     }
-    kwargs = {"ClassicalCB (known noise)": {"noise_var": data.noise_var}}
+    known_noise_models = ["ClassicalCB (known noise)"]
+    from .zoo import list_pretrained, load_pretrained
+
+    for name in list_pretrained():
+        model = load_pretrained(name, forward=fwd, backend="onnx")
+        estimators[f"{name} (onnx, {model.provider_.replace('ExecutionProvider', '')})"] = model
+        if not model.learn_noise_:
+            known_noise_models.append(f"{name} (onnx, "
+                                      f"{model.provider_.replace('ExecutionProvider', '')})")
+    kwargs = {k: {"noise_var": data.noise_var} for k in known_noise_models}
     rows = evaluate(estimators, data, fwd, kwargs)
     print(format_table(rows))
     print("rmse: relative squared error; emd, le in metres; f1 of supports (higher is "
           "better)")
+    return 0
+
+
+def _cmd_export(args):
+    from .export import export_onnx
+    from .unfolded import UnfoldedSBLRegressor
+
+    est = UnfoldedSBLRegressor.load(args.model, forward=args.forward)
+    print(f"wrote {export_onnx(est, args.out)}")
+    return 0
+
+
+def _cmd_train(args):
+    from .zoo import MODEL_DIR, train_pretrained
+
+    card = train_pretrained(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
+                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir)
+    from .evaluation import format_table
+
+    print(format_table(card["validation"]["metrics"]))
     return 0
 
 
@@ -81,6 +110,21 @@ def build_parser():
     sim.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 20.0))
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_cmd_simulate)
+
+    exp = sub.add_parser("export", help="export a saved network (.pt) to ONNX")
+    exp.add_argument("model")
+    exp.add_argument("out")
+    exp.add_argument("--forward", default=None, help="template (default: training one)")
+    exp.set_defaults(func=_cmd_export)
+
+    train = sub.add_parser("train", help="train a pretrained-model preset on the simulator")
+    train.add_argument("name", help="preset: deep-cb-joint, deep-cb-known, deep-attn-cb-joint")
+    train.add_argument("--out", default=None, help="output folder (default: package models)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--n-eval", type=int, default=256)
+    train.add_argument("--checkpoint-dir", default=".checkpoints",
+                       help="resumable checkpoints (rerun the command to resume)")
+    train.set_defaults(func=_cmd_train)
 
     fwd = sub.add_parser("forward", help="list, inspect or build template forward models")
     fwd_sub = fwd.add_subparsers(dest="action", required=True)

@@ -1,0 +1,80 @@
+"""The shipped models: found by name, verified against their cards, predicting."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import unfolded_sbl as us
+from unfolded_sbl import zoo
+
+SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint")
+
+
+def test_all_presets_are_shipped():
+    assert set(SHIPPED) <= set(us.list_pretrained())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_and_predicts(name, fwd, data):
+    card = zoo.model_card(name)
+    assert card["training"]["forward"] == "biosemi64-ico3"
+    assert set(card["files"]) == {f"{name}.pt", f"{name}.onnx"}
+    kwargs = {} if card["estimator_params"]["learn_noise"] else {"noise_var": data.noise_var[:2]}
+    torch_est = us.load_pretrained(name, forward=fwd)
+    onnx_est = us.load_pretrained(name, forward=fwd, backend="onnx")
+    ref = torch_est.predict(data.sensors[:2], **kwargs)
+    out = onnx_est.predict(data.sensors[:2], **kwargs)
+    assert ref.shape == (2, 1284, 100) and np.all(np.isfinite(ref))
+    # float32 through 25 layers: the ONNX.md float32 floor is ~1e-3 at high SNR
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-3
+
+
+def test_deep_cb_runs_on_another_cap_and_source_space():
+    fwd = us.load_forward("things63-ico4")
+    data = us.simulate(fwd, 2, random_state=0, n_times=30)
+    est = us.load_pretrained("deep-cb-joint", forward=fwd)
+    assert est.predict(data.sensors).shape == (2, 5124, 30)
+    onnx_est = us.OnnxSBLRegressor(zoo.MODEL_DIR / "deep-cb-joint.onnx", forward=fwd).fit()
+    assert onnx_est.predict(data.sensors).shape == (2, 5124, 30)
+
+
+def test_exported_models_folder_points_at_the_package_files():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "exported_models").exists():
+        pytest.skip("not running from a source checkout")
+    assert (repo / "exported_models" / "deep-cb-joint.onnx").exists()
+
+
+def test_modified_file_fails_sha_check(tmp_path, monkeypatch):
+    for f in zoo.MODEL_DIR.glob("deep-cb-joint.*"):
+        shutil.copy(f, tmp_path / f.name)
+    with open(tmp_path / "deep-cb-joint.pt", "r+b") as fid:
+        fid.seek(200)
+        fid.write(b"\x00\x01\x02")
+    monkeypatch.setattr(zoo, "MODEL_DIR", tmp_path)
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        us.load_pretrained("deep-cb-joint")
+    (tmp_path / "deep-cb-joint.onnx").unlink()
+    with pytest.raises(ValueError, match="missing"):
+        us.load_pretrained("deep-cb-joint", backend="onnx")
+
+
+def test_unknown_name_and_backend():
+    with pytest.raises(ValueError, match="unknown pretrained model 'nope'"):
+        us.load_pretrained("nope")
+    with pytest.raises(ValueError, match="backend"):
+        us.load_pretrained("deep-cb-joint", backend="tensorflow")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_records_validation_against_classical(name):
+    card = zoo.model_card(name)
+    rows = card["validation"]["metrics"]
+    assert name in rows and any(k.startswith("ClassicalCB") for k in rows)
+    json.dumps(card)  # plain JSON
+    for key in ("seed", "versions", "estimator_params"):
+        assert key in card
