@@ -18,7 +18,7 @@ import numpy as np
 
 import unfolded_sbl as us
 from benchmarks._results import write_section
-from unfolded_sbl.evaluation import format_table
+from unfolded_sbl.evaluation import format_table, score_sources
 
 
 def _whiten(data, fwd, i):
@@ -53,10 +53,7 @@ def run_ours(data, fwd, n_problems, n_iter, tol, dtype="float64", batch_size=64)
 
 
 def metrics_row(true, est, fwd, ms):
-    return {"rmse": us.rmse(true, est), "emd": us.emd(true, est, fwd.positions),
-            "f1": us.f1(true, est),
-            "le": us.localization_error(true, est, fwd.positions, fwd.adjacency),
-            "ms_per_sample": ms}
+    return {**score_sources(true, est, fwd), "ms_per_sample": ms}
 
 
 def main(argv=None):

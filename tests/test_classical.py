@@ -137,7 +137,7 @@ def test_bad_inputs(fwd, data):
         est.predict(np.ones(64))
     with pytest.raises(TypeError, match="X must be an array"):
         est.predict("data")
-    with pytest.raises(ValueError, match="noise='known' needs noise_var"):
+    with pytest.raises(ValueError, match="known noise: pass noise_var"):
         us.ClassicalCB(fwd, noise="known").fit().predict(data.sensors[:1])
     with pytest.raises(ValueError, match="noise_var must be positive"):
         us.ClassicalCB(fwd, noise="known").fit().predict(

@@ -15,11 +15,12 @@ from .unfolded import UnfoldedSBLRegressor  # noqa: E402
 from .export import export_onnx  # noqa: E402
 from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
 from .zoo import list_pretrained, load_pretrained  # noqa: E402
+from .mne_io import apply  # noqa: E402
 from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # noqa: E402
 
 __all__ = [
     "ClassicalCB", "SLORETA", "ForwardModel", "list_forwards", "load_forward", "emd", "f1",
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
     "rmse_scorer", "UnfoldedSBLRegressor", "export_onnx", "OnnxSBLRegressor",
-    "list_pretrained", "load_pretrained", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
+    "list_pretrained", "load_pretrained", "apply", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
 ]

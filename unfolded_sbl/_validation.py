@@ -59,3 +59,15 @@ def check_sensor_data(X, n_channels, name="X"):
         raise ValueError(f"{name} must have at least one sample and one time point, "
                          f"got shape {X.shape}")
     return X
+
+
+def check_noise_var(noise_var, shape, name="noise_var"):
+    """Known per-sample noise variances: finite, positive, of ``shape``."""
+    if noise_var is None:
+        raise ValueError(f"this model uses known noise: pass {name} of shape {shape}")
+    noise_var = check_finite_array(noise_var, name, ndim=2, shape_doc=str(shape))
+    if noise_var.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {noise_var.shape}")
+    if np.any(noise_var <= 0):
+        raise ValueError(f"{name} must be positive")
+    return noise_var

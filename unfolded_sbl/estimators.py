@@ -23,7 +23,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._champagne import champagne
-from ._validation import check_finite_array, check_positive_int, check_sensor_data
+from ._validation import (check_finite_array, check_noise_var, check_positive_int,
+                          check_sensor_data)
 from .forward import as_forward
 from .metrics import rmse
 
@@ -237,16 +238,7 @@ class ClassicalCB(_SourceEstimator):
 
     def _known_noise(self, noise_var, n_samples):
         if self.noise_mode_ == "known":
-            if noise_var is None:
-                raise ValueError("noise='known' needs noise_var of shape (n_samples, "
-                                 f"{self.n_features_in_}) in predict")
-            noise_var = check_finite_array(noise_var, "noise_var", ndim=2)
-            if noise_var.shape != (n_samples, self.n_features_in_):
-                raise ValueError(f"noise_var must have shape ({n_samples}, "
-                                 f"{self.n_features_in_}), got {noise_var.shape}")
-            if np.any(noise_var <= 0):
-                raise ValueError("noise_var must be positive")
-            return noise_var
+            return check_noise_var(noise_var, (n_samples, self.n_features_in_))
         if noise_var is not None:
             raise ValueError("noise_var is only used with noise='known'")
         if self.noise_mode_ == "array":

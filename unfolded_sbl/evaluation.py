@@ -11,6 +11,14 @@ from . import metrics
 METRIC_COLUMNS = ("rmse", "emd", "f1", "le")
 
 
+def score_sources(true, pred, forward):
+    """rMSE, EMD (m), F1 and LE (m) of one set of predictions, averaged over samples."""
+    return {"rmse": metrics.rmse(true, pred),
+            "emd": metrics.emd(true, pred, forward.positions),
+            "f1": metrics.f1(true, pred),
+            "le": metrics.localization_error(true, pred, forward.positions, forward.adjacency)}
+
+
 def evaluate(estimators, data, forward, predict_kwargs=None):
     """Metrics and time per sample of fitted estimators on one dataset.
 
@@ -36,14 +44,8 @@ def evaluate(estimators, data, forward, predict_kwargs=None):
         start = time.perf_counter()
         pred = est.predict(data.sensors, **predict_kwargs.get(name, {}))
         elapsed = time.perf_counter() - start
-        rows[name] = {
-            "rmse": metrics.rmse(data.sources, pred),
-            "emd": metrics.emd(data.sources, pred, forward.positions),
-            "f1": metrics.f1(data.sources, pred),
-            "le": metrics.localization_error(data.sources, pred, forward.positions,
-                                             forward.adjacency),
-            "ms_per_sample": 1e3 * elapsed / len(data),
-        }
+        rows[name] = {**score_sources(data.sources, pred, forward),
+                      "ms_per_sample": 1e3 * elapsed / len(data)}
     return rows
 
 

@@ -57,8 +57,18 @@ class SourceAttention(nn.Module):
 
     def forward(self, features):
         h = self.norm(self.embed(features))
-        h = h + self.attn(h, h, h, need_weights=False)[0]
-        return self.mlp(h)
+        return self.mlp(h + self._attend(h))
+
+    def _attend(self, h):
+        # The generic (non-fused) path of nn.MultiheadAttention: same weights and
+        # result, but made of plain matrix products, so it also exports to ONNX
+        # (the fused inference kernel has no ONNX symbolic).
+        attn = self.attn
+        out, _ = nn.functional.multi_head_attention_forward(
+            h.transpose(0, 1), h.transpose(0, 1), h.transpose(0, 1), attn.embed_dim,
+            attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
+            attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False)
+        return out.transpose(0, 1)
 
 
 class BiasCorrection(nn.Module):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ._validation import check_finite_array, check_positive_int
+from ._validation import check_noise_var, check_positive_int
 from .estimators import _SourceEstimator
 
 logger = logging.getLogger("unfolded_sbl")
@@ -24,11 +24,16 @@ def _session(path, providers, threads):
     available = ort.get_available_providers()
     wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                            if p in available]
+    # Probing CUDA on a machine without its libraries prints a red error even though
+    # the session falls back to the CPU: silence it during creation, report below.
+    ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
     except Exception as err:  # onnxruntime raises its own exception types
         raise ValueError(f"cannot load ONNX model {path}: it is corrupted or not an ONNX "
                          f"model ({type(err).__name__}: {str(err)[:200]})") from None
+    finally:
+        ort.set_default_logger_severity(2)
     # onnxruntime-gpu lists CUDA even without a usable GPU and then silently runs
     # on the CPU: report what the session really uses.
     used = session.get_providers()[0]
@@ -98,12 +103,7 @@ class OnnxSBLRegressor(_SourceEstimator):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
         Y, scale = self._prepare(X)
         if not self.learn_noise_:
-            if noise_var is None:
-                raise ValueError("this model uses known noise: pass noise_var of shape "
-                                 f"{Y.shape[:2]}")
-            noise_var = check_finite_array(noise_var, "noise_var", ndim=2)
-            if noise_var.shape != Y.shape[:2] or np.any(noise_var <= 0):
-                raise ValueError(f"noise_var must be positive with shape {Y.shape[:2]}")
+            noise_var = check_noise_var(noise_var, Y.shape[:2])
         elif noise_var is not None:
             raise ValueError("noise_var is only used by known-noise models")
         safe = np.where(scale > 0, scale, 1.0)

@@ -10,6 +10,7 @@ layers drawn at random per mini-batch (never the last).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,10 +65,14 @@ class Trainer:
         self.torch_gen = torch.Generator().manual_seed(
             int(self.rng.integers(2 ** 31)) if random_state is not None else 0)
         self.history = []
-        self.state = {"phase": "progressive", "layer": 0, "epoch": 0}
+        self.state = {"phase": "progressive", "layer": 0, "epoch": 0, "seconds": 0.0}
+        self._clock = time.perf_counter()
 
     # -- checkpoints -----------------------------------------------------------------
     def _save(self, optimizer, scheduler=None):
+        now = time.perf_counter()
+        self.state["seconds"] = self.state.get("seconds", 0.0) + now - self._clock
+        self._clock = now
         if not self.s.checkpoint:
             return
         tmp = f"{self.s.checkpoint}.tmp"
@@ -87,6 +92,7 @@ class Trainer:
         self.history = ckpt["history"]
         self.rng.bit_generator.state = ckpt["rng"]
         self.torch_gen.set_state(ckpt["torch_gen"])
+        self._clock = time.perf_counter()
         return ckpt["optimizer"], ckpt["scheduler"]
 
     # -- steps -----------------------------------------------------------------------
@@ -163,7 +169,8 @@ class Trainer:
                 self._save(optimizer)
             for p in model.parameters():
                 p.requires_grad_(True)
-            self.state = {"phase": "joint", "layer": n_trainable, "epoch": 0}
+            self.state = {"phase": "joint", "layer": n_trainable, "epoch": 0,
+                          "seconds": self.state["seconds"]}
         for p in model.parameters():
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(all_params, lr=s.learning_rate)

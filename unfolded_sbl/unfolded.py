@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._validation import check_finite_array, check_positive_int
+from ._validation import check_finite_array, check_noise_var, check_positive_int
 from .estimators import _DTYPES, _SourceEstimator
 from .forward import list_forwards
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne
@@ -170,6 +170,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         trainer = Trainer(self.network_, self._tensor(self.lead_field_), draw_batch,
                           validation, settings, random_state=self.random_state)
         self.history_ = trainer.run()
+        # training time summed over interrupted and resumed runs
+        self.train_seconds_ = trainer.state.get("seconds", 0.0)
         self.network_.eval()
         return self
 
@@ -220,11 +222,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             raise NotFittedError("call fit, fit_simulated or load first")
         Y, scale = self._prepare(X)
         if not self.learn_noise:
-            noise_var = check_finite_array(noise_var, "noise_var", ndim=2) if (
-                noise_var is not None) else None
-            if noise_var is None or noise_var.shape != Y.shape[:2] or np.any(noise_var <= 0):
-                raise ValueError(f"learn_noise=False needs positive noise_var of shape "
-                                 f"{Y.shape[:2]} in predict")
+            noise_var = check_noise_var(noise_var, Y.shape[:2])
         elif noise_var is not None:
             raise ValueError("noise_var is only used with learn_noise=False")
         safe = np.where(scale > 0, scale, 1.0)

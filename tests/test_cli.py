@@ -1,0 +1,33 @@
+import numpy as np
+
+import unfolded_sbl as us
+from unfolded_sbl.cli import main
+
+
+def test_forward_list_and_info(capsys):
+    assert main(["forward", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "biosemi64-ico3" in out and "5124 sources" in out
+    assert main(["forward", "info", "things63-ico3"]) == 0
+    assert "Fp1" in capsys.readouterr().out
+
+
+def test_simulate_writes_dataset(tmp_path, capsys):
+    out = tmp_path / "sim.npz"
+    assert main(["simulate", str(out), "--n-samples", "3", "--seed", "1"]) == 0
+    data = us.SimulatedData.load(out)
+    assert data.sensors.shape == (3, 64, 100)
+    again = us.simulate("biosemi64-ico3", 3, random_state=1)
+    np.testing.assert_allclose(data.sensors, again.sensors, rtol=1e-6)
+
+
+def test_demo_prints_metric_table(capsys):
+    assert main(["demo", "--n-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    for word in ("sLORETA", "ClassicalCB (joint noise)", "deep-cb-joint", "rmse", "emd"):
+        assert word in out
+
+
+def test_clear_error_exit_code(capsys):
+    assert main(["forward", "info", "nope"]) == 2
+    assert "unknown forward model" in capsys.readouterr().err
