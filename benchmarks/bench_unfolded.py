@@ -118,7 +118,7 @@ Deep Attn CB (about 1,000 training samples: attention over 1284 sources costs ~1
 per step on a CPU) gains little, and Bias CB barely moves from the classical solver under its
 2-minute budget. Absolute errors are higher than the paper's because the held-out data come
 from the perturbed head model (skull conductivity x0.5 and 3 mm electrode jitter); on nominal
-data ClassicalCB joint gives rMSE 0.42-0.43 (bench_classical). ClassicalCB at 100 iterations
+data ClassicalCB gives rMSE about 0.42 (bench_classical, known noise). ClassicalCB at 100 iterations
 keeps the best localisation error (LE); the learned models win rMSE, EMD and F1 at the cost
 of 25 iterations.
 
