@@ -68,6 +68,27 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         scale = np.sqrt(np.mean(Y ** 2, axis=(1, 2)))
         return Y, scale
 
+    def _network_inputs(self, X, noise_var, learn_noise):
+        """Normalised data (and known noise) for a network, plus the scales to undo.
+
+        All-zero samples get scale 1 here and ``nonzero`` False, so that their
+        outputs come back as zeros.
+        """
+        Y, scale = self._prepare(X)
+        if not learn_noise:
+            noise_var = check_noise_var(noise_var, Y.shape[:2])
+        elif noise_var is not None:
+            raise ValueError("noise_var is only used by known-noise models")
+        safe = np.where(scale > 0, scale, 1.0)
+        noise = None if noise_var is None else noise_var / safe[:, None] ** 2
+        return Y / safe[:, None, None], noise, safe, scale > 0
+
+    def _physical(self, sources, source_var, noise_var, safe, nonzero):
+        """Undo the normalisation of network outputs (numpy arrays)."""
+        source_scale = safe / self.lead_field_scale_ * nonzero
+        return (sources * source_scale[:, None, None], source_var * source_scale[:, None] ** 2,
+                noise_var * (safe * nonzero)[:, None] ** 2)
+
     @staticmethod
     def _squeeze(sources, X):
         return sources[:, :, 0] if np.ndim(X) == 2 else sources

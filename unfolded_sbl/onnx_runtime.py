@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ._validation import check_noise_var, check_positive_int
+from ._validation import check_positive_int
 from .estimators import _SourceEstimator
 
 logger = logging.getLogger("unfolded_sbl")
@@ -101,28 +101,18 @@ class OnnxSBLRegressor(_SourceEstimator):
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
-        Y, scale = self._prepare(X)
-        if not self.learn_noise_:
-            noise_var = check_noise_var(noise_var, Y.shape[:2])
-        elif noise_var is not None:
-            raise ValueError("noise_var is only used by known-noise models")
-        safe = np.where(scale > 0, scale, 1.0)
+        Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise_)
         lead_field = self.lead_field_.astype(np.float32)
-        n = len(Y)
-        sources = np.zeros((n, self.n_sources_, Y.shape[2]))
-        self.source_var_ = np.zeros((n, self.n_sources_))
-        self.noise_var_ = np.zeros((n, self.n_features_in_))
-        for start in range(0, n, self.batch_size):
+        outputs = []
+        for start in range(0, len(Y), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            feeds = {"sensors": (Y[sl] / safe[sl, None, None]).astype(np.float32),
-                     "lead_field": lead_field}
-            if not self.learn_noise_:
-                feeds["noise_var_in"] = (noise_var[sl] / safe[sl, None] ** 2).astype(np.float32)
-            x, source_var, noise = self.session_.run(None, feeds)
-            source_scale = safe[sl] / self.lead_field_scale_ * (scale[sl] > 0)
-            sources[sl] = x * source_scale[:, None, None]
-            self.source_var_[sl] = source_var * source_scale[:, None] ** 2
-            self.noise_var_[sl] = noise * (safe[sl] * (scale[sl] > 0))[:, None] ** 2
+            feeds = {"sensors": Y[sl].astype(np.float32), "lead_field": lead_field}
+            if noise is not None:
+                feeds["noise_var_in"] = noise[sl].astype(np.float32)
+            outputs.append(self.session_.run(None, feeds))
+        sources, self.source_var_, self.noise_var_ = self._physical(
+            *(np.concatenate([o[i] for o in outputs]).astype(np.float64) for i in range(3)),
+            safe, nonzero)
         return self._squeeze(sources, X)
 
     def __getstate__(self):

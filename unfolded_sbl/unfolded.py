@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._validation import check_finite_array, check_noise_var, check_positive_int
+from ._validation import check_finite_array, check_positive_int
 from .estimators import _DTYPES, _SourceEstimator
 from .forward import list_forwards
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne
@@ -220,25 +220,18 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError("call fit, fit_simulated or load first")
-        Y, scale = self._prepare(X)
-        if not self.learn_noise:
-            noise_var = check_noise_var(noise_var, Y.shape[:2])
-        elif noise_var is not None:
-            raise ValueError("noise_var is only used with learn_noise=False")
-        safe = np.where(scale > 0, scale, 1.0)
-        Y = self._tensor(Y / safe[:, None, None])
-        noise = None if noise_var is None else self._tensor(noise_var / safe[:, None] ** 2)
+        Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise)
+        noise = None if noise is None else self._tensor(noise)
         with torch.no_grad():
-            out = self.network_(Y, self._tensor(self.lead_field_), noise, **kwargs)
-        return out, safe, scale > 0
+            out = self.network_(self._tensor(Y), self._tensor(self.lead_field_), noise, **kwargs)
+        return out, safe, nonzero
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
-        out, scale, nonzero = self._run(X, noise_var)
-        source_scale = (scale / self.lead_field_scale_) * nonzero
-        sources = out["sources"].double().numpy() * source_scale[:, None, None]
-        self.source_var_ = out["source_var"].double().numpy() * source_scale[:, None] ** 2
-        self.noise_var_ = out["noise_var"].double().numpy() * (scale * nonzero)[:, None] ** 2
+        out, safe, nonzero = self._run(X, noise_var)
+        sources, self.source_var_, self.noise_var_ = self._physical(
+            *(out[k].double().numpy() for k in ("sources", "source_var", "noise_var")),
+            safe, nonzero)
         return self._squeeze(sources, X)
 
     def predict_trajectory(self, X, noise_var=None):
@@ -252,14 +245,14 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             ``source_correction`` (n, M) / ``noise_correction`` (n, N) added to
             the log-variance updates (None where a layer has none).
         """
-        out, scale, nonzero = self._run(X, noise_var, trajectory=True)
-        source_scale = (scale / self.lead_field_scale_) * nonzero
+        out, safe, nonzero = self._run(X, noise_var, trajectory=True)
         layers = []
         for state in out["trajectory"]:
+            sources, source_var, noise = self._physical(
+                *(state[k].double().numpy() for k in ("sources", "source_var", "noise_var")),
+                safe, nonzero)
             layers.append({
-                "sources": state["sources"].double().numpy() * source_scale[:, None, None],
-                "source_var": state["source_var"].double().numpy() * source_scale[:, None] ** 2,
-                "noise_var": state["noise_var"].double().numpy() * scale[:, None] ** 2,
+                "sources": sources, "source_var": source_var, "noise_var": noise,
                 "source_correction": None if state["source_correction"] is None
                 else state["source_correction"].double().numpy(),
                 "noise_correction": None if state["noise_correction"] is None
