@@ -62,8 +62,6 @@ class Trainer:
         self.validation = validation
         self.s = settings
         self.rng = np.random.default_rng(random_state)
-        self.torch_gen = torch.Generator().manual_seed(
-            int(self.rng.integers(2 ** 31)) if random_state is not None else 0)
         self.history = []
         self.state = {"phase": "progressive", "layer": 0, "epoch": 0, "seconds": 0.0}
         self._clock = time.perf_counter()
@@ -79,8 +77,7 @@ class Trainer:
         torch.save({"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": None if scheduler is None else scheduler.state_dict(),
                     "state": dict(self.state), "history": self.history,
-                    "rng": self.rng.bit_generator.state,
-                    "torch_gen": self.torch_gen.get_state()}, tmp)
+                    "rng": self.rng.bit_generator.state}, tmp)
         os.replace(tmp, self.s.checkpoint)  # atomic: an interrupt never leaves half a file
 
     def _load(self):
@@ -91,7 +88,6 @@ class Trainer:
         self.state = ckpt["state"]
         self.history = ckpt["history"]
         self.rng.bit_generator.state = ckpt["rng"]
-        self.torch_gen.set_state(ckpt["torch_gen"])
         self._clock = time.perf_counter()
         return ckpt["optimizer"], ckpt["scheduler"]
 
@@ -153,7 +149,7 @@ class Trainer:
                        disable=not s.verbose)
             for k in bar:
                 params = self._layer_params(k)
-                if k > 0 and self.state["layer"] == k:  # start layer k from layer k-1
+                if k > 0:  # start layer k from layer k-1
                     for name in ("source_corrections", "noise_corrections"):
                         modules = getattr(model, name)
                         modules[k].load_state_dict(modules[k - 1].state_dict())
@@ -167,8 +163,6 @@ class Trainer:
                     bar.set_postfix(layer=k, loss=f"{loss:.4f}")
                 self.state["layer"] = k + 1
                 self._save(optimizer)
-            for p in model.parameters():
-                p.requires_grad_(True)
             self.state = {"phase": "joint", "layer": n_trainable, "epoch": 0,
                           "seconds": self.state["seconds"]}
         for p in model.parameters():

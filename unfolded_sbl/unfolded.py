@@ -10,7 +10,7 @@ import torch
 from . import __version__
 from ._validation import check_finite_array, check_positive_int
 from .estimators import _DTYPES, _SourceEstimator
-from .forward import list_forwards
+from .forward import list_forwards, load_forward
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne
 from .simulate import Simulator
 from .training import Trainer, TrainSettings
@@ -150,8 +150,6 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         forward = self.forward_
         name = forward.name
         if name and f"{name}-perturbed" in list_forwards():
-            from .forward import load_forward
-
             val_forward = load_forward(f"{name}-perturbed")
         else:
             val_forward = forward
