@@ -12,6 +12,7 @@ from .forward import ForwardModel, list_forwards, load_forward  # noqa: E402
 from .metrics import emd, f1, localization_error, rmse  # noqa: E402
 from .scoring import SCORERS, emd_scorer, f1_scorer, le_scorer, rmse_scorer  # noqa: E402
 from .unfolded import UnfoldedSBLRegressor  # noqa: E402
+from .end_to_end import EndToEndRegressor  # noqa: E402
 from .export import export_onnx  # noqa: E402
 from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
 from .zoo import list_pretrained, load_pretrained  # noqa: E402
@@ -21,6 +22,6 @@ from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # no
 __all__ = [
     "ClassicalCB", "SLORETA", "ForwardModel", "list_forwards", "load_forward", "emd", "f1",
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
-    "rmse_scorer", "UnfoldedSBLRegressor", "export_onnx", "OnnxSBLRegressor",
+    "rmse_scorer", "UnfoldedSBLRegressor", "EndToEndRegressor", "export_onnx", "OnnxSBLRegressor",
     "list_pretrained", "load_pretrained", "apply", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
 ]

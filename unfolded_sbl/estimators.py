@@ -89,6 +89,22 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         return (sources * source_scale[:, None, None], source_var * source_scale[:, None] ** 2,
                 noise_var * (safe * nonzero)[:, None] ** 2)
 
+    # Networks: float tensors in the units they are trained in (self.torch_dtype_).
+    def _tensor(self, array):
+        return torch.as_tensor(np.ascontiguousarray(array), dtype=self.torch_dtype_)
+
+    def _normalise(self, X, y=None, noise_var=None):
+        """Referenced, scaled tensors (Y, X, noise) as the network sees them."""
+        Y, scale = self._prepare(X)
+        if np.any(scale == 0):
+            raise ValueError("X contains all-zero samples; training needs signal")
+        Y = Y / scale[:, None, None]
+        out = [self._tensor(Y)]
+        source_scale = scale / self.lead_field_scale_
+        out.append(None if y is None else self._tensor(y / source_scale[:, None, None]))
+        out.append(None if noise_var is None else self._tensor(noise_var / scale[:, None] ** 2))
+        return out
+
     @staticmethod
     def _squeeze(sources, X):
         return sources[:, :, 0] if np.ndim(X) == 2 else sources

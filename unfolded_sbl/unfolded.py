@@ -129,21 +129,6 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.history_ = []
         return self
 
-    def _tensor(self, array):
-        return torch.as_tensor(np.ascontiguousarray(array), dtype=self.torch_dtype_)
-
-    def _normalise(self, X, y=None, noise_var=None):
-        """Referenced, scaled tensors (Y, X, noise) as the network sees them."""
-        Y, scale = self._prepare(X)
-        if np.any(scale == 0):
-            raise ValueError("X contains all-zero samples; training needs signal")
-        Y = Y / scale[:, None, None]
-        out = [self._tensor(Y)]
-        source_scale = scale / self.lead_field_scale_
-        out.append(None if y is None else self._tensor(y / source_scale[:, None, None]))
-        out.append(None if noise_var is None else self._tensor(noise_var / scale[:, None] ** 2))
-        return out
-
     def _validation_set(self, rng):
         if self.n_val == 0:
             return None

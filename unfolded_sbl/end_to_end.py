@@ -1,0 +1,164 @@
+"""End-to-end deep baseline in the spirit of DeepSIF (Sun et al., PNAS 2022).
+
+A network maps sensor data straight to sources: a spatial module (MLP over the
+channels of every time point) followed by a residual temporal convolution and
+a linear read-out to every source.  It learns the whole inverse from the
+simulator, so its weights are tied to one cap and one source space: the
+contrast with the unfolded networks, which keep the lead field as an input and
+learn only corrections of a Bayesian update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._validation import check_finite_array, check_positive_int
+from .estimators import _SourceEstimator
+from .simulate import Simulator
+from .training import relative_error
+
+
+class SpatioTemporalNet(nn.Module):
+    """(B, N, T) sensor data -> (B, M, T) sources."""
+
+    def __init__(self, n_channels, n_sources, hidden=256, kernel_size=5):
+        super().__init__()
+        self.spatial = nn.Sequential(nn.Linear(n_channels, hidden), nn.ELU(),
+                                     nn.Linear(hidden, hidden), nn.ELU())
+        self.temporal = nn.Conv1d(hidden, hidden, kernel_size, padding=kernel_size // 2)
+        self.readout = nn.Linear(hidden, n_sources)
+
+    def forward(self, Y):
+        h = self.spatial(Y.transpose(1, 2))                      # (B, T, H)
+        h = h + nn.functional.elu(self.temporal(h.transpose(1, 2))).transpose(1, 2)
+        return self.readout(h).transpose(1, 2)                   # (B, M, T)
+
+
+class EndToEndRegressor(_SourceEstimator):
+    """DeepSIF-like end-to-end source imaging network (baseline).
+
+    Parameters
+    ----------
+    forward : str | ForwardModel | mne.Forward | None
+        Forward model the training data are simulated with; the network only
+        runs on its channel and source counts.
+    hidden : int
+        Width of the spatial and temporal modules.
+    kernel_size : int
+        Temporal convolution width (odd; any ``n_times`` works at predict).
+    max_epochs, steps_per_epoch, batch_size : int
+        Training budget: ``max_epochs * steps_per_epoch`` Adam steps.
+    learning_rate : float
+        Adam learning rate, cosine-annealed to zero.
+    simulator_params : dict | None
+        Keyword arguments of :class:`Simulator` for ``fit_simulated``.
+    random_state : int | None
+    verbose : bool
+
+    Attributes
+    ----------
+    network_ : SpatioTemporalNet
+    history_ : list of dict
+        Mean training loss per epoch.
+    train_seconds_ : float
+    """
+
+    def __init__(self, forward=None, hidden=256, kernel_size=5, max_epochs=10,
+                 steps_per_epoch=50, batch_size=32, learning_rate=1e-3,
+                 simulator_params=None, random_state=None, verbose=False):
+        self.forward = forward
+        self.hidden = hidden
+        self.kernel_size = kernel_size
+        self.max_epochs = max_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.simulator_params = simulator_params
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _build(self):
+        check_positive_int(self.hidden, "hidden")
+        check_positive_int(self.kernel_size, "kernel_size")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        check_positive_int(self.max_epochs, "max_epochs", minimum=0)
+        check_positive_int(self.steps_per_epoch, "steps_per_epoch")
+        check_positive_int(self.batch_size, "batch_size")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        self._fit_forward(None)
+        self.torch_dtype_ = torch.float32
+        torch.manual_seed(0 if self.random_state is None else int(self.random_state))
+        self.network_ = SpatioTemporalNet(self.n_features_in_, self.n_sources_, self.hidden,
+                                          self.kernel_size)
+        self.history_ = []
+        return self
+
+    def _train(self, draw_batch):
+        import time
+
+        from tqdm.auto import tqdm
+
+        rng = np.random.default_rng(self.random_state)
+        net = self.network_.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(self.max_epochs, 1))
+        start = time.perf_counter()
+        for epoch in tqdm(range(self.max_epochs), desc="end-to-end", disable=not self.verbose):
+            losses = []
+            for _ in range(self.steps_per_epoch):
+                Y, X, _ = draw_batch(self.batch_size, rng)
+                loss = relative_error(net(Y), X)
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                optimizer.step()
+                losses.append(loss.item())
+            scheduler.step()
+            self.history_.append({"epoch": epoch, "loss": float(np.mean(losses))})
+        self.train_seconds_ = time.perf_counter() - start
+        net.eval()
+        return self
+
+    def fit(self, X, y):
+        """Train on sensor data ``X`` (n, N, T) and true sources ``y`` (n, M, T)."""
+        self._build()
+        Y, target, _ = self._normalise(X, check_finite_array(y, "y", ndim=3))
+        if target.shape[0] != Y.shape[0] or target.shape[1] != self.n_sources_ or (
+                target.shape[2] != Y.shape[2]):
+            raise ValueError(f"y must have shape ({Y.shape[0]}, {self.n_sources_}, "
+                             f"{Y.shape[2]}), got {tuple(target.shape)}")
+
+        def draw_batch(batch_size, rng):
+            idx = rng.choice(len(Y), size=min(batch_size, len(Y)), replace=False)
+            return Y[idx], target[idx], None
+
+        return self._train(draw_batch)
+
+    def fit_simulated(self, **simulator_params):
+        """Train on fresh simulated batches of the forward model."""
+        self._build()
+        params = {**(self.simulator_params or {}), **simulator_params}
+        simulator = Simulator(self.forward_, random_state=self.random_state, **params)
+
+        def draw_batch(batch_size, rng):
+            data = simulator.draw(batch_size)
+            return tuple(self._normalise(data.sensors, data.sources))
+
+        return self._train(draw_batch)
+
+    def predict(self, X):
+        """Sources, shape (n_samples, n_sources, n_times)."""
+        if not hasattr(self, "network_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("call fit or fit_simulated first")
+        Y, _, safe, nonzero = self._network_inputs(X, None, learn_noise=True)
+        with torch.no_grad():
+            sources = self.network_(self._tensor(Y)).double().numpy()
+        source_scale = safe / self.lead_field_scale_ * nonzero
+        return self._squeeze(sources * source_scale[:, None, None], X)
