@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).parent
-RESULTS_MD = HERE / "RESULTS.md"
 
 
 def machine_line():
@@ -24,9 +23,12 @@ def machine_line():
             f"{unfolded_sbl.__version__}")
 
 
-def write_section(key, title, body, payload=None):
-    """Replace (or append) the section ``key`` of RESULTS.md; dump ``payload`` JSON."""
-    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else (
+def write_section(key, title, body, payload=None, root=HERE):
+    """Replace (or append) the section ``key`` of ``root``/RESULTS.md; dump ``payload`` JSON
+    into ``root``/results/``key``.json."""
+    root = Path(root)
+    results_md = root / "RESULTS.md"
+    text = results_md.read_text() if results_md.exists() else (
         "# Benchmark results\n\nEvery section is written by the script it names; rerun "
         "the script to refresh it. Times are ratios measured in one run on one machine "
         "(the machines are noisy).\n")
@@ -35,8 +37,8 @@ def write_section(key, title, body, payload=None):
     pattern = re.compile(rf"<!-- {key}:start -->.*?<!-- {key}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else (
         text.rstrip() + "\n\n" + section + "\n")
-    RESULTS_MD.write_text(text)
+    results_md.write_text(text)
     if payload is not None:
-        (HERE / "results").mkdir(exist_ok=True)
-        with open(HERE / "results" / f"{key}.json", "w") as fid:
+        (root / "results").mkdir(parents=True, exist_ok=True)
+        with open(root / "results" / f"{key}.json", "w") as fid:
             json.dump(payload, fid, indent=2, default=float)
