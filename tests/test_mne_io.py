@@ -53,8 +53,11 @@ def test_apply_bad_and_flat_channels_are_dropped(fwd, data):
 
 def test_apply_channel_mismatch_lists_missing(fwd, data):
     names = list(fwd.ch_names[:10]) + ["XYZ1", "XYZ2"]
-    with pytest.raises(ValueError, match=r"missing .*\['XYZ1', 'XYZ2'\]"):
+    # no shipped template has them, and they have no position to build one with
+    with pytest.raises(ValueError, match=r"without a position: \['XYZ1', 'XYZ2'\]"):
         us.apply(_evoked(fwd, data, names=names), "ClassicalCB")
+    with pytest.raises(ValueError, match=r"missing from the forward .*\['XYZ1', 'XYZ2'\]"):
+        us.apply(_evoked(fwd, data, names=names), "ClassicalCB", forward=fwd)
     with pytest.raises(TypeError, match="mne.Evoked or mne.Epochs"):
         us.apply(data.sensors, "ClassicalCB")
     with pytest.raises(ValueError, match="unknown model"):

@@ -47,3 +47,38 @@ def test_builder_reproduces_shipped_default(subjects_dir):
     diff = templates.relative_difference(shipped.lead_field, rebuilt.lead_field)
     assert diff["relative"] < 0.2
     assert diff["median_column_correlation"] > 0.99
+
+
+def test_forward_for_any_standard_montage(subjects_dir, tmp_path):
+    """A cap no shipped template has (T3/T4 names) is built offline, then cached."""
+    names = ["Fp1", "FPz", "T3", "T4", "Cz", "Pz", "O1", "O2"]  # FPz: case-insensitive
+    messages = []
+    fwd = templates.forward_for_montage(names, bem_ico=3, cache_dir=tmp_path,
+                                        subjects_dir=subjects_dir, log=messages.append)
+    assert fwd.ch_names == names and fwd.n_sources == 1284
+    assert any("building" in m for m in messages)
+    assert np.all(np.isfinite(fwd.lead_field)) and np.all(fwd.lead_field.std(axis=1) > 0)
+    # bipolar (reference-free) rows agree with the shipped 64-channel template (other
+    # montage file, other BEM resolution)
+    shipped = us.load_forward()
+
+    def bipolar(model, a, b):
+        return model.lead_field[model.ch_names.index(a)] - model.lead_field[
+            model.ch_names.index(b)]
+
+    pairs = [("O1", "Cz"), ("Pz", "Cz"), ("Fp1", "O2"), ("Fp1", "Cz"), ("O2", "Pz")]
+    corr = np.array([[np.corrcoef(bipolar(fwd, *p), bipolar(shipped, *q))[0, 1]
+                      for q in pairs] for p in pairs])
+    assert np.all(np.diag(corr) > 0.8)
+    # each pair matches itself best: channels sit where their names say
+    np.testing.assert_array_equal(corr.argmax(axis=1), np.arange(len(pairs)))
+    messages.clear()
+    again = templates.forward_for_montage(names, bem_ico=3, cache_dir=tmp_path,
+                                          subjects_dir=subjects_dir, log=messages.append)
+    assert not messages  # loaded from the cache, nothing rebuilt
+    np.testing.assert_array_equal(again.ch_names, fwd.ch_names)
+    np.testing.assert_allclose(again.lead_field, fwd.lead_field, rtol=1e-5,
+                               atol=1e-6 * np.abs(fwd.lead_field).max())
+    with pytest.raises(ValueError, match=r"without a position: \['E17'\]"):
+        templates.forward_for_montage(["Cz", "E17"], cache_dir=tmp_path,
+                                      subjects_dir=subjects_dir)

@@ -1,10 +1,11 @@
-"""Command-line interface: ``unfolded-sbl {demo,simulate,forward}``."""
+"""Command-line interface: ``unfolded-sbl {localize,demo,simulate,forward,train,export}``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def _cmd_forward(args):
@@ -69,6 +70,40 @@ def _cmd_demo(args):
     print(format_table(rows))
     print("rmse: relative squared error; emd, le in metres; f1 of supports (higher is "
           "better)")
+    if args.png:
+        import numpy as np
+
+        from .viz import plot_source_maps
+
+        shown = ["ClassicalCB (joint noise)"] + [k for k in estimators if "deep-cb-joint" in k]
+        maps = [np.sqrt(np.mean(data.sources[0] ** 2, axis=-1))] + [
+            np.sqrt(np.mean(estimators[k].predict(data.sensors[:1])[0] ** 2, axis=-1))
+            for k in shown]
+        plot_source_maps(maps, fwd, titles=["truth"] + [k.split(" (")[0] for k in shown],
+                         fname=args.png)
+        print(f"wrote {args.png}: truth beside the estimates of sample 0")
+    return 0
+
+
+def _cmd_localize(args):
+    from .localize import format_report, read_recording, write_outputs
+    from .mne_io import apply
+
+    start = time.perf_counter()
+    condition = int(args.condition) if str(args.condition).isdigit() else args.condition
+    inst = read_recording(args.recording, montage=args.montage, event=args.event,
+                          condition=condition, tmin=args.epoch[0], tmax=args.epoch[1],
+                          l_freq=args.l_freq, h_freq=args.h_freq)
+    stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
+                         tmax=args.tmax, return_forward=True)
+    prefix = args.out or f"{Path(args.recording).name.split('.')[0]}-{args.model}"
+    peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
+                                   title=f"{Path(args.recording).name}, {args.model},")
+    print(format_report(peaks, header=f"{args.recording}: {args.model}, peak sources "
+                        "(MNI-like fsaverage coordinates in mm; approximate lobes)"))
+    for path in written:
+        print(f"wrote {path}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -101,6 +136,34 @@ def build_parser():
     demo.add_argument("--n-samples", type=int, default=16)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+
+    demo.add_argument("--png", default=None, help="also draw truth and estimates of one "
+                      "sample on the cortex into this PNG")
+
+    loc = sub.add_parser("localize", help="source map and peak report of an EEG recording")
+    loc.add_argument("recording", help="evoked/epochs .fif, raw .fif, EEGLAB .set, "
+                     "BrainVision .vhdr, EDF/BDF, ... (anything MNE reads)")
+    loc.add_argument("--model", default="deep-cb-joint",
+                     help="shipped model, ClassicalCB or sLORETA (default: deep-cb-joint)")
+    loc.add_argument("--forward", default=None, help="template name or -fwd.fif of your "
+                     "head model (default: a template with the recording's channels)")
+    loc.add_argument("--tmin", type=float, default=None, help="start of the window (s)")
+    loc.add_argument("--tmax", type=float, default=None, help="end of the window (s)")
+    loc.add_argument("--out", default=None, help="output prefix (default: "
+                     "<recording>-<model> in the current folder)")
+    loc.add_argument("--formats", nargs="+", default=["stc", "png", "csv"],
+                     choices=["stc", "png", "csv"])
+    loc.add_argument("--montage", default=None, help="standard montage to set, e.g. "
+                     "standard_1020 (for files without channel positions)")
+    loc.add_argument("--event", default=None, help="raw data: annotation to epoch and "
+                     "average on (e.g. square)")
+    loc.add_argument("--epoch", type=float, nargs=2, default=(-0.2, 0.5),
+                     metavar=("TMIN", "TMAX"), help="epoch window around --event (s)")
+    loc.add_argument("--condition", default=0, help="evoked files: index or name")
+    loc.add_argument("--l-freq", type=float, default=None, help="raw data: high-pass (Hz)")
+    loc.add_argument("--h-freq", type=float, default=None, help="raw data: low-pass (Hz)")
+
+    loc.set_defaults(func=_cmd_localize)
 
     sim = sub.add_parser("simulate", help="write a simulated dataset (.npz)")
     sim.add_argument("out")

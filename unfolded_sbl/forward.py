@@ -190,17 +190,26 @@ def load_forward(name=DEFAULT_FORWARD):
 
 
 def as_forward(forward):
-    """Turn a template name, a ForwardModel or an ``mne.Forward`` into a ForwardModel."""
+    """Turn a template name, a ForwardModel, an ``mne.Forward`` or a file (``-fwd.fif``
+    or a saved ForwardModel ``.npz``) into a ForwardModel."""
     if forward is None:
         return load_forward()
     if isinstance(forward, ForwardModel):
         return forward
+    if isinstance(forward, (str, Path)) and str(forward).endswith((".fif", ".fif.gz")):
+        import mne
+
+        fwd = mne.read_forward_solution(forward, verbose=False)
+        return ForwardModel.from_mne(mne.convert_forward_solution(
+            fwd, surf_ori=True, force_fixed=True, use_cps=True, verbose=False))
+    if isinstance(forward, (str, Path)) and str(forward).endswith(".npz"):
+        return ForwardModel.load(forward)
     if isinstance(forward, str):
         return load_forward(forward)
     if type(forward).__name__ == "Forward":
         return ForwardModel.from_mne(forward)
-    raise TypeError("forward must be a template name (str), a ForwardModel or an "
-                    f"mne.Forward, got {type(forward).__name__}")
+    raise TypeError("forward must be a template name (str), a file name, a ForwardModel "
+                    f"or an mne.Forward, got {type(forward).__name__}")
 
 
 def _check_adjacency(adjacency, n_sources):

@@ -35,28 +35,55 @@ def _eeg_channels(inst):
     return [inst.ch_names[p] for p in picks[~flat]]
 
 
-def forward_for_channels(ch_names, forward=None):
-    """The rows of a forward model matching ``ch_names`` (case-insensitive).
+def _subset(fwd, ch_names):
+    """Rows of ``fwd`` for ``ch_names`` (case-insensitive), or the missing names."""
+    index = {name.lower(): i for i, name in enumerate(fwd.ch_names)}
+    missing = [c for c in ch_names if c.lower() not in index]
+    if missing:
+        return None, missing
+    rows = [index[c.lower()] for c in ch_names]
+    return ForwardModel(fwd.lead_field[rows], fwd.positions, list(ch_names), fwd.adjacency,
+                        normals=fwd.normals,
+                        ch_pos=None if fwd.ch_pos is None else fwd.ch_pos[rows],
+                        vertices=fwd.vertices, subject=fwd.subject, name=fwd.name), []
 
-    ``forward=None`` searches the shipped templates (:data:`TEMPLATE_SEARCH`)
-    for one holding every channel.
+
+def forward_for_channels(ch_names, forward=None, positions=None, log=print):
+    """A forward model with exactly ``ch_names`` (matched case-insensitively).
+
+    With ``forward`` given, its matching rows (a clear error lists channels it
+    lacks).  Otherwise the first shipped template holding every channel
+    (:data:`TEMPLATE_SEARCH`), else a template built offline for these channels
+    and cached (:func:`unfolded_sbl.templates.forward_for_montage`): 10-05 names
+    take their standard positions, other channels their entry in ``positions``
+    (head frame, metres).
     """
-    candidates = [as_forward(forward)] if forward is not None else [
-        as_forward(name) for name in TEMPLATE_SEARCH]
-    best_missing = None
-    for fwd in candidates:
-        index = {name.lower(): i for i, name in enumerate(fwd.ch_names)}
-        missing = [c for c in ch_names if c.lower() not in index]
-        if not missing:
-            rows = [index[c.lower()] for c in ch_names]
-            return ForwardModel(fwd.lead_field[rows], fwd.positions, list(ch_names),
-                                fwd.adjacency, normals=fwd.normals,
-                                ch_pos=None if fwd.ch_pos is None else fwd.ch_pos[rows],
-                                vertices=fwd.vertices, subject=fwd.subject, name=fwd.name)
-        if best_missing is None or len(missing) < len(best_missing[1]):
-            best_missing = (fwd.name, missing)
-    raise ValueError(f"channels missing from the forward model {best_missing[0]!r}: "
-                     f"{best_missing[1]}; mark them bad or pass a forward model with them")
+    if forward is not None:
+        fwd = as_forward(forward)
+        sub, missing = _subset(fwd, ch_names)
+        if missing:
+            raise ValueError(f"channels missing from the forward model {fwd.name!r}: "
+                             f"{missing}; mark them bad or pass a forward model with them")
+        return sub
+    for name in TEMPLATE_SEARCH:
+        sub, _ = _subset(as_forward(name), ch_names)
+        if sub is not None:
+            return sub
+    from .templates import forward_for_montage
+
+    return forward_for_montage(ch_names, positions=positions, log=log)
+
+
+def _montage_positions(inst, ch_names):
+    """Head-frame positions of ``ch_names`` from the recording's montage, where set."""
+    montage = inst.get_montage()
+    if montage is None:
+        return {}
+    pos = montage.get_positions()
+    if pos["coord_frame"] not in ("head", "unknown"):
+        return {}
+    return {c: p for c, p in pos["ch_pos"].items()
+            if c in ch_names and np.all(np.isfinite(p)) and np.any(p != 0)}
 
 
 def _make_estimator(model, fwd):
@@ -77,7 +104,8 @@ def _make_estimator(model, fwd):
                      f"{list_pretrained()} or an estimator")
 
 
-def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None):
+def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
+          return_forward=False):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
 
     Parameters
@@ -88,14 +116,20 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None):
         A shipped model (run with onnxruntime), ``"ClassicalCB"``,
         ``"sLORETA"``, or an unfitted estimator with a ``forward`` parameter.
     forward : str | ForwardModel | mne.Forward | None
-        Forward model holding the recording's channels; default: the first
-        shipped template that has them all.
+        Forward model holding the recording's channels (e.g. the user's own
+        ``mne.Forward``); default: the first shipped template that has them
+        all, else a template built offline for exactly these channels (standard
+        10-05 names, or the positions of the recording's montage) and cached.
     tmin, tmax : float | None
         Time window (s) to localise.
+    return_forward : bool
+        Also return the :class:`ForwardModel` used (its channels and geometry).
 
     Returns
     -------
     stc : mne.SourceEstimate, or a list of them (one per epoch) for Epochs
+    forward : ForwardModel
+        Only with ``return_forward``.
     """
     import mne
 
@@ -103,7 +137,8 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None):
         raise TypeError(f"inst must be an mne.Evoked or mne.Epochs, got {type(inst).__name__}")
     inst = inst.copy().crop(tmin, tmax)
     ch_names = _eeg_channels(inst)
-    fwd = forward_for_channels(ch_names, forward)
+    fwd = forward_for_channels(ch_names, forward, positions=_montage_positions(inst, ch_names),
+                               log=logger.warning)
     if fwd.vertices is None:
         raise ValueError("the forward model has no surface vertices for a SourceEstimate")
     picks = [inst.ch_names.index(c) for c in ch_names]
@@ -116,4 +151,5 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None):
     stcs = [mne.SourceEstimate(s, vertices=fwd.vertices, tmin=inst.times[0],
                                tstep=1.0 / inst.info["sfreq"], subject=fwd.subject)
             for s in sources]
-    return stcs[0] if isinstance(inst, mne.Evoked) else stcs
+    out = stcs[0] if isinstance(inst, mne.Evoked) else stcs
+    return (out, fwd) if return_forward else out

@@ -219,19 +219,28 @@ def make_cap_info(cap, jitter=0.0, random_state=None):
 
     Parameters
     ----------
-    cap : str
-        A key of :data:`CAPS`, or the name of any MNE built-in montage.
+    cap : str | sequence of str | mne.channels.DigMontage
+        A key of :data:`CAPS`, the name of any MNE built-in montage, a list of
+        10-05 channel names (see :func:`standard_montage_for`) or a head-frame
+        montage.
     jitter : float
         Standard deviation (metres) of a random displacement of each electrode
         before it is projected onto the scalp (used for validation models).
     """
     import mne
 
-    montage_name, subset = CAPS.get(cap, (cap, None))
-    montage = mne.channels.make_standard_montage(montage_name)
-    ch_names = list(subset) if subset is not None else list(montage.ch_names)
-    info = mne.create_info(ch_names, 100.0, "eeg")
-    info.set_montage(montage, on_missing="raise", verbose=False)
+    if isinstance(cap, str):
+        montage_name, subset = CAPS.get(cap, (cap, None))
+        montage = mne.channels.make_standard_montage(montage_name)
+        ch_names = list(subset) if subset is not None else list(montage.ch_names)
+        info = mne.create_info(ch_names, 100.0, "eeg")
+        info.set_montage(montage, on_missing="raise", verbose=False)
+    else:
+        montage = cap if isinstance(cap, mne.channels.DigMontage) else (
+            standard_montage_for(list(cap)))
+        ch_names = list(montage.ch_names)
+        info = mne.create_info(ch_names, 100.0, "eeg")
+        info.set_montage(montage, verbose=False)
     trans = mne.read_trans(_mne_data_dir() / "fsaverage-trans.fif")
     head_pos = np.array([ch["loc"][:3] for ch in info["chs"]])
     mri_pos = mne.transforms.apply_trans(trans, head_pos)
@@ -252,6 +261,94 @@ def make_cap_info(cap, jitter=0.0, random_state=None):
         **_head_fiducials(trans))
     info.set_montage(montage_fit, verbose=False)
     return info
+
+
+def standard_montage_for(ch_names, positions=None):
+    """A DigMontage of ``ch_names`` in the head frame of MNE's standard montages.
+
+    Channels in ``positions`` (name -> head-frame position in metres, e.g. from
+    a recording's standard montage such as ``GSN-HydroCel-129``) keep them;
+    the others take their 10-05 position, matched case-insensitively (``FPz``
+    finds ``Fpz``).  Raises a ValueError listing channels that have neither.
+    """
+    import mne
+
+    standard = mne.channels.make_standard_montage("colin27_1005")
+    fiducials = standard.get_positions()
+    by_lower = {name.lower(): pos for name, pos in fiducials["ch_pos"].items()}
+    positions = {} if positions is None else dict(positions)
+    missing = [c for c in ch_names if c not in positions and c.lower() not in by_lower]
+    if missing:
+        raise ValueError(f"channels without a position: {missing}; they are not 10-05 "
+                         "names and the recording has no montage for them. Set one "
+                         "(inst.set_montage(...), or --montage on the command line), mark "
+                         "them bad, or pass a forward model that has them")
+    ch_pos = {c: np.asarray(positions[c], float) if c in positions else by_lower[c.lower()]
+              for c in ch_names}
+    return mne.channels.make_dig_montage(
+        ch_pos=ch_pos, nasion=fiducials["nasion"], lpa=fiducials["lpa"],
+        rpa=fiducials["rpa"], coord_frame="head")
+
+
+def forward_for_montage(ch_names, positions=None, spacing="ico3", bem_ico=4, cache_dir=None,
+                        subjects_dir=None, log=print):
+    """Template forward model (fsaverage, 3-layer BEM) for exactly ``ch_names``.
+
+    Built offline from standard 10-05 positions on the first call (about 20 s
+    with a cached BEM solution, a few minutes when the BEM must be solved too)
+    and loaded from ``cache_dir`` afterwards.
+
+    Parameters
+    ----------
+    ch_names : sequence of str
+        Channel names.
+    positions : dict of str -> array (3,) | None
+        Head-frame positions (m) of channels that are not 10-05 names (or that
+        should not use their standard position); see :func:`standard_montage_for`.
+    spacing : {"ico3", "ico4"}
+    bem_ico : int
+        BEM surface resolution (4 as the shipped templates).
+    cache_dir : str | Path | None
+        Folder of the cached models (default: :func:`default_cache_dir`).
+    subjects_dir : str | Path | None
+        Template subjects folder with the cached BEM solutions (default: in
+        :func:`default_cache_dir`).
+    log : callable | None
+        Progress messages.
+
+    Returns
+    -------
+    forward : ForwardModel
+    """
+    import hashlib
+
+    ch_names = list(ch_names)
+    if len(set(c.lower() for c in ch_names)) != len(ch_names):
+        raise ValueError(f"ch_names has duplicates: {ch_names}")
+    montage = standard_montage_for(ch_names, positions)  # fails before any build
+    cache_dir = Path(cache_dir or default_cache_dir())
+    ch_pos = np.round(np.array(list(montage.get_positions()["ch_pos"].values())), 5)
+    key = hashlib.sha1(f"{ch_names}|{ch_pos.tolist()}|{spacing}|{bem_ico}|{CONDUCTIVITY}"
+                       .encode()).hexdigest()
+    name = f"custom{len(ch_names)}-{spacing}-{key[:10]}"
+    path = cache_dir / "forward" / f"{name}.npz"
+    if path.exists():
+        return ForwardModel.load(path)
+    log = log or (lambda *_: None)
+    start = time.perf_counter()
+    log(f"building a template forward model for {len(ch_names)} channels ({spacing}); "
+        f"cached at {path}")
+    subjects_dir = make_subjects_dir(subjects_dir)
+    bem_cached = any((subjects_dir / "fsaverage" / "bem").glob(f"fsaverage-ico{bem_ico}-*"))
+    if not bem_cached:
+        log("  solving the 3-layer BEM first (a few minutes, once)")
+    fwd = ForwardModel.from_mne(make_template_forward(montage, spacing, bem_ico=bem_ico,
+                                                      subjects_dir=subjects_dir))
+    fwd.name = name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fwd.save(path)
+    log(f"  done in {time.perf_counter() - start:.0f} s")
+    return fwd
 
 
 def _head_fiducials(trans):
@@ -295,6 +392,7 @@ def make_template_forward(cap="biosemi64", spacing="ico3", perturbed=False, bem_
 
 
 def template_name(cap, spacing, perturbed=False):
+    """File name of a shipped template."""
     return f"{cap}-{spacing}" + ("-perturbed" if perturbed else "")
 
 

@@ -1,0 +1,216 @@
+"""The main job: read an EEG recording, localise it, write a map and a peak report.
+
+Reading and epoching are MNE's; :func:`unfolded_sbl.mne_io.apply` does the
+source imaging.  Coordinates and regions come from the fsaverage template:
+template sources are fsaverage5 vertices, whose white-surface coordinates are
+fsaverage's MRI (surface RAS) space, close to MNI305 ("MNI-like").  There is no
+atlas offline, so the region is an approximate lobe from those coordinates.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("unfolded_sbl")
+
+#: channel-name prefixes that are EOG even when a file stores them as EEG
+EOG_PREFIXES = ("eog", "heog", "veog")
+
+
+def _mark_eog(inst):
+    """Type channels named EOG*/HEOG*/VEOG* as EOG (EEGLAB files store them as EEG)."""
+    mapping = {ch: "eog" for ch in inst.ch_names if ch.lower().startswith(EOG_PREFIXES)}
+    if mapping:
+        inst.set_channel_types(mapping, verbose=False)
+    return inst
+
+
+def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=0.5,
+                   l_freq=None, h_freq=None, average=True):
+    """Read any EEG file MNE reads as an ``mne.Evoked`` (or ``mne.Epochs``).
+
+    Parameters
+    ----------
+    path : str | Path
+        Evoked (``*ave.fif``), epochs (``*epo.fif``, epoched EEGLAB ``.set``) or
+        raw data (``.fif``, ``.set``, BrainVision ``.vhdr``, ``.edf``/``.bdf``,
+        anything ``mne.io.read_raw`` reads).
+    montage : str | None
+        Name of an MNE standard montage to set (for files without positions,
+        e.g. EDF); channel names must match it.
+    event : str | None
+        For raw data: annotation description to epoch on (e.g. ``"square"``);
+        without it the raw segment ``tmin``..``tmax`` (from the start) is used.
+    condition : int | str
+        Which evoked of an evoked file.
+    tmin, tmax : float
+        Epoch window (s) around ``event``.
+    l_freq, h_freq : float | None
+        Band-pass applied to raw data before epoching.
+    average : bool
+        Average epochs into an Evoked (False: return the Epochs, single trials).
+    """
+    import mne
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    name = path.name.lower()
+    if name.endswith(("ave.fif", "ave.fif.gz")):
+        inst = mne.read_evokeds(path, condition=condition, verbose=False)
+    elif name.endswith(("epo.fif", "epo.fif.gz")):
+        inst = mne.read_epochs(path, verbose=False)
+    elif name.endswith(".set") and _is_epoched_eeglab(path):
+        inst = mne.read_epochs_eeglab(path, verbose=False)
+    else:
+        raw = mne.io.read_raw(path, preload=True, verbose=False)
+        _mark_eog(raw)
+        if montage is not None:
+            raw.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
+        if l_freq is not None or h_freq is not None:
+            raw.filter(l_freq, h_freq, picks="eeg", verbose=False)
+        if event is None:
+            stop = min(raw.times[-1], max(tmax, 0) if tmax > 0 else raw.times[-1])
+            start = max(tmin, 0.0)
+            data = raw.copy().crop(start, stop).pick("eeg")
+            return mne.EvokedArray(data.get_data(), data.info, tmin=0.0, nave=1,
+                                   comment=path.stem, verbose=False)
+        events, event_id = mne.events_from_annotations(raw, verbose=False)
+        if event not in event_id:
+            raise ValueError(f"event {event!r} is not in the recording; its annotations "
+                             f"are {sorted(event_id)}")
+        inst = mne.Epochs(raw, events, {event: event_id[event]}, tmin=tmin, tmax=tmax,
+                          baseline=(None, 0), preload=True, verbose=False)
+    _mark_eog(inst)
+    if montage is not None:
+        inst.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
+    if isinstance(inst, mne.BaseEpochs) and average:
+        return inst.average(picks="eeg")
+    return inst
+
+
+def _is_epoched_eeglab(path):
+    from scipy.io import loadmat
+
+    try:
+        header = loadmat(path, variable_names=["EEG", "trials"], squeeze_me=True,
+                         struct_as_record=False)
+    except (NotImplementedError, ValueError):  # MATLAB v7.3 (HDF5) files
+        return False
+    eeg = header.get("EEG")
+    trials = getattr(eeg, "trials", header.get("trials", 1))
+    return int(np.atleast_1d(trials)[0]) > 1
+
+
+# -- report ----------------------------------------------------------------------------
+def mni_like_coordinates(forward):
+    """fsaverage white-surface coordinates (mm) of the template's sources."""
+    from .viz import HEMIS, _fsaverage5
+
+    if forward.vertices is None or len(forward.vertices) != 2:
+        raise ValueError("coordinates need a surface source space on fsaverage")
+    mesh = _fsaverage5()["white_matter"]
+    return np.concatenate([np.asarray(mesh.parts[h].coordinates)[v]
+                           for h, v in zip(HEMIS, forward.vertices)])
+
+
+def approximate_lobe(xyz):
+    """Approximate lobe of an MNI-like coordinate (mm), from simple boundaries.
+
+    Without an atlas this is a guide, not a label: the boundaries (central
+    sulcus at y ~ -15 above z ~ 25, parieto-occipital at y ~ -70, temporal
+    below z ~ 0 lateral of |x| ~ 30) are those of the average brain.
+    """
+    x, y, z = xyz
+    if y < -72 or (y < -60 and z < 15):
+        return "occipital"
+    if z < 2 and abs(x) > 28 and y < 10:
+        return "temporal"
+    if y < -15 and z >= 15:
+        return "parietal"
+    if y < -15:
+        return "temporal" if abs(x) > 28 else "occipital"
+    if y < 5 and z > 35:
+        return "central (pre/postcentral)"
+    return "frontal"
+
+
+def peak_report(stc, forward, n_peaks=5):
+    """The strongest local maxima of a SourceEstimate's temporal peak.
+
+    Returns
+    -------
+    peaks : list of dict
+        ``hemisphere``, ``region`` (approximate lobe), ``x_mm``, ``y_mm``,
+        ``z_mm`` (MNI-like), ``time_s`` (peak time of that source) and
+        ``amplitude`` (its absolute value then, in the estimate's units).
+    """
+    from .metrics import local_maxima
+
+    data = np.abs(stc.data)
+    t_peak = int(np.argmax((data ** 2).sum(axis=0)))
+    snapshot = data[:, t_peak]
+    if not np.any(snapshot > 0):
+        return []
+    maxima = np.flatnonzero(local_maxima(snapshot[None], forward.adjacency)[0])
+    order = maxima[np.argsort(snapshot[maxima])[::-1]][:n_peaks]
+    xyz = mni_like_coordinates(forward)
+    n_left = len(forward.vertices[0])
+    peaks = []
+    for idx in order:
+        t = int(np.argmax(data[idx]))
+        peaks.append({"hemisphere": "left" if idx < n_left else "right",
+                      "region": approximate_lobe(xyz[idx]),
+                      "x_mm": float(xyz[idx, 0]), "y_mm": float(xyz[idx, 1]),
+                      "z_mm": float(xyz[idx, 2]), "time_s": float(stc.times[t]),
+                      "amplitude": float(stc.data[idx, t]), "source": int(idx)})
+    return peaks
+
+
+def format_report(peaks, header=""):
+    lines = [header] if header else []
+    lines.append(f"{'#':>2}  {'hemisphere':10s} {'region':26s} {'x':>6s} {'y':>6s} "
+                 f"{'z':>6s} {'time (ms)':>9s} {'amplitude':>10s}")
+    for i, p in enumerate(peaks, 1):
+        lines.append(f"{i:>2}  {p['hemisphere']:10s} {p['region']:26s} {p['x_mm']:6.0f} "
+                     f"{p['y_mm']:6.0f} {p['z_mm']:6.0f} {1e3 * p['time_s']:9.0f} "
+                     f"{p['amplitude']:10.3g}")
+    return "\n".join(lines)
+
+
+def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
+                  n_peaks=5):
+    """Write the estimate (``stc``), the map at the peak time (``png``) and the peaks
+    (``csv``); returns the peaks and the written paths."""
+    import csv
+
+    from .viz import plot_source_maps
+
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    peaks = peak_report(stc, forward, n_peaks)
+    written = []
+    if "stc" in formats:
+        stc.save(str(prefix), overwrite=True, verbose=False)
+        written += [f"{prefix}-lh.stc", f"{prefix}-rh.stc"]
+    if "png" in formats:
+        t_peak = int(np.argmax((stc.data ** 2).sum(axis=0)))
+        views = tuple((h, v) for v in ("lateral", "medial", "posterior")
+                      for h in ("left", "right"))
+        fig = plot_source_maps([stc.data[:, t_peak]], forward, views=views, fname=None)
+        fig.suptitle(f"{title} t = {1e3 * stc.times[t_peak]:.0f} ms".strip(), fontsize=10)
+        fig.savefig(f"{prefix}.png", dpi=90)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        written.append(f"{prefix}.png")
+    if "csv" in formats:
+        with open(f"{prefix}-peaks.csv", "w", newline="") as fid:
+            writer = csv.DictWriter(fid, fieldnames=list(peaks[0]) if peaks else ["source"])
+            writer.writeheader()
+            writer.writerows(peaks)
+        written.append(f"{prefix}-peaks.csv")
+    return peaks, written
