@@ -32,7 +32,8 @@ from unfolded_sbl.viz import plot_source_maps
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_eeg"
 METHODS = ("sLORETA", "ClassicalCB", "deep-cb-joint", "deep-attn-cb-joint")
-POSTERIOR = ("occipital", "parietal")
+#: "posterior": behind y = -40 mm (MNI-like), the occipital and posterior parietal cortex
+POSTERIOR_Y = -40.0
 
 
 def top_peak(stc, fwd):
@@ -91,9 +92,9 @@ def _where(peak):
             f"{1e3 * peak['time_s']:.0f} ms")
 
 
-def _fraction(peaks, regions):
+def _posterior_fraction(peaks):
     peaks = [p for p in peaks if p is not None]
-    return sum(p["region"] in regions for p in peaks) / max(len(peaks), 1)
+    return sum(p["y_mm"] < POSTERIOR_Y for p in peaks) / max(len(peaks), 1)
 
 
 VIEWS = (("left", "lateral"), ("right", "lateral"), ("left", "posterior"),
@@ -130,12 +131,13 @@ def main(argv=None):
     erp_table = "\n".join(lines)
 
     eeg_rows, eeg_maps, eeg_fwd, n_trials = eeglab(args.data)
-    lines = ["| method | average: top peak | single trials with a posterior top peak | "
+    lines = ["| method | average: top peak | single trials with the top peak behind "
+             "y = -40 mm | "
              "single trials: regions | ms per trial |", "|---|---|---|---|---|"]
     for method, r in eeg_rows.items():
         regions = Counter(p["region"] for p in r["trials"] if p is not None)
         lines.append(f"| {method} | {_where(r['average'])} | "
-                     f"{100 * _fraction(r['trials'], POSTERIOR):.0f} % | "
+                     f"{100 * _posterior_fraction(r['trials']):.0f} % | "
                      f"{', '.join(f'{k} {v}' for k, v in regions.most_common(3))} | "
                      f"{r['ms_per_trial']:.1f} |")
     plot_source_maps([eeg_maps[m] for m in METHODS], eeg_fwd, views=VIEWS,

@@ -37,3 +37,21 @@ def test_paper_benchmark_tiny(tmp_path):
     cached = paper.train_models(paper.BUDGETS["tiny"], tmp_path / "_work" / "tiny",
                                 verbose=False)[0]
     assert cached["Deep CB joint"][0][0] == "file"
+
+
+@pytest.mark.parametrize("budget", ["small", "full"])
+def test_budgets_are_valid_estimator_parameters(budget):
+    """Every budget builds valid estimators (the full one is too long to run in tests)."""
+    import unfolded_sbl as us
+
+    for method, (kind, params) in paper.LEARNED.items():
+        train = paper._budget_params(kind, method, budget)
+        if kind == "end_to_end":
+            est = us.EndToEndRegressor("biosemi64-ico3", **params, **train)
+            est._build()
+        else:
+            est = us.UnfoldedSBLRegressor("biosemi64-ico3", **params, **train)
+            est._check_params()
+        if budget == "full" and method in paper.SHIPPED:
+            preset = us.zoo.PRESETS[paper.SHIPPED[method]]
+            assert {k: v for k, v in preset.items() if k in train} == train

@@ -25,6 +25,7 @@ def test_approximate_lobes():
     assert localize.approximate_lobe((-30, -60, 50)) == "parietal"
     assert localize.approximate_lobe((55, -20, -15)) == "temporal"
     assert localize.approximate_lobe((30, 40, 20)) == "frontal"
+    assert localize.approximate_lobe((-6, -38, 6)) == "cingulate (medial)"
 
 
 def test_peak_report_finds_a_single_source(fwd):

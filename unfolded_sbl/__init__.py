@@ -23,5 +23,6 @@ __all__ = [
     "ClassicalCB", "SLORETA", "ForwardModel", "list_forwards", "load_forward", "emd", "f1",
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
     "rmse_scorer", "UnfoldedSBLRegressor", "EndToEndRegressor", "export_onnx", "OnnxSBLRegressor",
-    "list_pretrained", "load_pretrained", "apply", "SimulatedData", "Simulator", "simulate", "simulate_to_file",
+    "list_pretrained", "load_pretrained", "apply", "SimulatedData", "Simulator", "simulate",
+    "simulate_to_file",
 ]

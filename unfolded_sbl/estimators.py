@@ -7,9 +7,10 @@ The forward model is a constructor parameter; ``fit`` validates it and the
 data, and stores the forward-derived state.
 
 Both estimators apply the average reference to the data when the forward
-model has it (the default for every ForwardModel), and normalise each sample internally (data by its RMS, the lead field so that
-``trace(L L^T)`` equals the number of independent channels), so they behave the same on volts (~1e-6) and on unit-scale data:
-scaling ``X`` by ``c`` scales the output by ``c``.
+model has it (the default for every ForwardModel), and normalise each sample
+internally (data by its RMS, the lead field so that ``trace(L L^T)`` equals the
+number of independent channels), so they behave the same on volts (~1e-6) and
+on unit-scale data: scaling ``X`` by ``c`` scales the output by ``c``.
 """
 
 from __future__ import annotations

@@ -118,21 +118,24 @@ def mni_like_coordinates(forward):
 
 
 def approximate_lobe(xyz):
-    """Approximate lobe of an MNI-like coordinate (mm), from simple boundaries.
+    """Approximate region of an MNI-like coordinate (mm), from simple boundaries.
 
-    Without an atlas this is a guide, not a label: the boundaries (central
-    sulcus at y ~ -15 above z ~ 25, parieto-occipital at y ~ -70, temporal
-    below z ~ 0 lateral of |x| ~ 30) are those of the average brain.
+    Without an atlas this is a guide, not a label: the boundaries (medial wall
+    within |x| ~ 18 mm of the midline around the cingulate, central sulcus at
+    y ~ -15 above z ~ 25, parieto-occipital at y ~ -70, temporal below z ~ 0
+    lateral of |x| ~ 28) are those of the average brain.
     """
     x, y, z = xyz
     if y < -72 or (y < -60 and z < 15):
         return "occipital"
+    if abs(x) < 18 and -45 < y < 35 and -5 < z < 45:
+        return "cingulate (medial)"
     if z < 2 and abs(x) > 28 and y < 10:
         return "temporal"
     if y < -15 and z >= 15:
         return "parietal"
     if y < -15:
-        return "temporal" if abs(x) > 28 else "occipital"
+        return "temporal" if abs(x) > 28 else "occipito-temporal (medial)"
     if y < 5 and z > 35:
         return "central (pre/postcentral)"
     return "frontal"
@@ -201,7 +204,9 @@ def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
         views = tuple((h, v) for v in ("lateral", "medial", "posterior")
                       for h in ("left", "right"))
         fig = plot_source_maps([stc.data[:, t_peak]], forward, views=views, fname=None)
-        fig.suptitle(f"{title} t = {1e3 * stc.times[t_peak]:.0f} ms".strip(), fontsize=10)
+        fig.subplots_adjust(top=0.78)
+        fig.suptitle(f"{title} t = {1e3 * stc.times[t_peak]:.0f} ms".strip(), fontsize=10,
+                     y=0.99)
         fig.savefig(f"{prefix}.png", dpi=90)
         import matplotlib.pyplot as plt
 

@@ -98,8 +98,8 @@ def plot_source_maps(maps, forward, views=(("left", "lateral"), ("right", "later
             ax = axes[row, col]
             plotting.plot_surf_stat_map(
                 inflated.parts[hemi], textures[hemi], hemi=hemi, view=view,
-                bg_map=np.asarray(sulcal.data.parts[hemi]), threshold=threshold, vmax=1.0, cmap="hot",
-                colorbar=False, engine="matplotlib", axes=ax, figure=fig)
+                bg_map=np.asarray(sulcal.data.parts[hemi]), threshold=threshold, vmax=1.0,
+                cmap="hot", colorbar=False, engine="matplotlib", axes=ax, figure=fig)
             if row == 0:
                 ax.set_title(f"{hemi} {view}", fontsize=8)
         if titles is not None:
