@@ -116,3 +116,26 @@ def test_eeglab_recording_epochs_on_square():
     assert "FPz" in fwd.ch_names and np.all(np.isfinite(stc.data))
     epochs = localize.read_recording(fname, event="square", average=False)
     assert isinstance(epochs, mne.BaseEpochs) and len(epochs) == evoked.nave
+
+
+def test_raw_recording_is_epoched_on_an_event(fwd, data, tmp_path):
+    """Raw files: epochs on an annotation, averaged; a montage can be set by name."""
+    sfreq = 100.0
+    n_events = 6
+    trace = np.concatenate([data.sensors[i % 8] for i in range(n_events)], axis=1)
+    raw = mne.io.RawArray(trace, mne.create_info(fwd.ch_names, sfreq, "eeg"), verbose=False)
+    onsets = 0.5 + np.arange(n_events - 1)
+    raw.set_annotations(mne.Annotations(onsets, 0.0, ["stim"] * (n_events - 1)))
+    fname = tmp_path / "rec_raw.fif"
+    raw.save(fname, verbose=False)
+    evoked = localize.read_recording(fname, event="stim", tmin=-0.1, tmax=0.3,
+                                     montage="biosemi64")
+    assert isinstance(evoked, mne.Evoked) and evoked.nave == n_events - 1
+    assert evoked.get_montage() is not None
+    assert evoked.times[0] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match=r"event 'nope'.*\['stim'\]"):
+        localize.read_recording(fname, event="nope")
+    continuous = localize.read_recording(fname)  # no event: one segment, cropped by apply
+    np.testing.assert_allclose(continuous.data, raw.get_data(), rtol=1e-6)
+    stc = us.apply(continuous, "sLORETA", tmin=1.0, tmax=2.0)
+    assert stc.data.shape == (1284, 101) and stc.tmin == pytest.approx(1.0)

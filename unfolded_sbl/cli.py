@@ -82,6 +82,14 @@ def _cmd_demo(args):
         plot_source_maps(maps, fwd, titles=["truth"] + [k.split(" (")[0] for k in shown],
                          fname=args.png)
         print(f"wrote {args.png}: truth beside the estimates of sample 0")
+        import mne
+
+        from .localize import format_report, peak_report
+
+        for title, source_map in zip(["truth"] + shown, maps):
+            stc = mne.SourceEstimate(source_map[:, None], fwd.vertices, tmin=0.0, tstep=1.0)
+            print(format_report(peak_report(stc, fwd, n_peaks=3),
+                                header=f"{title}: strongest sources (temporal RMS)"))
     return 0
 
 

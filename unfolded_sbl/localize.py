@@ -43,7 +43,8 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
         e.g. EDF); channel names must match it.
     event : str | None
         For raw data: annotation description to epoch on (e.g. ``"square"``);
-        without it the raw segment ``tmin``..``tmax`` (from the start) is used.
+        without it the continuous data come back as one Evoked (times from 0),
+        to be cropped by :func:`~unfolded_sbl.apply`.
     condition : int | str
         Which evoked of an evoked file.
     tmin, tmax : float
@@ -72,10 +73,8 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
             raw.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
         if l_freq is not None or h_freq is not None:
             raw.filter(l_freq, h_freq, picks="eeg", verbose=False)
-        if event is None:
-            stop = min(raw.times[-1], max(tmax, 0) if tmax > 0 else raw.times[-1])
-            start = max(tmin, 0.0)
-            data = raw.copy().crop(start, stop).pick("eeg")
+        if event is None:  # the continuous data as one segment; apply() crops it
+            data = raw.pick("eeg")
             return mne.EvokedArray(data.get_data(), data.info, tmin=0.0, nave=1,
                                    comment=path.stem, verbose=False)
         events, event_id = mne.events_from_annotations(raw, verbose=False)
