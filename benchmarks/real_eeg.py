@@ -153,6 +153,8 @@ are approximate lobes from MNI-like fsaverage coordinates (no atlas offline; see
 
 ### ERP CORE visual oddball ({n_subjects} subjects, trial-averaged)
 
+The files hold evokeds only; single trials are checked on the EEGLAB recording below.
+
 {erp_table}
 
 ![ERP CORE P1](figures/real_erp_core_p1.png)
