@@ -139,3 +139,28 @@ def test_known_noise_model_export(tmp_path):
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
     with pytest.raises(ValueError, match="known noise"):
         est.predict(X)
+
+
+def test_attention_model_export_matches_torch(tmp_path):
+    """Attention runs through scaled_dot_product_attention in torch and through the
+    generic (exportable) path inside the ONNX export: the two agree."""
+    fwd = _forward(16, 60, 0)
+    rng = np.random.default_rng(3)
+    net = us.UnfoldedSBLRegressor(fwd, correction="attention", n_layers=3, max_epochs=0).fit(
+        rng.normal(size=(1, 16, 4)), np.ones((1, 60, 4)))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in net.network_.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    export_onnx(net, tmp_path / "attn.onnx")
+    other = _forward(12, 90, 4)  # attention, like the MLP, runs on any size
+    path = tmp_path / "attn.pt"
+    net.save(path)
+    ref_est = us.UnfoldedSBLRegressor.load(path, forward=other)
+    onnx_est = us.OnnxSBLRegressor(tmp_path / "attn.onnx", forward=other).fit()
+    X = rng.normal(size=(3, 12, 5)) * 1e-6
+    ref, out = ref_est.predict(X), onnx_est.predict(X)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
+    # and the corrections are not zero, so the attention path was exercised
+    layers = ref_est.predict_trajectory(X)
+    assert np.abs(layers[0]["source_correction"]).max() > 1e-3

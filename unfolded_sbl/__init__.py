@@ -17,6 +17,9 @@ from .export import export_onnx  # noqa: E402
 from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
 from .zoo import list_pretrained, load_pretrained  # noqa: E402
 from .mne_io import apply  # noqa: E402
+from .localize import peak_report, read_recording  # noqa: E402
+from .templates import forward_for_montage  # noqa: E402
+from .viz import plot_source_maps  # noqa: E402
 from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # noqa: E402
 
 __all__ = [
@@ -24,5 +27,6 @@ __all__ = [
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
     "rmse_scorer", "UnfoldedSBLRegressor", "EndToEndRegressor", "export_onnx", "OnnxSBLRegressor",
     "list_pretrained", "load_pretrained", "apply", "SimulatedData", "Simulator", "simulate",
-    "simulate_to_file",
+    "simulate_to_file", "forward_for_montage", "plot_source_maps", "peak_report",
+    "read_recording",
 ]
