@@ -30,10 +30,6 @@ COLOURS = {"sLORETA": "tab:gray", "ClassicalCB joint": "k", "DeepSIF-like": "tab
            "Deep CB joint": "tab:blue", "Deep Attn CB joint": "tab:orange"}
 
 
-def _rms(sources):
-    return np.sqrt(np.mean(sources ** 2, axis=-1))
-
-
 def fig_layers(fname, fwd, data, estimators):
     """Metrics after every layer / iteration (paper figure 4)."""
     classical = us.UnfoldedSBLRegressor(fwd, correction="none", n_layers=100,
@@ -131,10 +127,10 @@ def fig_cortex(fname, fwd, data, estimators, index=0):
     from unfolded_sbl.viz import plot_source_maps
 
     X = data.sensors[index:index + 1]
-    maps = [_rms(data.sources[index])]
+    maps = [metrics.rms_map(data.sources[index])]
     titles = ["truth"]
     for name, est in estimators.items():
-        maps.append(_rms(est.predict(X)[0]))
+        maps.append(metrics.rms_map(est.predict(X)[0]))
         titles.append(name)
     views = (("left", "lateral"), ("right", "lateral"), ("left", "medial"), ("right", "medial"))
     plot_source_maps(maps, fwd, views=views, titles=titles, fname=fname)

@@ -28,7 +28,8 @@ import torch
 import unfolded_sbl as us
 from benchmarks import _paper_figures as figures
 from benchmarks._results import HERE, write_section
-from unfolded_sbl.evaluation import score_sources
+from benchmarks.bench_onnx import per_sample
+from unfolded_sbl.evaluation import evaluate
 from unfolded_sbl.zoo import PRESETS, TRAIN_FORWARD
 
 
@@ -93,11 +94,9 @@ def _budget_params(kind, method, budget):
     if kind == "end_to_end":  # as many samples as Deep CB joint's joint phase
         return {"max_epochs": 16, "steps_per_epoch": 20, "batch_size": 32,
                 "learning_rate": 1e-3}
-    if method in SHIPPED:
-        return {k: v for k, v in PRESETS[SHIPPED[method]].items()
-                if k not in ("correction", "noise_correction", "learn_noise")}
-    if attention:  # known-noise attention: the joint preset
-        return {k: v for k, v in PRESETS["deep-attn-cb-joint"].items()
+    if method in SHIPPED or attention:  # known-noise attention: the joint preset
+        preset = PRESETS[SHIPPED.get(method, "deep-attn-cb-joint")]
+        return {k: v for k, v in preset.items()
                 if k not in ("correction", "noise_correction", "learn_noise")}
     return {"max_epochs": 4, "steps_per_epoch": 20, "progressive_steps": 2,
             "batch_size": 32, "learning_rate": 2e-3}
@@ -217,19 +216,10 @@ def _instantiate(entry, forward):
 
 
 # -- evaluation -------------------------------------------------------------------------
-def predict_in_chunks(est, X, noise_var=None, chunk=32):
-    """Predictions in chunks (bounded memory at ico4), and the elapsed seconds."""
-    out, start = [], time.perf_counter()
-    for i in range(0, len(X), chunk):
-        kwargs = {} if noise_var is None else {"noise_var": noise_var[i:i + chunk]}
-        out.append(est.predict(X[i:i + chunk], **kwargs))
-    return np.concatenate(out), time.perf_counter() - start
-
-
 def _score(est, data, forward, known):
-    pred, seconds = predict_in_chunks(est, data.sensors, data.noise_var if known else None)
-    return {**score_sources(data.sources, pred, forward),
-            "ms_per_sample": 1e3 * seconds / len(data)}
+    """Metrics of one estimator, predicting 32 samples at a time (memory at ico4)."""
+    kwargs = {"est": {"noise_var": data.noise_var}} if known else {}
+    return evaluate({"est": est}, data, forward, kwargs, chunk_size=32)["est"]
 
 
 def evaluate_setting(setting, models, budget, verbose=True):
@@ -257,9 +247,7 @@ def evaluate_setting(setting, models, budget, verbose=True):
         rows[method] = []
         for entry in per_seed.values():
             rows[method].append(_score(_instantiate(entry, fwd), data, fwd, known))
-        if budget.shipped_rows and method in SHIPPED and not (
-                "Attn" in method and setting.key == "things_ico4"
-                and not budget.attention_at_ico4):
+        if budget.shipped_rows and method in SHIPPED:
             rows[f"{method} (shipped)"] = [_score(us.load_pretrained(SHIPPED[method], fwd),
                                                   data, fwd, known)]
         if verbose:
@@ -335,16 +323,9 @@ def speed_section(repeats):
         "Deep CB joint, onnxruntime": us.load_pretrained(
             "deep-cb-joint", fwd, backend="onnx", intra_op_num_threads=threads),
     }
-    times = {}
-    for name, est in estimators.items():
-        est.predict(data.sensors[:1])
-        for batch in (1, 64):
-            X = data.sensors[:batch]
-            n_rep = repeats * (8 if batch == 1 else 1)
-            start = time.perf_counter()
-            for _ in range(n_rep):
-                est.predict(X)
-            times[(name, batch)] = 1e3 * (time.perf_counter() - start) / (n_rep * batch)
+    times = {(name, batch): per_sample(est, data.sensors[:batch],
+                                       repeats * (8 if batch == 1 else 1))
+             for name, est in estimators.items() for batch in (1, 64)}
     flops = network_flops(estimators["Deep CB joint, torch"], data.sensors[:4])
     peak = matmul_peak()
     base = times[("Deep CB joint, torch", 64)]

@@ -23,11 +23,10 @@ from collections import Counter
 from pathlib import Path
 
 import mne
-import numpy as np
 
 import unfolded_sbl as us
 from benchmarks._results import HERE, write_section
-from unfolded_sbl.localize import peak_report, read_recording
+from unfolded_sbl.localize import peak_report, peak_time_index, read_recording
 from unfolded_sbl.viz import plot_source_maps
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_eeg"
@@ -59,8 +58,7 @@ def erp_core(data_dir):
                 stc, fwd = us.apply(ev, method, tmin=tmin, tmax=tmax, return_forward=True)
                 peaks.append(top_peak(stc, fwd))
             stc = us.apply(grand[comp], method, tmin=tmin, tmax=tmax)
-            t = np.argmax((stc.data ** 2).sum(0))
-            maps[(comp, method)] = stc.data[:, t]
+            maps[(comp, method)] = stc.data[:, peak_time_index(stc)]
             rows[(comp, method)] = {"subjects": peaks, "grand": top_peak(stc, fwd)}
     return components, rows, maps, fwd, len(files)
 
@@ -73,8 +71,7 @@ def eeglab(data_dir):
     rows, maps, fwd = {}, {}, None
     for method in METHODS:
         stc, fwd = us.apply(evoked, method, tmin=0.15, tmax=0.25, return_forward=True)
-        t = np.argmax((stc.data ** 2).sum(0))
-        maps[method] = stc.data[:, t]
+        maps[method] = stc.data[:, peak_time_index(stc)]
         start = time.perf_counter()
         stcs = us.apply(epochs, method, tmin=0.15, tmax=0.25)
         seconds = time.perf_counter() - start

@@ -71,14 +71,12 @@ def _cmd_demo(args):
     print("rmse: relative squared error; emd, le in metres; f1 of supports (higher is "
           "better)")
     if args.png:
-        import numpy as np
-
+        from .metrics import rms_map
         from .viz import plot_source_maps
 
         shown = ["ClassicalCB (joint noise)"] + [k for k in estimators if "deep-cb-joint" in k]
-        maps = [np.sqrt(np.mean(data.sources[0] ** 2, axis=-1))] + [
-            np.sqrt(np.mean(estimators[k].predict(data.sensors[:1])[0] ** 2, axis=-1))
-            for k in shown]
+        maps = [rms_map(data.sources[0])] + [
+            rms_map(estimators[k].predict(data.sensors[:1])[0]) for k in shown]
         plot_source_maps(maps, fwd, titles=["truth"] + [k.split(" (")[0] for k in shown],
                          fname=args.png)
         print(f"wrote {args.png}: truth beside the estimates of sample 0")

@@ -19,7 +19,7 @@ def score_sources(true, pred, forward):
             "le": metrics.localization_error(true, pred, forward.positions, forward.adjacency)}
 
 
-def evaluate(estimators, data, forward, predict_kwargs=None):
+def evaluate(estimators, data, forward, predict_kwargs=None, chunk_size=None):
     """Metrics and time per sample of fitted estimators on one dataset.
 
     Parameters
@@ -30,23 +30,35 @@ def evaluate(estimators, data, forward, predict_kwargs=None):
     forward : ForwardModel
         Geometry for EMD and LE.
     predict_kwargs : dict of str -> dict | None
-        Extra ``predict`` arguments per estimator name (e.g. known noise).
+        Extra ``predict`` arguments per estimator name (e.g. known noise);
+        per-sample arrays, split along their first axis with ``chunk_size``.
+    chunk_size : int | None
+        Predict this many samples at a time (bounds memory on large source
+        spaces); None predicts all at once.
 
     Returns
     -------
     rows : dict of str -> dict
         Per estimator: ``rmse``, ``emd`` (m), ``f1``, ``le`` (m) averaged over
-        samples, and ``ms_per_sample``.
+        samples, and ``ms_per_sample`` (prediction time, chunks included).
     """
     predict_kwargs = predict_kwargs or {}
     rows = {}
     for name, est in estimators.items():
         start = time.perf_counter()
-        pred = est.predict(data.sensors, **predict_kwargs.get(name, {}))
+        pred = _predict(est, data.sensors, predict_kwargs.get(name, {}), chunk_size)
         elapsed = time.perf_counter() - start
         rows[name] = {**score_sources(data.sources, pred, forward),
                       "ms_per_sample": 1e3 * elapsed / len(data)}
     return rows
+
+
+def _predict(est, X, kwargs, chunk_size):
+    if not chunk_size:
+        return est.predict(X, **kwargs)
+    return np.concatenate([
+        est.predict(X[i:i + chunk_size], **{k: v[i:i + chunk_size] for k, v in kwargs.items()})
+        for i in range(0, len(X), chunk_size)])
 
 
 def format_table(rows, columns=METRIC_COLUMNS + ("ms_per_sample",), markdown=False):

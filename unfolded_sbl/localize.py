@@ -111,7 +111,7 @@ def mni_like_coordinates(forward):
 
     if forward.vertices is None or len(forward.vertices) != 2:
         raise ValueError("coordinates need a surface source space on fsaverage")
-    mesh = _fsaverage5()["white_matter"]
+    mesh = _fsaverage5()[0]["white_matter"]
     return np.concatenate([np.asarray(mesh.parts[h].coordinates)[v]
                            for h, v in zip(HEMIS, forward.vertices)])
 
@@ -140,6 +140,11 @@ def approximate_lobe(xyz):
     return "frontal"
 
 
+def peak_time_index(stc):
+    """Index of the time of maximal source power (sum of squares over sources)."""
+    return int(np.argmax((stc.data ** 2).sum(axis=0)))
+
+
 def peak_report(stc, forward, n_peaks=5):
     """The strongest local maxima of a SourceEstimate's temporal peak.
 
@@ -153,7 +158,7 @@ def peak_report(stc, forward, n_peaks=5):
     from .metrics import local_maxima
 
     data = np.abs(stc.data)
-    t_peak = int(np.argmax((data ** 2).sum(axis=0)))
+    t_peak = peak_time_index(stc)
     snapshot = data[:, t_peak]
     if not np.any(snapshot > 0):
         return []
@@ -199,7 +204,7 @@ def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
         stc.save(str(prefix), overwrite=True, verbose=False)
         written += [f"{prefix}-lh.stc", f"{prefix}-rh.stc"]
     if "png" in formats:
-        t_peak = int(np.argmax((stc.data ** 2).sum(axis=0)))
+        t_peak = peak_time_index(stc)
         views = tuple((h, v) for v in ("lateral", "medial", "posterior")
                       for h in ("left", "right"))
         fig = plot_source_maps([stc.data[:, t_peak]], forward, views=views, fname=None)

@@ -39,11 +39,15 @@ def _pair(true, est):
     return true, est
 
 
+def rms_map(sources):
+    """Temporal RMS of every source: ``(..., n_sources, n_times)`` -> ``(..., n_sources)``."""
+    return np.sqrt(np.mean(np.asarray(sources) ** 2, axis=-1))
+
+
 def _maps(true, est):
     """Temporal RMS maps, (n_samples, n_sources) each; truth must be non-zero."""
     true, est = _pair(true, est)
-    true_map = np.sqrt(np.mean(true ** 2, axis=2))
-    est_map = np.sqrt(np.mean(est ** 2, axis=2))
+    true_map, est_map = rms_map(true), rms_map(est)
     empty = ~np.any(true_map > 0, axis=1)
     if empty.any():
         raise ValueError(f"true sources are all zero in sample(s) {np.flatnonzero(empty)}; "

@@ -7,16 +7,22 @@ the value of its nearest source (no download, no 3-D backend, no display).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 HEMIS = ("left", "right")
 VIEWS = ("lateral", "medial", "posterior")
 
 
+@functools.lru_cache(maxsize=1)
 def _fsaverage5():
+    """nilearn's packaged fsaverage5 meshes and sulcal depth (read once per process)."""
     from nilearn import datasets
 
-    return datasets.load_fsaverage("fsaverage5")
+    meshes = datasets.load_fsaverage("fsaverage5")
+    sulcal = datasets.load_fsaverage_data(mesh="fsaverage5", data_type="sulcal")
+    return meshes, sulcal
 
 
 def surface_texture(source_map, forward):
@@ -41,7 +47,7 @@ def surface_texture(source_map, forward):
     if source_map.shape != (forward.n_sources,):
         raise ValueError(f"source_map must have shape ({forward.n_sources},), "
                          f"got {source_map.shape}")
-    mesh = _fsaverage5()["pial"]
+    mesh = _fsaverage5()[0]["pial"]
     textures, start = {}, 0
     for hemi, vertno in zip(HEMIS, forward.vertices):
         coords = np.asarray(mesh.parts[hemi].coordinates)
@@ -83,10 +89,8 @@ def plot_source_maps(maps, forward, views=(("left", "lateral"), ("right", "later
     import matplotlib.pyplot as plt
     from nilearn import plotting
 
-    from nilearn import datasets
-
-    inflated = _fsaverage5()["inflated"]
-    sulcal = datasets.load_fsaverage_data(mesh="fsaverage5", data_type="sulcal")
+    meshes, sulcal = _fsaverage5()
+    inflated = meshes["inflated"]
     n_rows, n_cols = len(maps), len(views)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.4 * n_rows),
                              subplot_kw={"projection": "3d"}, squeeze=False)
