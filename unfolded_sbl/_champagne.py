@@ -19,7 +19,21 @@ Each step is a majorise-minimise step of the Type-II cost
 ``log det Sy + trace(Cy S)``, so the cost never increases.  ``S`` is never
 inverted: with its Cholesky factor ``Sy = C C^T`` and the triangular
 ``P = C^-1`` (a triangular solve against the identity, N x N, cheap),
-``S = P^T P``.  The expensive products, ``L diag(gamma) L^T`` and
+``S = P^T P``.
+
+Average reference.  A referenced lead field has rank N - 1: the constant
+vector ``u = 1 / sqrt(N)`` is in the null space of ``L^T`` and the data have no
+power along it.  The model is then the one of the referenced data, as MNE
+treats rank-deficient EEG: with ``H = I - u u^T`` the model covariance is
+``H Sy H`` restricted to the (N - 1)-dimensional subspace, and ``S`` is its
+pseudo-inverse ``S = (H Sy H + c u u^T)^-1 - u u^T / c`` (any ``c > 0``; we
+take the mean diagonal, which keeps the factorised matrix well conditioned).
+The update formulas keep their form (the noise enters as ``H diag(lam) H``,
+i.e. as "sources" with lead fields ``H e_n``), each step is still an MM step
+of the Type-II cost of the referenced data, and the matrix that is factorised
+no longer has a structurally null direction filled only by the noise: that
+direction is what made the learned noise collapse and float32 factorisations
+fail at high SNR (``NUMERICS.md``).  The expensive products, ``L diag(gamma) L^T`` and
 ``diag(L^T A L)`` for a batch, are single matrix products against the
 per-source outer products ``l_m l_m^T`` (upper triangles only).
 """
@@ -31,8 +45,18 @@ from dataclasses import dataclass, field
 import torch
 
 #: Floor on learned noise variances, relative to the mean data power, that keeps
-#: the model covariance positive definite when the noise estimate collapses.
-NOISE_FLOOR = 1e-10
+#: the model covariance positive definite when the noise estimate collapses
+#: (noise-free or rank-deficient data), per working precision: float32 cannot
+#: resolve a noise level much below its round-off of the assembled covariance.
+NOISE_FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5}
+#: Diagonal jitter, relative to the mean diagonal, added to the matrix that is
+#: factorised when it was assembled in float32: the round-off of the float32
+#: products (about 1e-6 of the signal scale) can make it indefinite otherwise.
+#: None in float64, so that float64 networks equal ClassicalCB exactly.
+FACTOR_JITTER = {torch.float64: 0.0, torch.float32: 1e-5}
+#: |cos| between every lead-field column and the constant vector below which the
+#: lead field counts as average-referenced.
+REFERENCE_TOL = 1e-3
 
 
 @dataclass
@@ -111,23 +135,88 @@ class _PairOps:
         return (flat @ self.weighted_products).split(syms[0].shape[0])
 
 
-def _add_noise(signal_cov, noise):
-    """signal_cov + noise, noise diagonal (B, N) or full (B, N, N)."""
-    return signal_cov + (torch.diag_embed(noise) if noise.dim() == 2 else noise)
+def identity_like(n_channels, like):
+    """Identity built from ``arange`` so that exported graphs keep a dynamic size."""
+    idx = torch.arange(n_channels, device=like.device)
+    return (idx.unsqueeze(0) == idx.unsqueeze(1)).to(like.dtype)
+
+
+def diagonal(matrix, eye):
+    """Batched diagonal as ``(A * I).sum(-1)`` (exports cleanly, unlike ``diagonal``)."""
+    return (matrix * eye).sum(-1)
+
+
+def reference_projector(lead_field):
+    """``w u u^T`` (N, N): ``u`` the unit constant vector, ``w`` 1 for a lead field
+    orthogonal to it (average reference), else 0.  Built from tensor ops only, so
+    that exported graphs decide it from their ``lead_field`` input."""
+    ones = lead_field[:, :1] * 0 + 1  # (N, 1)
+    u = ones / ones.sum().sqrt()
+    col_norm = (lead_field ** 2).sum(0).sqrt()
+    cosine = (u * lead_field).sum(0).abs() / col_norm.clamp(min=torch.finfo(u.dtype).tiny)
+    referenced = (cosine.max() < REFERENCE_TOL).to(u.dtype)
+    return referenced * (u @ u.T)
+
+
+def referenced_model_cov(signal_cov, noise_cov, ref, eye):
+    """Matrix to factorise, ``H (signal + noise) H + c w u u^T``, and ``c`` (B, 1, 1).
+
+    ``noise_cov`` is (B, N) (diagonal) or (B, N, N); ``ref = w u u^T``.  The
+    signal covariance is already in the referenced subspace.  The precision of
+    the referenced model is ``inverse(result) - ref / c``.
+    """
+    noise = noise_cov.unsqueeze(-1) * eye if noise_cov.dim() == 2 else noise_cov
+    proj = eye - ref
+    model_cov = signal_cov + proj @ noise @ proj
+    scale = diagonal(model_cov, eye).mean(-1).reshape(-1, 1, 1)
+    return model_cov + scale * ref, scale
+
+
+#: Jitters (relative to the mean diagonal) tried, in turn, on the samples whose
+#: model covariance is not numerically positive definite.
+RETRY_JITTERS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
+
+
+def safe_cholesky(matrix):
+    """Batched Cholesky factor that never raises on a PSD-up-to-round-off matrix.
+
+    Samples whose factorisation fails (round-off made the matrix indefinite,
+    e.g. noise-free data driving the noise to its floor) are factorised again
+    with a growing diagonal jitter, relative to their mean diagonal; the
+    others are untouched.
+    """
+    chol, info = torch.linalg.cholesky_ex(matrix)
+    failed = info > 0
+    if not bool(failed.any()):
+        return chol
+    n = matrix.shape[-1]
+    eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
+    scale = torch.diagonal(matrix, dim1=-2, dim2=-1).mean(-1).abs().reshape(-1, 1, 1)
+    for jitter in RETRY_JITTERS:
+        retry, retry_info = torch.linalg.cholesky_ex(matrix + jitter * scale * eye)
+        chol = torch.where(failed.reshape(-1, 1, 1), retry, chol)
+        failed = failed & (retry_info > 0)
+        if not bool(failed.any()):
+            return chol
+    raise ValueError("the model covariance is not positive definite even with a jitter of "
+                     f"{RETRY_JITTERS[-1]} of its diagonal: the input is degenerate")
 
 
 def _precision_factor(model_cov):
     """Cholesky factor C of the model covariance and ``P = C^-1`` (so ``S = P^T P``)."""
-    chol = torch.linalg.cholesky(model_cov)
+    chol = safe_cholesky(model_cov)
     eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
     inv_chol = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
     return chol, inv_chol
 
 
-def type2_cost(chol, U):
-    """``log det Sy + trace(Cy S)`` from ``Sy = C C^T`` and ``U = C^-1 V``."""
+def type2_cost(chol, U, log_scale):
+    """``log det Sy + trace(Cy S)`` from ``Sy = C C^T`` and ``U = C^-1 V``.
+
+    ``log_scale`` removes the determinant of the added reference direction.
+    """
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    return logdet + (U ** 2).sum((-2, -1))
+    return logdet - log_scale + (U ** 2).sum((-2, -1))
 
 
 def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=25,
@@ -163,23 +252,31 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     """
     ops = _PairOps(lead_field, len(Y))
     V = covariance_factor(Y)
+    eye = identity_like(lead_field.shape[0], Y)
+    ref = reference_projector(lead_field)
     has_gain = (lead_field ** 2).sum(0) > 0
     tiny = torch.finfo(Y.dtype).tiny
     source_var = torch.where(has_gain, source_var, torch.zeros_like(source_var))
     noise = noise_var.clone()
-    floor = NOISE_FLOOR * (V ** 2).sum((-2, -1)).clamp(min=tiny) / lead_field.shape[0]
+    floor = (NOISE_FLOOR.get(Y.dtype, 1e-6) * (V ** 2).sum((-2, -1)).clamp(min=tiny)
+             / lead_field.shape[0])
     history = {"cost": [], "source_var": [], "noise_var": []}
 
+    def factorise(signal_cov, noise):
+        """Cholesky factor, its inverse, the precision S and the log of ``c`` (B,)."""
+        model_cov, scale = referenced_model_cov(signal_cov, noise, ref, eye)
+        chol, inv_chol = _precision_factor(model_cov)
+        precision = inv_chol.transpose(-1, -2) @ inv_chol - ref / scale
+        return chol, inv_chol, precision, torch.log(scale.reshape(-1)) * ref.trace()
+
     signal_cov = ops.signal_cov(source_var)
-    chol, inv_chol = _precision_factor(_add_noise(signal_cov, noise))
+    chol, inv_chol, precision, log_scale = factorise(signal_cov, noise)
     iteration = 0
     for iteration in range(1, n_iter + 1):
-        U = inv_chol @ V
         if keep_history:
-            _record(history, type2_cost(chol, U), source_var, noise)
-        # Source update: S = P^T P, S Cy S = (P^T U)(P^T U)^T.
-        SV = inv_chol.transpose(-1, -2) @ U
-        precision = inv_chol.transpose(-1, -2) @ inv_chol
+            _record(history, type2_cost(chol, inv_chol @ V, log_scale), source_var, noise)
+        # Source update: S Cy S = (S V)(S V)^T.
+        SV = precision @ V
         # l^T S l and l^T S Cy S l
         gain, fit = ops.quad_diag(precision, SV @ SV.transpose(-1, -2))
         ratio = torch.where(has_gain, fit.clamp(min=0) / gain.clamp(min=tiny),
@@ -195,23 +292,23 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         signal_cov = ops.signal_cov(source_var)
         if noise_mode != "fixed":
             # Noise update with the new source variances and the old noise.
-            _, inv_chol = _precision_factor(_add_noise(signal_cov, noise))
-            s_diag = (inv_chol ** 2).sum(-2)  # S[n, n]
-            scs_diag = ((inv_chol.transpose(-1, -2) @ (inv_chol @ V)) ** 2).sum(-1)
+            _, _, noise_precision, _ = factorise(signal_cov, noise)
+            s_diag = diagonal(noise_precision, eye)  # S[n, n]
+            scs_diag = ((noise_precision @ V) ** 2).sum(-1)  # (S Cy S)[n, n]
             if noise_mode == "homoscedastic":
                 scs_diag = scs_diag.sum(-1, keepdim=True)
                 s_diag = s_diag.sum(-1, keepdim=True)
-            noise = torch.maximum(noise * (scs_diag / s_diag).sqrt(), floor.unsqueeze(-1))
-        chol, inv_chol = _precision_factor(_add_noise(signal_cov, noise))
+            ratio = scs_diag.clamp(min=0) / s_diag.clamp(min=tiny)
+            noise = torch.maximum(noise * ratio.sqrt(), floor.unsqueeze(-1))
+        chol, inv_chol, precision, log_scale = factorise(signal_cov, noise)
         if tol and bool((change < tol).all()):
             break
     if keep_history:
-        _record(history, type2_cost(chol, inv_chol @ V), source_var, noise)
+        _record(history, type2_cost(chol, inv_chol @ V, log_scale), source_var, noise)
         history = {k: torch.stack(v, dim=1) for k, v in history.items()}
     else:
         history = {}
-    SY = inv_chol.transpose(-1, -2) @ (inv_chol @ Y)  # S Y
-    sources = source_var.unsqueeze(-1) * (lead_field.T @ SY)  # Gamma L^T S Y
+    sources = source_var.unsqueeze(-1) * (lead_field.T @ (precision @ Y))  # Gamma L^T S Y
     return ChampagneResult(sources, source_var, noise, iteration, history)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .estimators import _DTYPES
 
 OPSET = 17
 
@@ -49,7 +50,9 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
     Parameters
     ----------
     estimator : UnfoldedSBLRegressor
-        Fitted (or loaded) estimator; exported in float32.
+        Fitted (or loaded) estimator; exported in its ``dtype`` (float64 by
+        default: the solver's arithmetic needs it at high SNR, see
+        ``unfolded_sbl.network``).
     path : str | Path
     n_channels, n_sources, n_times : int | None
         Sizes of the example inputs used to trace the graph (default: the
@@ -64,13 +67,20 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
 
     if not hasattr(estimator, "network_"):
         raise ValueError("the estimator is not fitted")
-    network = estimator.network_
+    import copy
+
+    dtype = _DTYPES[estimator.dtype]
+    network = copy.deepcopy(estimator.network_).to(dtype)
+    # The corrections stay float32 in the graph (onnxruntime has no float64
+    # GELU/Erf kernel); the solver around them runs in ``dtype``.
+    network.source_corrections.float()
+    network.noise_corrections.float()
     config = estimator._config()
     n_channels = n_channels or estimator.n_features_in_
     n_sources = n_sources or estimator.n_sources_
-    graph = _Graph(network, with_noise=not config["learn_noise"]).float().eval()
-    sensors = torch.randn(2, n_channels, n_times)
-    lead_field = torch.as_tensor(estimator.lead_field_, dtype=torch.float32)[:, :n_sources]
+    graph = _Graph(network, with_noise=not config["learn_noise"]).eval()
+    sensors = torch.randn(2, n_channels, n_times, dtype=dtype)
+    lead_field = torch.as_tensor(estimator.lead_field_, dtype=dtype)[:, :n_sources]
     args = (sensors, lead_field)
     names = ["sensors", "lead_field"]
     axes = {"sensors": {0: "batch", 1: "channels", 2: "times"},
@@ -78,7 +88,7 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
             "sources": {0: "batch", 1: "sources", 2: "times"},
             "source_var": {0: "batch", 1: "sources"}, "noise_var": {0: "batch", 1: "channels"}}
     if not config["learn_noise"]:
-        args = args + (torch.ones(2, n_channels),)
+        args = args + (torch.ones(2, n_channels, dtype=dtype),)
         names.append("noise_var_in")
         axes["noise_var_in"] = {0: "batch", 1: "channels"}
     register_custom_op_symbolic("aten::linalg_inv", _inverse_symbolic, OPSET)
@@ -94,7 +104,7 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
     model = onnx.load(str(path))
     meta = {"unfolded_sbl_version": __version__, "config": config,
             "lead_field_scale_rule": "trace(L L^T) = n_channels - 1 (average reference)",
-            "n_channels": estimator.n_features_in_, "n_sources": estimator.n_sources_,
+            "dtype": estimator.dtype, "n_channels": estimator.n_features_in_, "n_sources": estimator.n_sources_,
             "fixed_sizes": "bias" in (config["correction"], config["noise_correction"])}
     model.metadata_props.add(key="unfolded_sbl", value=json.dumps(meta))
     onnx.checker.check_model(model)

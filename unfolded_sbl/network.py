@@ -22,13 +22,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._champagne import NOISE_FLOOR, _PairOps
+from ._champagne import (FACTOR_JITTER, NOISE_FLOOR, _PairOps, diagonal, identity_like,
+                         reference_projector, referenced_model_cov, safe_cholesky)
 
 CORRECTIONS = ("none", "bias", "mlp", "attention")
 NOISE_CORRECTIONS = ("none", "bias", "mlp")
 #: Lower clamp inside the logarithms (a clamp, not an added constant: ONNX
 #: optimisers fold ``x + 1e-30`` into ``x``).
 LOG_EPS = 1e-30
+#: Largest learned correction per layer, in log-variance units: corrections are
+#: ``MAX_CORRECTION * tanh(raw / MAX_CORRECTION)``, so one layer can move a
+#: variance by at most a factor ``exp(2.0)`` (7.4x) beyond the classical update,
+#: and equals the raw output near zero (the untrained network is unchanged).
+MAX_CORRECTION = 2.0
+#: Range of every log-variance (normalised units: unit mean data power and
+#: ``trace(L L^T) = rank``): a source variance of ``exp(20)`` would explain
+#: 10^6 times the data; ``exp(-69)`` is ``LOG_EPS``.  Keeps ``exp`` finite in
+#: float32 whatever the corrections do.
+LOG_VAR_RANGE = (-69.0, 20.0)
+#: Log-features are clipped to this magnitude before entering a correction.
+FEATURE_CLIP = 60.0
 
 
 class PointwiseMLP(nn.Module):
@@ -108,21 +121,15 @@ def _make_correction(kind, n_features, size):
     return SourceAttention(n_features)
 
 
-def _identity(n_channels, like):
-    """Identity built from ``arange`` so that exported graphs keep a dynamic size."""
-    idx = torch.arange(n_channels, device=like.device)
-    return (idx.unsqueeze(0) == idx.unsqueeze(1)).to(like.dtype)
-
-
-def _diagonal(matrix, eye):
-    """Batched diagonal as ``(A * I).sum(-1)`` (exports cleanly, unlike ``diagonal``)."""
-    return (matrix * eye).sum(-1)
-
-
 def _features(*columns):
-    """Per-sample centred log-features, stacked: (B, K, F)."""
+    """Per-sample centred log-features, stacked and clipped: (B, K, F)."""
     stacked = torch.stack(columns, dim=-1)
-    return stacked - stacked.mean(dim=1, keepdim=True)
+    centred = stacked - stacked.mean(dim=1, keepdim=True)
+    return centred.clamp(-FEATURE_CLIP, FEATURE_CLIP)
+
+
+def _bounded_exp(log_var):
+    return torch.exp(log_var.clamp(*LOG_VAR_RANGE))
 
 
 class UnfoldedChampagne(nn.Module):
@@ -172,15 +179,34 @@ class UnfoldedChampagne(nn.Module):
              for _ in range(n_layers - 1)])
         self.use_inverse = False  # True while exporting (ONNX has no Cholesky)
 
-    def _precision(self, model_cov):
+    def _precision(self, signal_cov, noise, ref, eye):
+        """Precision ``S`` of the referenced model (see ``_champagne``).
+
+        The N x N factorisation runs in float64 whatever the network's dtype
+        (it costs O(N^3), nothing beside the O(N^2 M) products): torch
+        factorises by Cholesky, exported graphs by onnxruntime's ``Inverse``,
+        and both then agree to float64 round-off.
+        """
+        model_cov, scale = referenced_model_cov(signal_cov, noise, ref, eye)
+        jitter = FACTOR_JITTER.get(model_cov.dtype, 1e-5)
+        if jitter:
+            model_cov = model_cov + jitter * scale * eye
+        wide = model_cov.double()
         if self.use_inverse:
-            return torch.linalg.inv(model_cov)
-        return torch.cholesky_inverse(torch.linalg.cholesky(model_cov))
+            inverse = torch.linalg.inv(wide)
+        else:
+            inverse = torch.cholesky_inverse(safe_cholesky(wide))
+        return (inverse - ref.double() / scale.double()).to(signal_cov.dtype)
 
     def _correct(self, modules, k, features):
         if k >= len(modules) or isinstance(modules[k], nn.Identity):
             return None
-        return modules[k](features)
+        module = modules[k]
+        # A module may run in another precision than the solver (exported graphs
+        # keep the corrections in float32: onnxruntime has no float64 Erf).
+        weight_dtype = next(module.parameters()).dtype
+        raw = module(features.to(weight_dtype)).to(features.dtype)
+        return MAX_CORRECTION * torch.tanh(raw / MAX_CORRECTION)
 
     def forward(self, Y, lead_field, noise_var=None, return_layers=(), trajectory=False,
                 n_layers_active=None):
@@ -215,9 +241,11 @@ class UnfoldedChampagne(nn.Module):
         # whose size depends on the (dynamic) channel count.
         ops = _PairOps(lead_field, n_batch, paired=False if self.use_inverse else None)
         has_gain = ((lead_field ** 2).sum(0) > 0).to(Y.dtype)
-        eye = _identity(n_channels, Y)
+        eye = identity_like(n_channels, Y)
+        ref = reference_projector(lead_field)
         cov = Y @ Y.transpose(-1, -2) / n_times
-        floor = NOISE_FLOOR * _diagonal(cov, eye).sum(-1, keepdim=True) / n_channels
+        floor = (NOISE_FLOOR.get(Y.dtype, 1e-6) * diagonal(cov, eye).sum(-1, keepdim=True)
+                 / n_channels)
         # ones of shape (B, M) from the inputs, so that the graph keeps both axes dynamic
         source_var = has_gain * self.init_source_var * (
             Y[:, :1, :1].reshape(-1, 1) * 0 + 1)
@@ -227,7 +255,7 @@ class UnfoldedChampagne(nn.Module):
             noise_var = self.init_noise_var * (Y[:, :, 0] * 0 + 1)
         noise = noise_var
         signal_cov = ops.signal_cov(source_var)
-        precision = self._precision(signal_cov + noise.unsqueeze(-1) * eye)
+        precision = self._precision(signal_cov, noise, ref, eye)
         wanted = set(return_layers)
         intermediate, states = {}, []
         for k in range(n_layers_active or self.n_layers):
@@ -238,24 +266,24 @@ class UnfoldedChampagne(nn.Module):
             b = torch.log(gain.clamp(min=LOG_EPS))
             c = self._correct(self.source_corrections, k, _features(a, b, log_gamma))
             log_update = 0.5 * (a - b) if c is None else 0.5 * (a - b) + c
-            source_var = has_gain * torch.exp(log_update)
+            source_var = has_gain * _bounded_exp(log_update)
             if self.prune_threshold:
                 peak = source_var.amax(-1, keepdim=True)
                 source_var = source_var * (source_var >= self.prune_threshold * peak)
             signal_cov = ops.signal_cov(source_var)
             d = None
             if self.learn_noise:
-                noise_precision = self._precision(signal_cov + noise.unsqueeze(-1) * eye)
+                noise_precision = self._precision(signal_cov, noise, ref, eye)
                 scs_n = noise_precision @ cov @ noise_precision
-                s_diag = _diagonal(noise_precision, eye)
-                scs_diag = _diagonal(scs_n, eye)
+                s_diag = diagonal(noise_precision, eye)
+                scs_diag = diagonal(scs_n, eye)
                 log_lam = torch.log(noise.clamp(min=LOG_EPS))
                 p = torch.log((noise ** 2 * scs_diag).clamp(min=LOG_EPS))
                 q = torch.log(s_diag.clamp(min=LOG_EPS))
                 d = self._correct(self.noise_corrections, k, _features(p, q, log_lam))
                 log_noise = 0.5 * (p - q) if d is None else 0.5 * (p - q) + d
-                noise = torch.maximum(torch.exp(log_noise), floor)
-            precision = self._precision(signal_cov + noise.unsqueeze(-1) * eye)
+                noise = torch.maximum(_bounded_exp(log_noise), floor)
+            precision = self._precision(signal_cov, noise, ref, eye)
             if k in wanted or trajectory:
                 sources_k = self.posterior_mean(precision, lead_field, source_var, Y)
                 if k in wanted:

@@ -97,18 +97,21 @@ class OnnxSBLRegressor(_SourceEstimator):
                 f"{self.metadata_['n_sources']} sources; the forward model has "
                 f"{self.n_features_in_} x {self.n_sources_}")
         self.learn_noise_ = self.metadata_["config"]["learn_noise"]
+        # files exported before float64 graphs carry no dtype: they are float32
+        self.input_dtype_ = np.dtype(self.metadata_.get("dtype", "float32"))
         return self
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise_)
-        lead_field = self.lead_field_.astype(np.float32)
+        dtype = self.input_dtype_
+        lead_field = self.lead_field_.astype(dtype)
         outputs = []
         for start in range(0, len(Y), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            feeds = {"sensors": Y[sl].astype(np.float32), "lead_field": lead_field}
+            feeds = {"sensors": Y[sl].astype(dtype), "lead_field": lead_field}
             if noise is not None:
-                feeds["noise_var_in"] = noise[sl].astype(np.float32)
+                feeds["noise_var_in"] = noise[sl].astype(dtype)
             outputs.append(self.session_.run(None, feeds))
         sources, self.source_var_, self.noise_var_ = self._physical(
             *(np.concatenate([o[i] for o in outputs]).astype(np.float64) for i in range(3)),
