@@ -23,11 +23,12 @@ from unfolded_sbl.zoo import model_card
 
 
 def throughput(fwd, correction, batch_size, repeats=2):
-    """Samples per second of a 25-layer float32 network: forward only, and a training step."""
+    """Samples per second of a 25-layer network (its default float64): forward only, and a
+    training step."""
     est = us.UnfoldedSBLRegressor(fwd, correction=correction, max_epochs=0).fit_simulated()
     data = us.simulate(fwd, batch_size, random_state=0)
     Y, X, _ = est._normalise(data.sensors, data.sources)
-    L = torch.as_tensor(est.lead_field_, dtype=torch.float32)
+    L = est._tensor(est.lead_field_)
     net = est.network_.train()
     with torch.no_grad():
         net(Y[:2], L)
@@ -122,7 +123,7 @@ data ClassicalCB gives rMSE about 0.42 (bench_classical, known noise). Classical
 keeps the best localisation error (LE); the learned models win rMSE, EMD and F1 at the cost
 of 25 iterations.
 
-Layer throughput (25-layer float32 network, default template):
+Layer throughput (25-layer float64 network, default template):
 
 | network | forward samples/s | training samples/s (fwd + bwd, deep supervision) |
 |---|---|---|

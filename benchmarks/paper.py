@@ -475,7 +475,7 @@ training cap: {paper_gains}):
 
 {figure_list}
 
-#### Speed (float32 unless stated; {torch.get_num_threads()} threads)
+#### Speed (networks in float64, their default since the numerical-safety work; {torch.get_num_threads()} threads)
 
 {speed_text}
 """

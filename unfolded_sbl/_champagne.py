@@ -260,6 +260,8 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     noise = noise_var.clone()
     floor = (NOISE_FLOOR.get(Y.dtype, 1e-6) * (V ** 2).sum((-2, -1)).clamp(min=tiny)
              / lead_field.shape[0])
+    if noise.dim() == 2:  # diagonal noise, learned or given: same floor
+        noise = torch.maximum(noise, floor.unsqueeze(-1))
     history = {"cost": [], "source_var": [], "noise_var": []}
 
     def factorise(signal_cov, noise):

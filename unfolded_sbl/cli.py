@@ -125,8 +125,9 @@ def _cmd_export(args):
 def _cmd_train(args):
     from .zoo import MODEL_DIR, train_pretrained
 
+    init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped else None
     card = train_pretrained(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
-                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir)
+                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir, init=init)
     from .evaluation import format_table
 
     print(format_table(card["validation"]["metrics"]))
@@ -193,6 +194,9 @@ def build_parser():
     train.add_argument("--n-eval", type=int, default=256)
     train.add_argument("--checkpoint-dir", default=".checkpoints",
                        help="resumable checkpoints (rerun the command to resume)")
+    train.add_argument("--from-shipped", action="store_true",
+                       help="skip stage 1: fine-tune the shipped model on the robust "
+                            "distribution (stage 2 only)")
     train.set_defaults(func=_cmd_train)
 
     fwd = sub.add_parser("forward", help="list, inspect or build template forward models")

@@ -178,6 +178,7 @@ class UnfoldedChampagne(nn.Module):
             [_make_correction(self.noise_correction, 3, n_channels) or nn.Identity()
              for _ in range(n_layers - 1)])
         self.use_inverse = False  # True while exporting (ONNX has no Cholesky)
+        self._use_corrections = True
 
     def _precision(self, signal_cov, noise, ref, eye):
         """Precision ``S`` of the referenced model (see ``_champagne``).
@@ -199,7 +200,8 @@ class UnfoldedChampagne(nn.Module):
         return (inverse - ref.double() / scale.double()).to(signal_cov.dtype)
 
     def _correct(self, modules, k, features):
-        if k >= len(modules) or isinstance(modules[k], nn.Identity):
+        if (not self._use_corrections or k >= len(modules)
+                or isinstance(modules[k], nn.Identity)):
             return None
         module = modules[k]
         # A module may run in another precision than the solver (exported graphs
@@ -209,7 +211,7 @@ class UnfoldedChampagne(nn.Module):
         return MAX_CORRECTION * torch.tanh(raw / MAX_CORRECTION)
 
     def forward(self, Y, lead_field, noise_var=None, return_layers=(), trajectory=False,
-                n_layers_active=None):
+                n_layers_active=None, classical=False):
         """Run the K layers.
 
         Parameters
@@ -228,6 +230,9 @@ class UnfoldedChampagne(nn.Module):
             Also return the per-layer states and corrections.
         n_layers_active : int | None
             Run only the first layers (progressive training).
+        classical : bool
+            Skip every correction: the classical solver at the same depth (the
+            reference of the classical-relative training loss).
 
         Returns
         -------
@@ -236,6 +241,7 @@ class UnfoldedChampagne(nn.Module):
             ``intermediate`` {layer: sources}, and with ``trajectory`` a list of
             per-layer dicts.
         """
+        self._use_corrections = not classical
         n_batch, n_channels, n_times = Y.shape
         # Exported graphs use the per-sample products: they need no pair indices,
         # whose size depends on the (dynamic) channel count.
@@ -253,7 +259,8 @@ class UnfoldedChampagne(nn.Module):
             if not self.learn_noise:
                 raise ValueError("noise_var is required when learn_noise=False")
             noise_var = self.init_noise_var * (Y[:, :, 0] * 0 + 1)
-        noise = noise_var
+        # a given (known) noise gets the same floor as learned noise
+        noise = torch.maximum(noise_var, floor)
         signal_cov = ops.signal_cov(source_var)
         precision = self._precision(signal_cov, noise, ref, eye)
         wanted = set(return_layers)

@@ -13,12 +13,26 @@ from .estimators import _DTYPES, _SourceEstimator
 from .forward import list_forwards, load_forward
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne
 from .simulate import Simulator
-from .training import Trainer, TrainSettings
+from .training import LOSSES, Trainer, TrainSettings
 
 MODEL_FORMAT = "unfolded_sbl.network"
 MODEL_FORMAT_VERSION = 1
 _CONFIG_KEYS = ("n_layers", "correction", "noise_correction", "learn_noise",
                 "init_source_var", "init_noise_var", "prune_threshold")
+
+
+def _ensemble_for(forward, kind, verbose):
+    """The head-model ensemble named by ``simulator_params["head_models"]``."""
+    from .head_models import load_head_ensemble
+
+    if kind != "ensemble":
+        raise ValueError(f"simulator_params['head_models'] must be 'ensemble' or a "
+                         f"HeadModelEnsemble, got {kind!r}")
+    parts = (forward.name or "").split("-")
+    if len(parts) != 2 or forward.name not in list_forwards():
+        raise ValueError("head_models='ensemble' needs a shipped template forward model "
+                         f"(one of {list_forwards()}), got {forward!r}")
+    return load_head_ensemble(*parts, verbose=verbose)
 
 
 class UnfoldedSBLRegressor(_SourceEstimator):
@@ -47,11 +61,21 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         Adam learning rate (cosine-annealed over the joint epochs).
     deep_supervision : float
         Weight of the loss on 5 random intermediate layers.
+    loss : {"relative", "classical_relative"}
+        Training loss: the relative squared error, or the same divided per
+        sample by the classical solver's (see ``unfolded_sbl.training``).
+    warm_start : bool
+        Continue training the current network (e.g. a loaded pretrained model)
+        instead of building a new one.
     n_val : int
         Validation samples, simulated with the ``-perturbed`` variant of a
         template forward model (or the forward itself otherwise).
     simulator_params : dict | None
-        Keyword arguments of :class:`Simulator` for ``fit_simulated``.
+        Keyword arguments of :class:`Simulator` for ``fit_simulated``
+        (``unfolded_sbl.simulate.ROBUST_SIMULATOR`` is the shipped models'
+        distribution).  ``"head_models": "ensemble"`` projects the training
+        data through the cached head-model ensemble of the forward's template
+        (:func:`unfolded_sbl.head_models.load_head_ensemble`).
     prune_threshold, init_source_var, init_noise_var : see ``ClassicalCB``.
     dtype : {"float64", "float32"}
         Precision of the network.  float64 (default) keeps the solver exact at
@@ -77,7 +101,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     def __init__(self, forward=None, correction="mlp", noise_correction="mlp",
                  learn_noise=True, n_layers=25, max_epochs=10, steps_per_epoch=50,
                  batch_size=32, progressive_steps=10, learning_rate=1e-3,
-                 deep_supervision=0.3, n_val=128, simulator_params=None,
+                 deep_supervision=0.3, loss="relative", warm_start=False, n_val=128,
+                 simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
                  dtype="float64", checkpoint=None, random_state=None, verbose=False):
         self.forward = forward
@@ -91,6 +116,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.progressive_steps = progressive_steps
         self.learning_rate = learning_rate
         self.deep_supervision = deep_supervision
+        self.loss = loss
+        self.warm_start = warm_start
         self.n_val = n_val
         self.simulator_params = simulator_params
         self.prune_threshold = prune_threshold
@@ -115,6 +142,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                              f"got {self.noise_correction!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("learning_rate", "init_source_var", "init_noise_var"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not value > 0:
@@ -125,6 +154,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
 
     def _build(self):
         self._check_params()
+        if self.warm_start and hasattr(self, "network_"):
+            self._fit_forward(None)
+            self.torch_dtype_ = _DTYPES[self.dtype]
+            self.network_.to(self.torch_dtype_)
+            self.history_ = list(getattr(self, "history_", []))
+            return self
         self._fit_forward(None)
         self.torch_dtype_ = _DTYPES[self.dtype]
         torch.manual_seed(0 if self.random_state is None else int(self.random_state))
@@ -144,6 +179,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         else:
             val_forward = forward
         params = dict(self.simulator_params or {})
+        params.pop("head_models", None)  # validation: the perturbed template itself
         data = Simulator(val_forward, random_state=rng, **params).draw(self.n_val)
         return tuple(self._normalise(data.sensors, data.sources,
                                      None if self.learn_noise else data.noise_var))
@@ -153,11 +189,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             max_epochs=self.max_epochs, steps_per_epoch=self.steps_per_epoch,
             progressive_steps=self.progressive_steps, batch_size=self.batch_size,
             learning_rate=self.learning_rate, deep_supervision=self.deep_supervision,
-            checkpoint=self.checkpoint, verbose=self.verbose)
+            loss=self.loss, checkpoint=self.checkpoint, verbose=self.verbose)
         validation = self._validation_set(rng) if self.max_epochs else None
         trainer = Trainer(self.network_, self._tensor(self.lead_field_), draw_batch,
                           validation, settings, random_state=self.random_state)
-        self.history_ = trainer.run()
+        previous = list(self.history_) if self.warm_start else []
+        self.history_ = previous + trainer.run()
         # training time summed over interrupted and resumed runs
         self.train_seconds_ = trainer.state.get("seconds", 0.0)
         self.network_.eval()
@@ -194,6 +231,9 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self._build()
         rng = np.random.default_rng(self.random_state)
         params = {**(self.simulator_params or {}), **simulator_params}
+        if isinstance(params.get("head_models"), str):
+            params["head_models"] = _ensemble_for(self.forward_, params["head_models"],
+                                                  self.verbose)
         simulator = Simulator(self.forward_, random_state=rng, **params)
 
         def draw_batch(batch_size, batch_rng):

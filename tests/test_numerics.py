@@ -1,0 +1,134 @@
+"""Numerical safety of the solver and the network: referenced model, safe
+factorisation, bounded corrections, float32, ONNX at high SNR."""
+
+import numpy as np
+import pytest
+import torch
+
+import unfolded_sbl as us
+from unfolded_sbl._champagne import reference_projector, safe_cholesky
+from unfolded_sbl.network import MAX_CORRECTION, UnfoldedChampagne
+
+
+def _forward(average_reference=True, seed=0, n_channels=16, n_sources=60):
+    rng = np.random.default_rng(seed)
+    return us.ForwardModel(rng.normal(size=(n_channels, n_sources)) * 50,
+                           rng.normal(size=(n_sources, 3)) * 0.03,
+                           average_reference=average_reference)
+
+
+def test_reference_projector_detects_average_reference():
+    referenced = torch.as_tensor(_forward(True).lead_field)
+    raw = torch.as_tensor(_forward(False).lead_field)
+    n = referenced.shape[0]
+    np.testing.assert_allclose(reference_projector(referenced).numpy(), np.full((n, n), 1 / n),
+                               atol=1e-12)
+    assert torch.all(reference_projector(raw) == 0)
+
+
+def test_safe_cholesky_factorises_singular_psd_matrices():
+    rng = np.random.default_rng(0)
+    low_rank = rng.normal(size=(4, 10, 2))
+    matrix = torch.as_tensor(low_rank @ low_rank.transpose(0, 2, 1))  # rank 2, singular
+    matrix[0] = torch.eye(10)  # a healthy one stays exact
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(matrix - 1e-9 * torch.eye(10))
+    chol = safe_cholesky(matrix - 1e-9 * torch.eye(10))
+    assert torch.all(torch.isfinite(chol))
+    np.testing.assert_array_equal(chol[0].numpy(), np.eye(10) * np.sqrt(1 - 1e-9))
+    with pytest.raises(ValueError, match="not positive definite"):
+        safe_cholesky(-torch.eye(3)[None])
+
+
+@pytest.mark.parametrize("noise", ["learn", "homoscedastic"])
+def test_cost_never_increases_without_average_reference(noise):
+    fwd = _forward(average_reference=False)
+    data = us.simulate(fwd, 3, random_state=0, n_patches=(1, 3), n_times=20)
+    est = us.ClassicalCB(fwd, noise=noise, n_iter=15, keep_history=True).fit()
+    est.predict(data.sensors)
+    assert np.all(np.diff(est.history_["cost"], axis=1) <= 1e-9)
+
+
+def test_untrained_network_equals_classical_without_average_reference():
+    fwd = _forward(average_reference=False)
+    data = us.simulate(fwd, 4, random_state=1, n_patches=(1, 3), n_times=20)
+    ref = us.ClassicalCB(fwd, n_iter=6).fit().predict(data.sensors)
+    net = us.UnfoldedSBLRegressor(fwd, n_layers=6, max_epochs=0).fit(data.sensors,
+                                                                    data.sources)
+    out = net.predict(data.sensors)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_classical_flag_skips_corrections(fwd, data):
+    trained = us.load_pretrained("deep-cb-joint", forward=fwd)
+    untrained = us.UnfoldedSBLRegressor(fwd, max_epochs=0).fit_simulated()
+    Y, _, _ = trained._normalise(data.sensors[:2])
+    lead_field = trained._tensor(trained.lead_field_)
+    with torch.no_grad():
+        skipped = trained.network_(Y, lead_field, classical=True)["sources"]
+        classical = untrained.network_(Y, lead_field)["sources"]
+        corrected = trained.network_(Y, lead_field)["sources"]
+    torch.testing.assert_close(skipped, classical)
+    assert not torch.allclose(corrected, classical)
+
+
+def _wild_network(fwd, correction, scale=30.0):
+    """An MLP/attention network whose corrections are far from zero everywhere."""
+    rng = np.random.default_rng(0)
+    net = us.UnfoldedSBLRegressor(fwd, correction=correction, n_layers=8, max_epochs=0).fit(
+        rng.normal(size=(1, fwd.n_channels, 3)), rng.normal(size=(1, fwd.n_sources, 3)))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.network_.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("correction", ["mlp", "attention"])
+def test_bounded_corrections_keep_every_output_finite(correction):
+    fwd = _forward()
+    net = _wild_network(fwd, correction)
+    rng = np.random.default_rng(0)
+    inputs = [us.simulate(fwd, 3, random_state=2, snr_db=(50, 60), n_times=20).sensors,
+              np.einsum("cs,nst->nct", fwd.lead_field, rng.normal(size=(3, 60, 4))),  # noise-free
+              rng.normal(size=(3, 16, 1)) * 1e-12, rng.normal(size=(3, 16, 30)) * 1e3]
+    for X in inputs:
+        out = net.predict(X)
+        assert np.all(np.isfinite(out)) and np.all(np.isfinite(net.noise_var_))
+        for layer in net.predict_trajectory(X)[:-1]:
+            assert np.abs(layer["source_correction"]).max() <= MAX_CORRECTION
+            assert np.abs(layer["noise_correction"]).max() <= MAX_CORRECTION
+
+
+def test_float32_network_survives_high_snr_and_noise_free_data(fwd):
+    net = us.UnfoldedSBLRegressor(fwd, max_epochs=0, dtype="float32").fit_simulated()
+    high = us.simulate(fwd, 4, random_state=0, snr_db=(50, 60))
+    noise_free = np.einsum("cs,nst->nct", fwd.lead_field, high.sources)
+    for X in (high.sensors, noise_free):
+        out = net.predict(X)
+        assert np.all(np.isfinite(out))
+
+
+def test_float64_network_matches_classical_at_high_snr(fwd):
+    data = us.simulate(fwd, 4, random_state=0, snr_db=(50, 60))
+    ref = us.ClassicalCB(fwd).fit().predict(data.sensors)
+    out = us.UnfoldedSBLRegressor(fwd, max_epochs=0).fit_simulated().predict(data.sensors)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_onnx_matches_torch_at_high_snr(tmp_path):
+    fwd = _forward()
+    net = _wild_network(fwd, "mlp", scale=0.1)
+    path = us.export_onnx(net, tmp_path / "net.onnx")
+    onnx_est = us.OnnxSBLRegressor(path, forward=fwd).fit()
+    for snr in ((5, 10), (30, 40), (50, 60)):
+        X = us.simulate(fwd, 4, random_state=3, snr_db=snr, n_times=20).sensors
+        ref, out = net.predict(X), onnx_est.predict(X)
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5, snr
+
+
+def test_tiny_known_noise_is_floored(fwd, data):
+    est = us.load_pretrained("deep-cb-known", forward=fwd)
+    tiny = np.full((2, 64), 1e-40)
+    out = est.predict(data.sensors[:2], noise_var=tiny)
+    assert np.all(np.isfinite(out))
