@@ -12,7 +12,10 @@ gradient), plus ``CLASSICAL_FLOOR``: every sample then counts by how much it
 improves on (or loses to) the classical solver, so hard samples (wide patches,
 low SNR) no longer dominate the gradient, and the floor keeps samples the
 classical solver solves almost exactly (noise-free data) from dominating it
-instead (``ROBUSTNESS.md``).
+instead (``ROBUSTNESS.md``).  The loss is asymmetric: with ``r`` that ratio,
+it is ``r + LOSS_PENALTY * max(r - 1, 0)``, so that a correction that helps
+some samples by hurting others does not pay (the learned solver is meant to
+degrade towards the classical one, never below it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from .metrics import f1 as f1_score
 
 #: Added to the classical error in the classical-relative loss.
 CLASSICAL_FLOOR = 0.02
+#: Extra weight of the part of a sample's error ratio above 1 (losing to the
+#: classical solver costs 1 + LOSS_PENALTY times what winning gains).
+LOSS_PENALTY = 2.0
 LOSSES = ("relative", "classical_relative")
 
 
@@ -68,8 +74,9 @@ class Trainer:
     lead_field : tensor (N, M), normalised
     draw_batch : callable(batch_size, rng) -> (Y, X, noise_var or None) tensors
         Normalised training batches (fresh samples each call when streaming).
-    validation : tuple of tensors | None
-        Fixed normalised validation set ``(Y, X, noise_var or None)``.
+    validation : tuple of tensors | list of tuples | None
+        Fixed normalised validation set ``(Y, X, noise_var or None)``, or one
+        per mixture component (metrics are averaged over them).
     settings : TrainSettings
     random_state : int | None
     """
@@ -126,12 +133,18 @@ class Trainer:
                 reference = self.model(Y, self.lead_field, noise, n_layers_active=n_active,
                                        classical=True)["sources"]
                 weight = 1.0 / (sample_errors(reference, X) + CLASSICAL_FLOOR)
-        loss = (sample_errors(out["sources"], X) * weight).mean()
+        loss = self._reduce(sample_errors(out["sources"], X), weight)
         if layers:
-            deep_loss = torch.stack([(sample_errors(out["intermediate"][k], X) * weight).mean()
-                                     for k in layers]).mean()
+            deep_loss = torch.stack([self._reduce(sample_errors(out["intermediate"][k], X),
+                                                  weight) for k in layers]).mean()
             loss = loss + self.s.deep_supervision * deep_loss
         return loss
+
+    def _reduce(self, errors, weight):
+        if self.s.loss != "classical_relative":
+            return errors.mean()
+        ratio = errors * weight
+        return (ratio + LOSS_PENALTY * torch.relu(ratio - 1.0)).mean()
 
     def _step(self, optimizer, params, **kwargs):
         optimizer.zero_grad()
@@ -143,19 +156,28 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self):
+        """Validation metrics, averaged over the validation parts (mixture components)."""
         if self.validation is None:
             return {}
-        Y, X, noise = self.validation
+        parts = self.validation if isinstance(self.validation, list) else [self.validation]
         self.model.eval()
-        out = self.model(Y, self.lead_field, noise)
         if not hasattr(self, "_val_classical"):
-            self._val_classical = float(relative_error(
+            self._val_classical = [float(relative_error(
                 self.model(Y, self.lead_field, noise, classical=True)["sources"], X))
+                for Y, X, noise in parts]
+        scores = []
+        for (Y, X, noise), classical in zip(parts, self._val_classical):
+            pred = self.model(Y, self.lead_field, noise)["sources"]
+            value = float(relative_error(pred, X))
+            scores.append((value, value / max(classical, 1e-30),
+                           float(f1_score(X.double().numpy(), pred.double().numpy()))))
         self.model.train()
-        pred = out["sources"]
-        val_rmse = float(relative_error(pred, X))
-        return {"val_rmse": val_rmse, "val_ratio": val_rmse / max(self._val_classical, 1e-30),
-                "val_f1": float(f1_score(X.double().numpy(), pred.double().numpy()))}
+        val_rmse, val_ratio, val_f1 = np.mean(scores, axis=0)
+        record = {"val_rmse": float(val_rmse), "val_ratio": float(val_ratio),
+                  "val_f1": float(val_f1)}
+        if len(parts) > 1:
+            record["val_ratio_parts"] = [round(s[1], 4) for s in scores]
+        return record
 
     # -- phases ----------------------------------------------------------------------
     def _layer_params(self, k):
@@ -208,7 +230,8 @@ class Trainer:
             scheduler.step()
             record = {"epoch": epoch, "loss": float(np.mean(losses)), **self.validate()}
             self.history.append(record)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
+            bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else str(v)
+                             for k, v in record.items() if k != "epoch"})
             self.state["epoch"] = epoch + 1
             self._save(optimizer, scheduler)
         return self.history

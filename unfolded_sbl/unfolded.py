@@ -70,9 +70,10 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     n_val : int
         Validation samples, simulated with the ``-perturbed`` variant of a
         template forward model (or the forward itself otherwise).
-    simulator_params : dict | None
-        Keyword arguments of :class:`Simulator` for ``fit_simulated``
-        (``unfolded_sbl.simulate.ROBUST_SIMULATOR`` is the shipped models'
+    simulator_params : dict | list of dict | None
+        Keyword arguments of :class:`Simulator` for ``fit_simulated``; a list
+        is a mixture (each batch from one component at random; see
+        ``unfolded_sbl.zoo.robust_simulator_params`` for the shipped models'
         distribution).  ``"head_models": "ensemble"`` projects the training
         data through the cached head-model ensemble of the forward's template
         (:func:`unfolded_sbl.head_models.load_head_ensemble`).
@@ -169,7 +170,15 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.history_ = []
         return self
 
+    def _simulator_components(self, overrides=None):
+        """``simulator_params`` as a list of dicts (a mixture when a list is given)."""
+        params = self.simulator_params or {}
+        components = [dict(p) for p in params] if isinstance(params, (list, tuple)) else [
+            dict(params)]
+        return [{**c, **(overrides or {})} for c in components]
+
     def _validation_set(self, rng):
+        """One fixed validation set per mixture component (the ``-perturbed`` template)."""
         if self.n_val == 0:
             return None
         forward = self.forward_
@@ -178,11 +187,15 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             val_forward = load_forward(f"{name}-perturbed")
         else:
             val_forward = forward
-        params = dict(self.simulator_params or {})
-        params.pop("head_models", None)  # validation: the perturbed template itself
-        data = Simulator(val_forward, random_state=rng, **params).draw(self.n_val)
-        return tuple(self._normalise(data.sensors, data.sources,
-                                     None if self.learn_noise else data.noise_var))
+        components = self._simulator_components()
+        parts = []
+        for params in components:
+            params.pop("head_models", None)  # validation: the perturbed template itself
+            data = Simulator(val_forward, random_state=rng, **params).draw(
+                max(1, self.n_val // len(components)))
+            parts.append(tuple(self._normalise(data.sensors, data.sources,
+                                               None if self.learn_noise else data.noise_var)))
+        return parts
 
     def _train(self, draw_batch, rng):
         settings = TrainSettings(
@@ -226,17 +239,21 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     def fit_simulated(self, **simulator_params):
         """Train on fresh simulated batches (nothing is materialised).
 
-        Keyword arguments override ``simulator_params`` for this call.
+        Keyword arguments override ``simulator_params`` for this call.  With a
+        list of ``simulator_params`` (a mixture), each batch comes from one
+        component drawn at random.
         """
         self._build()
         rng = np.random.default_rng(self.random_state)
-        params = {**(self.simulator_params or {}), **simulator_params}
-        if isinstance(params.get("head_models"), str):
-            params["head_models"] = _ensemble_for(self.forward_, params["head_models"],
-                                                  self.verbose)
-        simulator = Simulator(self.forward_, random_state=rng, **params)
+        simulators = []
+        for params in self._simulator_components(simulator_params):
+            if isinstance(params.get("head_models"), str):
+                params["head_models"] = _ensemble_for(self.forward_, params["head_models"],
+                                                      self.verbose)
+            simulators.append(Simulator(self.forward_, random_state=rng, **params))
 
         def draw_batch(batch_size, batch_rng):
+            simulator = simulators[batch_rng.integers(len(simulators))]
             data = simulator.draw(batch_size)
             return tuple(self._normalise(data.sensors, data.sources,
                                          None if self.learn_noise else data.noise_var))

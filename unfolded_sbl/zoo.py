@@ -39,20 +39,24 @@ TRAIN_FORWARD = "biosemi64-ico3"
 #: data projected through the head-model ensemble) with the classical-relative
 #: loss, so that the corrections learn to absorb what recordings carry and to
 #: fall back on the classical update where they cannot help.
-ROBUST_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rate=5e-4,
+ROBUST_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rate=3e-4,
                     deep_supervision=0.3, n_val=64)
 #: name -> stage-2 budget (2 CPU cores, float64).
 ROBUST_BUDGETS = {
-    "deep-cb-joint": dict(max_epochs=60, steps_per_epoch=15, batch_size=32),
-    "deep-cb-known": dict(max_epochs=30, steps_per_epoch=15, batch_size=32),
-    "deep-attn-cb-joint": dict(max_epochs=20, steps_per_epoch=10, batch_size=8),
+    "deep-cb-joint": dict(max_epochs=50, steps_per_epoch=15, batch_size=32),
+    "deep-cb-known": dict(max_epochs=24, steps_per_epoch=15, batch_size=32),
+    "deep-attn-cb-joint": dict(max_epochs=16, steps_per_epoch=10, batch_size=8),
 }
 
 
 def robust_simulator_params():
+    """Stage-2 training data: an even mixture of the paper's simulator and the robust
+    one, both projected through the head-model ensemble (alone, the robust one made
+    the corrections trade focal samples for extended ones: rMSE on paper-like
+    samples went from 0.61 to 0.89, ClassicalCB 0.67)."""
     from .simulate import ROBUST_SIMULATOR
 
-    return {**ROBUST_SIMULATOR, "head_models": "ensemble"}
+    return [{"head_models": "ensemble"}, {**ROBUST_SIMULATOR, "head_models": "ensemble"}]
 
 
 def list_pretrained():
@@ -190,7 +194,8 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
                    "samples_seen": _samples_seen(robust),
                    "seconds": round(est.train_seconds_, 1),
                    "machine": f"{platform.machine()}, CPU only",
-                   "simulator": {**ROBUST_SIMULATOR, "head_models": _ensemble_record()},
+                   "simulator": {"mixture": ["paper defaults", ROBUST_SIMULATOR],
+                                 "head_models": _ensemble_record()},
                    "history": est.history_})
     est.set_params(warm_start=False, checkpoint=None)
     files = {f"{name}.pt": out_dir / f"{name}.pt", f"{name}.onnx": out_dir / f"{name}.onnx"}
