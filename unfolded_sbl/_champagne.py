@@ -192,10 +192,14 @@ def safe_cholesky(matrix):
     n = matrix.shape[-1]
     eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
     scale = torch.diagonal(matrix, dim1=-2, dim2=-1).mean(-1).abs().reshape(-1, 1, 1)
-    for jitter in RETRY_JITTERS:
-        retry, retry_info = torch.linalg.cholesky_ex(matrix + jitter * scale * eye)
-        chol = torch.where(failed.reshape(-1, 1, 1), retry, chol)
-        failed = failed & (retry_info > 0)
+    jitter = torch.zeros_like(scale)
+    for value in RETRY_JITTERS:
+        # One factorisation of the whole batch, with a jitter on the failing samples
+        # only: mixing factors with torch.where would pass the NaN gradients of the
+        # failed factorisation back through the unselected branch.
+        jitter = torch.where(failed.reshape(-1, 1, 1), value * scale, jitter)
+        chol, info = torch.linalg.cholesky_ex(matrix + jitter * eye)
+        failed = info > 0
         if not bool(failed.any()):
             return chol
     raise ValueError("the model covariance is not positive definite even with a jitter of "

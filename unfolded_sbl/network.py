@@ -15,6 +15,13 @@ The module works in normalised units: the caller passes data scaled to unit
 mean power and a lead field scaled to ``trace(L L^T) = rank`` (see
 ``unfolded_sbl.estimators``).  The lead field is an input, not a weight, so the
 MLP and attention corrections run on any cap and source space.
+
+Numerical safety (the network fails nowhere the classical solver does not):
+the model covariance is the average-referenced one of ``_champagne`` (no
+structurally null direction), the N x N factorisation runs in float64 with a
+Cholesky that retries failing samples with a jitter, noise variances (learned
+or given) are floored relative to the data power, log-variances and features
+are clamped, and each correction is bounded by ``MAX_CORRECTION``.
 """
 
 from __future__ import annotations

@@ -147,12 +147,22 @@ class Trainer:
         return (ratio + LOSS_PENALTY * torch.relu(ratio - 1.0)).mean()
 
     def _step(self, optimizer, params, **kwargs):
+        """One optimiser step; a batch whose loss or gradient is not finite is skipped
+        (counted in ``state["skipped"]``) instead of poisoning the weights."""
         optimizer.zero_grad()
-        loss = self._loss(**kwargs)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)
-        optimizer.step()
-        return loss.item()
+        try:
+            loss = self._loss(**kwargs)
+        except ValueError:  # a degenerate simulated sample (safe_cholesky gave up)
+            loss = None
+        if loss is not None and torch.isfinite(loss):
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)
+            if torch.isfinite(norm):
+                optimizer.step()
+                return loss.item()
+        self.state["skipped"] = self.state.get("skipped", 0) + 1
+        optimizer.zero_grad()
+        return float("nan")
 
     @torch.no_grad()
     def validate(self):
@@ -228,7 +238,7 @@ class Trainer:
         for epoch in bar:
             losses = [self._step(optimizer, all_params) for _ in range(s.steps_per_epoch)]
             scheduler.step()
-            record = {"epoch": epoch, "loss": float(np.mean(losses)), **self.validate()}
+            record = {"epoch": epoch, "loss": float(np.nanmean(losses)), **self.validate()}
             self.history.append(record)
             bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else str(v)
                              for k, v in record.items() if k != "epoch"})
