@@ -132,3 +132,21 @@ def test_tiny_known_noise_is_floored(fwd, data):
     tiny = np.full((2, 64), 1e-40)
     out = est.predict(data.sensors[:2], noise_var=tiny)
     assert np.all(np.isfinite(out))
+
+
+def test_training_skips_non_finite_batches():
+    from unfolded_sbl.training import Trainer, TrainSettings
+
+    fwd = _forward()
+    est = us.UnfoldedSBLRegressor(fwd, n_layers=3, max_epochs=0).fit_simulated()
+    data = us.simulate(fwd, 4, random_state=0, n_times=10)
+    Y, X, _ = est._normalise(data.sensors, data.sources)
+    Y[0, 0, 0] = float("nan")  # a poisoned batch
+    before = {k: v.clone() for k, v in est.network_.state_dict().items()}
+    trainer = Trainer(est.network_, est._tensor(est.lead_field_), lambda *_: (Y, X, None),
+                      None, TrainSettings(max_epochs=1, steps_per_epoch=2, progressive_steps=0,
+                                          batch_size=4, verbose=False))
+    history = trainer.run()
+    assert trainer.state["skipped"] == 2 and np.isnan(history[0]["loss"])
+    for key, value in est.network_.state_dict().items():
+        torch.testing.assert_close(value, before[key])

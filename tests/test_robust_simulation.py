@@ -109,3 +109,23 @@ def test_one_real_member_resembles_the_template(fwd):
     corr = [np.corrcoef(normal[:, m], fwd.lead_field[:, m])[0, 1] for m in range(0, 1284, 11)]
     assert np.median(corr) > 0.9
     assert np.abs(gain.sum(axis=0)).max() < 1e-8 * np.abs(gain).max() * 64  # referenced
+
+
+def test_training_mixture_and_ensemble_errors(small_fwd):
+    mixture = [{"n_patches": (1, 2), "n_times": 12},
+               {"n_patches": (1, 3), "n_times": (8, 16), "noise_color": "coloured",
+                "noise_free_prob": 0.3, "bad_channel_prob": 0.3}]
+    net = us.UnfoldedSBLRegressor(small_fwd, n_layers=3, max_epochs=2, steps_per_epoch=3,
+                                  progressive_steps=0, batch_size=4, n_val=8,
+                                  loss="classical_relative", simulator_params=mixture,
+                                  random_state=0).fit_simulated()
+    assert len(net.history_) == 2
+    assert len(net.history_[-1]["val_ratio_parts"]) == 2
+    assert np.isfinite(net.history_[-1]["loss"])
+    more = net.set_params(warm_start=True, max_epochs=1).fit_simulated()
+    assert len(more.history_) == 3  # warm start continues the record
+    with pytest.raises(ValueError, match="shipped template"):
+        us.UnfoldedSBLRegressor(small_fwd, max_epochs=1, n_val=0,
+                                simulator_params={"head_models": "ensemble"}).fit_simulated()
+    with pytest.raises(ValueError, match="loss must be"):
+        us.UnfoldedSBLRegressor(small_fwd, loss="l1").fit_simulated()

@@ -128,11 +128,46 @@ def _make_correction(kind, n_features, size):
     return SourceAttention(n_features)
 
 
-def _features(*columns):
-    """Per-sample centred log-features, stacked and clipped: (B, K, F)."""
+#: Inputs of every correction: three centred local log-statistics and two
+#: per-sample context levels (see :func:`_features`).
+N_FEATURES = 5
+#: Models saved before the context levels had three inputs; loading pads their
+#: first layer with zero columns, which leaves their function unchanged.
+LEGACY_N_FEATURES = 3
+
+
+def _features(context, *columns):
+    """Correction inputs (B, K, F): per-sample centred log-statistics, then the
+    sample's context levels (B, 2), the same for every source or sensor.
+
+    Centring makes the local statistics scale-free but hides the regime a
+    sample is in; the context levels give it back: the log mean noise variance
+    and the log mean signal variance per channel, both relative to the data
+    power (normalised units), i.e. the current SNR estimate.
+    """
     stacked = torch.stack(columns, dim=-1)
     centred = stacked - stacked.mean(dim=1, keepdim=True)
-    return centred.clamp(-FEATURE_CLIP, FEATURE_CLIP)
+    levels = context.unsqueeze(1).expand(-1, stacked.shape[1], -1)
+    return torch.cat([centred, levels], dim=-1).clamp(-FEATURE_CLIP, FEATURE_CLIP)
+
+
+def _context(noise, signal_cov, eye):
+    """Per-sample (log mean noise variance, log mean signal variance), (B, 2)."""
+    noise_level = torch.log(noise.mean(-1).clamp(min=LOG_EPS))
+    signal_level = torch.log((diagonal(signal_cov, eye).mean(-1)).clamp(min=LOG_EPS))
+    return torch.stack([noise_level, signal_level], dim=-1)
+
+
+def upgrade_state_dict(state_dict):
+    """Pad the first layer of corrections saved with ``LEGACY_N_FEATURES`` inputs."""
+    upgraded = {}
+    for key, value in state_dict.items():
+        if (key.endswith(("hidden.weight", "embed.weight")) and "mlp." not in key
+                and value.dim() == 2 and value.shape[1] == LEGACY_N_FEATURES):
+            pad = value.new_zeros(value.shape[0], N_FEATURES - LEGACY_N_FEATURES)
+            value = torch.cat([value, pad], dim=1)
+        upgraded[key] = value
+    return upgraded
 
 
 def _bounded_exp(log_var):
@@ -179,10 +214,10 @@ class UnfoldedChampagne(nn.Module):
         self.prune_threshold = prune_threshold
         # The last layer stays classical: corrections for layers 0 .. K-2 only.
         self.source_corrections = nn.ModuleList(
-            [_make_correction(correction, 3, n_sources) or nn.Identity()
+            [_make_correction(correction, N_FEATURES, n_sources) or nn.Identity()
              for _ in range(n_layers - 1)])
         self.noise_corrections = nn.ModuleList(
-            [_make_correction(self.noise_correction, 3, n_channels) or nn.Identity()
+            [_make_correction(self.noise_correction, N_FEATURES, n_channels) or nn.Identity()
              for _ in range(n_layers - 1)])
         self.use_inverse = False  # True while exporting (ONNX has no Cholesky)
         self._use_corrections = True
@@ -278,7 +313,8 @@ class UnfoldedChampagne(nn.Module):
             log_gamma = torch.log(source_var.clamp(min=LOG_EPS))
             a = torch.log((source_var ** 2 * fit).clamp(min=LOG_EPS))
             b = torch.log(gain.clamp(min=LOG_EPS))
-            c = self._correct(self.source_corrections, k, _features(a, b, log_gamma))
+            context = _context(noise, signal_cov, eye)
+            c = self._correct(self.source_corrections, k, _features(context, a, b, log_gamma))
             log_update = 0.5 * (a - b) if c is None else 0.5 * (a - b) + c
             source_var = has_gain * _bounded_exp(log_update)
             if self.prune_threshold:
@@ -294,7 +330,8 @@ class UnfoldedChampagne(nn.Module):
                 log_lam = torch.log(noise.clamp(min=LOG_EPS))
                 p = torch.log((noise ** 2 * scs_diag).clamp(min=LOG_EPS))
                 q = torch.log(s_diag.clamp(min=LOG_EPS))
-                d = self._correct(self.noise_corrections, k, _features(p, q, log_lam))
+                d = self._correct(self.noise_corrections, k,
+                                  _features(_context(noise, signal_cov, eye), p, q, log_lam))
                 log_noise = 0.5 * (p - q) if d is None else 0.5 * (p - q) + d
                 noise = torch.maximum(_bounded_exp(log_noise), floor)
             precision = self._precision(signal_cov, noise, ref, eye)

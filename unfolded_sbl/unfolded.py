@@ -11,7 +11,7 @@ from . import __version__
 from ._validation import check_finite_array, check_positive_int
 from .estimators import _DTYPES, _SourceEstimator
 from .forward import list_forwards, load_forward
-from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne
+from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
 from .simulate import Simulator
 from .training import LOSSES, Trainer, TrainSettings
 
@@ -365,7 +365,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         if stored is not None:
             est.network_.to(stored.dtype)
         try:
-            est.network_.load_state_dict(blob["state_dict"])
+            est.network_.load_state_dict(upgrade_state_dict(blob["state_dict"]))
         except RuntimeError as err:
             raise ValueError(f"{path}: weights do not match the stored config: {err}") from None
         est.network_.to(est.torch_dtype_).eval()

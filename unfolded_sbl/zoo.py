@@ -44,8 +44,8 @@ ROBUST_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rat
 #: name -> stage-2 budget (2 CPU cores, float64).
 ROBUST_BUDGETS = {
     "deep-cb-joint": dict(max_epochs=50, steps_per_epoch=15, batch_size=32),
-    "deep-cb-known": dict(max_epochs=24, steps_per_epoch=15, batch_size=32),
-    "deep-attn-cb-joint": dict(max_epochs=16, steps_per_epoch=10, batch_size=8),
+    "deep-cb-known": dict(max_epochs=20, steps_per_epoch=15, batch_size=32),
+    "deep-attn-cb-joint": dict(max_epochs=12, steps_per_epoch=10, batch_size=8),
 }
 
 
