@@ -150,3 +150,24 @@ def test_training_skips_non_finite_batches():
     assert trainer.state["skipped"] == 2 and np.isnan(history[0]["loss"])
     for key, value in est.network_.state_dict().items():
         torch.testing.assert_close(value, before[key])
+
+
+@pytest.mark.parametrize("correction", ["mlp", "attention"])
+def test_legacy_three_input_weights_load_with_the_same_function(correction):
+    from unfolded_sbl.network import LEGACY_N_FEATURES, upgrade_state_dict
+
+    fwd = _forward()
+    net = _wild_network(fwd, correction, scale=0.1)
+    state = net.network_.state_dict()
+    legacy = {}
+    for key, value in state.items():
+        if key.endswith(("hidden.weight", "embed.weight")) and "mlp." not in key:
+            value[:, LEGACY_N_FEATURES:] = 0.0  # what a legacy model computes
+            legacy[key] = value[:, :LEGACY_N_FEATURES].clone()
+        else:
+            legacy[key] = value
+    net.network_.load_state_dict(state)
+    X = us.simulate(fwd, 2, random_state=0, n_times=10).sensors
+    expected = net.predict(X)
+    net.network_.load_state_dict(upgrade_state_dict(legacy))
+    np.testing.assert_array_equal(net.predict(X), expected)

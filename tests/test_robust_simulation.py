@@ -129,3 +129,14 @@ def test_training_mixture_and_ensemble_errors(small_fwd):
                                 simulator_params={"head_models": "ensemble"}).fit_simulated()
     with pytest.raises(ValueError, match="loss must be"):
         us.UnfoldedSBLRegressor(small_fwd, loss="l1").fit_simulated()
+
+
+def test_select_best_keeps_the_best_validation_epoch(small_fwd):
+    net = us.UnfoldedSBLRegressor(small_fwd, n_layers=3, max_epochs=4, steps_per_epoch=2,
+                                  progressive_steps=0, batch_size=4, n_val=8,
+                                  learning_rate=0.05, loss="classical_relative",
+                                  select_best=True, random_state=0,
+                                  simulator_params={"n_patches": (1, 2), "n_times": 10})
+    net.fit_simulated()
+    ratios = [h["val_ratio"] for h in net.history_]
+    assert net.best_epoch_ == int(np.argmin(ratios))

@@ -61,6 +61,7 @@ class TrainSettings:
     n_deep: int = 5
     grad_clip: float = 1.0
     loss: str = "relative"
+    select_best: bool = False
     checkpoint: str | None = None
     verbose: bool = True
 
@@ -90,6 +91,7 @@ class Trainer:
         self.rng = np.random.default_rng(random_state)
         self.history = []
         self.state = {"phase": "progressive", "layer": 0, "epoch": 0, "seconds": 0.0}
+        self.best = None  # (score, epoch, state_dict) with settings.select_best
         self._clock = time.perf_counter()
 
     # -- checkpoints -----------------------------------------------------------------
@@ -100,7 +102,8 @@ class Trainer:
         if not self.s.checkpoint:
             return
         tmp = f"{self.s.checkpoint}.tmp"
-        torch.save({"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"model": self.model.state_dict(), "best": self.best,
+                    "optimizer": optimizer.state_dict(),
                     "scheduler": None if scheduler is None else scheduler.state_dict(),
                     "state": dict(self.state), "history": self.history,
                     "rng": self.rng.bit_generator.state}, tmp)
@@ -111,6 +114,7 @@ class Trainer:
             return None
         ckpt = torch.load(self.s.checkpoint, weights_only=False)
         self.model.load_state_dict(ckpt["model"])
+        self.best = ckpt.get("best")
         self.state = ckpt["state"]
         self.history = ckpt["history"]
         self.rng.bit_generator.state = ckpt["rng"]
@@ -240,8 +244,22 @@ class Trainer:
             scheduler.step()
             record = {"epoch": epoch, "loss": float(np.nanmean(losses)), **self.validate()}
             self.history.append(record)
+            self._keep_best(record)
             bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else str(v)
                              for k, v in record.items() if k != "epoch"})
             self.state["epoch"] = epoch + 1
             self._save(optimizer, scheduler)
+        if self.s.select_best and self.best is not None:
+            self.model.load_state_dict(self.best[2])
+            self.state["best_epoch"] = self.best[1]
         return self.history
+
+    def _keep_best(self, record):
+        """Remember the weights of the epoch whose worst validation part (mixture
+        component) has the lowest error ratio to the classical solver."""
+        if not self.s.select_best or "val_ratio" not in record:
+            return
+        score = max(record.get("val_ratio_parts", [record["val_ratio"]]))
+        if self.best is None or score < self.best[0]:
+            self.best = (score, record["epoch"],
+                         {k: v.detach().clone() for k, v in self.model.state_dict().items()})

@@ -64,6 +64,10 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     loss : {"relative", "classical_relative"}
         Training loss: the relative squared error, or the same divided per
         sample by the classical solver's (see ``unfolded_sbl.training``).
+    select_best : bool
+        Keep the weights of the joint epoch whose worst validation part (one
+        per mixture component) has the lowest error ratio to the classical
+        solver, instead of the last epoch's (``best_epoch_`` says which).
     warm_start : bool
         Continue training the current network (e.g. a loaded pretrained model)
         instead of building a new one.
@@ -102,7 +106,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     def __init__(self, forward=None, correction="mlp", noise_correction="mlp",
                  learn_noise=True, n_layers=25, max_epochs=10, steps_per_epoch=50,
                  batch_size=32, progressive_steps=10, learning_rate=1e-3,
-                 deep_supervision=0.3, loss="relative", warm_start=False, n_val=128,
+                 deep_supervision=0.3, loss="relative", select_best=False,
+                 warm_start=False, n_val=128,
                  simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
                  dtype="float64", checkpoint=None, random_state=None, verbose=False):
@@ -118,6 +123,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.learning_rate = learning_rate
         self.deep_supervision = deep_supervision
         self.loss = loss
+        self.select_best = select_best
         self.warm_start = warm_start
         self.n_val = n_val
         self.simulator_params = simulator_params
@@ -202,12 +208,14 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             max_epochs=self.max_epochs, steps_per_epoch=self.steps_per_epoch,
             progressive_steps=self.progressive_steps, batch_size=self.batch_size,
             learning_rate=self.learning_rate, deep_supervision=self.deep_supervision,
-            loss=self.loss, checkpoint=self.checkpoint, verbose=self.verbose)
+            loss=self.loss, select_best=self.select_best, checkpoint=self.checkpoint,
+            verbose=self.verbose)
         validation = self._validation_set(rng) if self.max_epochs else None
         trainer = Trainer(self.network_, self._tensor(self.lead_field_), draw_batch,
                           validation, settings, random_state=self.random_state)
         previous = list(self.history_) if self.warm_start else []
         self.history_ = previous + trainer.run()
+        self.best_epoch_ = trainer.state.get("best_epoch")
         # training time summed over interrupted and resumed runs
         self.train_seconds_ = trainer.state.get("seconds", 0.0)
         self.network_.eval()

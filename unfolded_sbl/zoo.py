@@ -40,7 +40,7 @@ TRAIN_FORWARD = "biosemi64-ico3"
 #: loss, so that the corrections learn to absorb what recordings carry and to
 #: fall back on the classical update where they cannot help.
 ROBUST_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rate=3e-4,
-                    deep_supervision=0.3, n_val=64)
+                    deep_supervision=0.3, n_val=64, select_best=True)
 #: name -> stage-2 budget (2 CPU cores, float64).
 ROBUST_BUDGETS = {
     "deep-cb-joint": dict(max_epochs=50, steps_per_epoch=15, batch_size=32),
@@ -193,6 +193,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
                                                           if k != "simulator_params"},
                    "samples_seen": _samples_seen(robust),
                    "seconds": round(est.train_seconds_, 1),
+                   "best_epoch": getattr(est, "best_epoch_", None),
                    "machine": f"{platform.machine()}, CPU only",
                    "simulator": {"mixture": ["paper defaults", ROBUST_SIMULATOR],
                                  "head_models": _ensemble_record()},
