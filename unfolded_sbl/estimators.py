@@ -30,6 +30,39 @@ from .forward import as_forward
 from .metrics import rmse
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: Regime check of the learned models (``regime_level_db``): samples below this
+#: level are solved by the classical solver instead.  Their training data never
+#: went below -38 dB (per-sensor SNR up to 40 dB); noise-free or exactly low-rank
+#: data sit near -300 dB, 50 dB SNR near -56 dB.
+REGIME_FLOOR_DB = -50.0
+
+
+def regime_level_db(Y, referenced=True):
+    """How much of the data is left unexplained by its dominant directions, in dB.
+
+    Mean of the lower half of the data-covariance eigenvalues (of the
+    ``min(N - 1, T)`` that can be non-zero) over the mean of all of them: about
+    the noise level relative to the data power for noisy data, and -300 dB for
+    noise-free or exactly low-rank data.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n_samples, n_channels, n_times)
+        Referenced data.
+    referenced : bool
+        The data are average-referenced (one eigenvalue is structurally 0).
+
+    Returns
+    -------
+    level : ndarray, shape (n_samples,)
+    """
+    n_channels, n_times = Y.shape[1:]
+    rank = max(1, min(n_channels - int(referenced), n_times))
+    singular = np.linalg.svd(Y, compute_uv=False)
+    eig = singular[:, :rank] ** 2
+    lower = eig[:, rank // 2:].mean(axis=1)
+    total = np.maximum(eig.mean(axis=1), np.finfo(float).tiny)
+    return 10 * np.log10(np.maximum(lower / total, 1e-300))
 
 
 class _SourceEstimator(RegressorMixin, BaseEstimator):
@@ -83,6 +116,12 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         safe = np.where(scale > 0, scale, 1.0)
         noise = None if noise_var is None else noise_var / safe[:, None] ** 2
         return Y / safe[:, None, None], noise, safe, scale > 0
+
+    def _outside_regime(self, Y):
+        """Samples a learned model should leave to the classical solver (n,) bool."""
+        if not getattr(self, "regime_check", True):
+            return np.zeros(len(Y), bool)
+        return regime_level_db(Y, self.average_reference_) < REGIME_FLOOR_DB
 
     def _physical(self, sources, source_var, noise_var, safe, nonzero):
         """Undo the normalisation of network outputs (numpy arrays)."""

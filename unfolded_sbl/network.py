@@ -21,7 +21,9 @@ the model covariance is the average-referenced one of ``_champagne`` (no
 structurally null direction), the N x N factorisation runs in float64 with a
 Cholesky that retries failing samples with a jitter, noise variances (learned
 or given) are floored relative to the data power, log-variances and features
-are clamped, and each correction is bounded by ``MAX_CORRECTION``.
+are clamped, each correction is bounded by ``MAX_CORRECTION``, and the
+corrections fade out outside the regime they were trained for
+(``TRAINED_NOISE_DB``, ``TRAINED_N_TIMES``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ MAX_CORRECTION = 2.0
 LOG_VAR_RANGE = (-69.0, 20.0)
 #: Log-features are clipped to this magnitude before entering a correction.
 FEATURE_CLIP = 60.0
+#: The regime the corrections were trained for (``zoo.robust_simulator_params``:
+#: per-sensor SNR up to 40 dB, windows of 10 samples or more).  Outside it the
+#: corrections fade out and the layer becomes the classical update: the current
+#: mean noise variance relative to the data power, in dB, fades them from 1 at
+#: -40 dB to 0 at -50 dB; the window length from 1 at T = 10 to 0 at T = 3 (log
+#: scale).  Noise-free and near-noise-free data (where the classical solver is
+#: already close to exact and learned corrections were seen to oscillate) and
+#: windows of a few samples (rank-deficient beyond the training data) are solved
+#: classically.
+TRAINED_NOISE_DB = (-40.0, -30.0)
+TRAINED_N_TIMES = (3.0, 10.0)
 
 
 class PointwiseMLP(nn.Module):
@@ -158,6 +171,23 @@ def _context(noise, signal_cov, eye):
     return torch.stack([noise_level, signal_level], dim=-1)
 
 
+def _validity(noise, n_times, previous=None):
+    """Per-sample weight (B, 1) of the corrections: 1 inside the trained regime,
+    fading to 0 outside it (``TRAINED_NOISE_DB``, ``TRAINED_N_TIMES``); a fixed
+    rule, so no gradient flows through it.  It never grows again along the
+    layers (``previous``): once a sample's noise estimate has left the trained
+    range, the rest of its layers stay classical."""
+    lo, hi = TRAINED_NOISE_DB
+    noise_db = 10.0 * torch.log10(noise.mean(-1, keepdim=True).clamp(min=LOG_EPS))
+    by_noise = ((noise_db - lo) / (hi - lo)).clamp(0.0, 1.0)
+    if previous is not None:
+        by_noise = torch.minimum(by_noise, previous)
+    t_lo, t_hi = TRAINED_N_TIMES
+    by_length = (torch.log(n_times / t_lo) / torch.log(n_times * 0 + t_hi / t_lo)).clamp(0.0,
+                                                                                          1.0)
+    return (by_noise * by_length).detach(), by_noise.detach()
+
+
 def upgrade_state_dict(state_dict):
     """Pad the first layer of corrections saved with ``LEGACY_N_FEATURES`` inputs."""
     upgraded = {}
@@ -168,6 +198,11 @@ def upgrade_state_dict(state_dict):
             value = torch.cat([value, pad], dim=1)
         upgraded[key] = value
     return upgraded
+
+
+def _gram(SY, n_times):
+    """``(S Y)(S Y)^T / T`` = ``S Cy S``."""
+    return SY @ SY.transpose(-1, -2) / n_times
 
 
 def _bounded_exp(log_var):
@@ -241,7 +276,7 @@ class UnfoldedChampagne(nn.Module):
             inverse = torch.cholesky_inverse(safe_cholesky(wide))
         return (inverse - ref.double() / scale.double()).to(signal_cov.dtype)
 
-    def _correct(self, modules, k, features):
+    def _correct(self, modules, k, features, validity):
         if (not self._use_corrections or k >= len(modules)
                 or isinstance(modules[k], nn.Identity)):
             return None
@@ -250,7 +285,7 @@ class UnfoldedChampagne(nn.Module):
         # keep the corrections in float32: onnxruntime has no float64 Erf).
         weight_dtype = next(module.parameters()).dtype
         raw = module(features.to(weight_dtype)).to(features.dtype)
-        return MAX_CORRECTION * torch.tanh(raw / MAX_CORRECTION)
+        return validity * MAX_CORRECTION * torch.tanh(raw / MAX_CORRECTION)
 
     def forward(self, Y, lead_field, noise_var=None, return_layers=(), trajectory=False,
                 n_layers_active=None, classical=False):
@@ -292,6 +327,8 @@ class UnfoldedChampagne(nn.Module):
         eye = identity_like(n_channels, Y)
         ref = reference_projector(lead_field)
         cov = Y @ Y.transpose(-1, -2) / n_times
+        n_times_t = (Y[:, :1, :] * 0 + 1).sum(-1)  # (B, 1), a tensor: dynamic in graphs
+        noise_validity = None
         floor = (NOISE_FLOOR.get(Y.dtype, 1e-6) * diagonal(cov, eye).sum(-1, keepdim=True)
                  / n_channels)
         # ones of shape (B, M) from the inputs, so that the graph keeps both axes dynamic
@@ -308,15 +345,24 @@ class UnfoldedChampagne(nn.Module):
         wanted = set(return_layers)
         intermediate, states = {}, []
         for k in range(n_layers_active or self.n_layers):
-            scs = precision @ cov @ precision
+            # S Cy S as a Gram matrix of S Y: positive semi-definite by construction,
+            # unlike the product S Cy S, whose round-off made the fits of inactive
+            # sources come out as large positive or negative numbers on noise-free data
+            scs = _gram(precision @ Y, n_times)
             gain, fit = ops.quad_diag(precision, scs)
             log_gamma = torch.log(source_var.clamp(min=LOG_EPS))
             a = torch.log((source_var ** 2 * fit).clamp(min=LOG_EPS))
             b = torch.log(gain.clamp(min=LOG_EPS))
             context = _context(noise, signal_cov, eye)
-            c = self._correct(self.source_corrections, k, _features(context, a, b, log_gamma))
+            validity, noise_validity = _validity(noise, n_times_t, noise_validity)
+            c = self._correct(self.source_corrections, k, _features(context, a, b, log_gamma),
+                              validity)
             log_update = 0.5 * (a - b) if c is None else 0.5 * (a - b) + c
-            source_var = has_gain * _bounded_exp(log_update)
+            # gamma * sqrt(fit / gain) is 0 where gamma is 0 or where round-off made
+            # the fit non-positive (as in ClassicalCB): a pruned source stays pruned
+            # instead of being revived by the clamped logarithms.
+            alive = ((source_var > 0) & (fit > 0)).to(Y.dtype)
+            source_var = has_gain * alive * _bounded_exp(log_update)
             if self.prune_threshold:
                 peak = source_var.amax(-1, keepdim=True)
                 source_var = source_var * (source_var >= self.prune_threshold * peak)
@@ -324,14 +370,15 @@ class UnfoldedChampagne(nn.Module):
             d = None
             if self.learn_noise:
                 noise_precision = self._precision(signal_cov, noise, ref, eye)
-                scs_n = noise_precision @ cov @ noise_precision
+                scs_n = _gram(noise_precision @ Y, n_times)
                 s_diag = diagonal(noise_precision, eye)
                 scs_diag = diagonal(scs_n, eye)
                 log_lam = torch.log(noise.clamp(min=LOG_EPS))
                 p = torch.log((noise ** 2 * scs_diag).clamp(min=LOG_EPS))
                 q = torch.log(s_diag.clamp(min=LOG_EPS))
                 d = self._correct(self.noise_corrections, k,
-                                  _features(_context(noise, signal_cov, eye), p, q, log_lam))
+                                  _features(_context(noise, signal_cov, eye), p, q, log_lam),
+                                  validity)
                 log_noise = 0.5 * (p - q) if d is None else 0.5 * (p - q) + d
                 noise = torch.maximum(_bounded_exp(log_noise), floor)
             precision = self._precision(signal_cov, noise, ref, eye)

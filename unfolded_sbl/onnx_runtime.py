@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from ._validation import check_positive_int
-from .estimators import _SourceEstimator
+from .estimators import ClassicalCB, _SourceEstimator
 
 logger = logging.getLogger("unfolded_sbl")
 
@@ -60,6 +60,10 @@ class OnnxSBLRegressor(_SourceEstimator):
         Samples per onnxruntime call.
     intra_op_num_threads : int | None
         onnxruntime threads (None: its default).
+    regime_check : bool
+        Solve samples outside the regime the corrections were trained for with
+        :class:`ClassicalCB` at the network's depth (as
+        :class:`UnfoldedSBLRegressor` does); ``classical_fallback_`` marks them.
 
     Attributes
     ----------
@@ -70,12 +74,13 @@ class OnnxSBLRegressor(_SourceEstimator):
     """
 
     def __init__(self, path, forward=None, providers=None, batch_size=64,
-                 intra_op_num_threads=None):
+                 intra_op_num_threads=None, regime_check=True):
         self.path = path
         self.forward = forward
         self.providers = providers
         self.batch_size = batch_size
         self.intra_op_num_threads = intra_op_num_threads
+        self.regime_check = regime_check
 
     def fit(self, X=None, y=None):
         """Load the session and the forward model (``X`` optional, ``y`` ignored)."""
@@ -99,11 +104,40 @@ class OnnxSBLRegressor(_SourceEstimator):
         self.learn_noise_ = self.metadata_["config"]["learn_noise"]
         # files exported before float64 graphs carry no dtype: they are float32
         self.input_dtype_ = np.dtype(self.metadata_.get("dtype", "float32"))
+        config = self.metadata_["config"]
+        self.classical_ = ClassicalCB(
+            self.forward_, noise="learn" if self.learn_noise_ else "known",
+            n_iter=config["n_layers"], init_source_var=config["init_source_var"],
+            init_noise_var=config["init_noise_var"],
+            prune_threshold=config["prune_threshold"]).fit()
         return self
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise_)
+        outside = self._outside_regime(Y)
+        self.classical_fallback_ = outside
+        if not outside.any():
+            return self._predict_network(X, Y, noise, safe, nonzero)
+        # samples outside the trained regime: the classical solver at the same depth
+        X3 = np.asarray(X, dtype=float).reshape(Y.shape)
+        sources = np.zeros(Y.shape[:1] + (self.n_sources_,) + Y.shape[2:])
+        source_var = np.zeros((len(Y), self.n_sources_))
+        noise_out = np.zeros((len(Y), self.n_features_in_))
+        kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[outside]}
+        sources[outside] = self.classical_.predict(X3[outside], **kwargs)
+        source_var[outside] = self.classical_.source_var_
+        noise_out[outside] = self.classical_.noise_var_
+        inside = ~outside
+        if inside.any():
+            sources[inside] = self._predict_network(
+                X3[inside], Y[inside], None if noise is None else noise[inside], safe[inside],
+                nonzero[inside])
+            source_var[inside], noise_out[inside] = self.source_var_, self.noise_var_
+        self.source_var_, self.noise_var_ = source_var, noise_out
+        return self._squeeze(sources, X)
+
+    def _predict_network(self, X, Y, noise, safe, nonzero):
         dtype = self.input_dtype_
         lead_field = self.lead_field_.astype(dtype)
         outputs = []

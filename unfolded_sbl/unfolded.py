@@ -35,6 +35,32 @@ def _ensemble_for(forward, kind, verbose):
     return load_head_ensemble(*parts, verbose=verbose)
 
 
+def _merge_outputs(parts, n_samples):
+    """Network outputs of sample subsets ``[(mask, out), ...]`` as one batch."""
+    if len(parts) == 1:
+        return parts[0][1]
+
+    def merge(values, like):
+        if all(v is None for v in values):
+            return None
+        shape = next(v for v in values if v is not None).shape[1:]
+        merged = torch.zeros((n_samples,) + tuple(shape), dtype=like.dtype)
+        for (mask, _), value in zip(parts, values):
+            if value is not None:
+                merged[torch.as_tensor(mask)] = value
+        return merged
+
+    like = parts[0][1]["sources"]
+    out = {key: merge([o[key] for _, o in parts], like)
+           for key in ("sources", "source_var", "noise_var")}
+    if "trajectory" in parts[0][1]:
+        out["trajectory"] = [
+            {key: merge([o["trajectory"][k][key] for _, o in parts], like)
+             for key in parts[0][1]["trajectory"][k]}
+            for k in range(len(parts[0][1]["trajectory"]))]
+    return out
+
+
 class UnfoldedSBLRegressor(_SourceEstimator):
     """Unfolded Champagne with learned corrections (Bias / Deep / Deep Attn CB).
 
@@ -82,6 +108,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         data through the cached head-model ensemble of the forward's template
         (:func:`unfolded_sbl.head_models.load_head_ensemble`).
     prune_threshold, init_source_var, init_noise_var : see ``ClassicalCB``.
+    regime_check : bool
+        Solve samples that lie outside the regime the corrections were trained
+        for (noise-free, exactly low-rank or above about 50 dB SNR data, see
+        ``unfolded_sbl.estimators.regime_level_db``) with the classical solver
+        (the same network without corrections).  ``classical_fallback_`` marks
+        them after ``predict``.
     dtype : {"float64", "float32"}
         Precision of the network.  float64 (default) keeps the solver exact at
         every SNR; float32 is about 1.7x faster but its round-off limits the
@@ -110,7 +142,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                  warm_start=False, n_val=128,
                  simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
-                 dtype="float64", checkpoint=None, random_state=None, verbose=False):
+                 regime_check=True, dtype="float64", checkpoint=None, random_state=None, verbose=False):
         self.forward = forward
         self.correction = correction
         self.noise_correction = noise_correction
@@ -130,6 +162,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.prune_threshold = prune_threshold
         self.init_source_var = init_source_var
         self.init_noise_var = init_noise_var
+        self.regime_check = regime_check
         self.dtype = dtype
         self.checkpoint = checkpoint
         self.random_state = random_state
@@ -274,10 +307,18 @@ class UnfoldedSBLRegressor(_SourceEstimator):
 
             raise NotFittedError("call fit, fit_simulated or load first")
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise)
-        noise = None if noise is None else self._tensor(noise)
+        outside = self._outside_regime(Y)
+        self.classical_fallback_ = outside
+        lead_field = self._tensor(self.lead_field_)
+        parts = []
         with torch.no_grad():
-            out = self.network_(self._tensor(Y), self._tensor(self.lead_field_), noise, **kwargs)
-        return out, safe, nonzero
+            for mask, classical in ((~outside, False), (outside, True)):
+                if mask.any():
+                    part_noise = None if noise is None else self._tensor(noise[mask])
+                    parts.append((mask, self.network_(self._tensor(Y[mask]), lead_field,
+                                                      part_noise, classical=classical,
+                                                      **kwargs)))
+        return _merge_outputs(parts, len(Y)), safe, nonzero
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""

@@ -145,14 +145,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     stage 1 and fine-tunes that model; its card's stage-1 record is kept when
     it is a shipped model.  Both stages checkpoint into ``checkpoint_dir``.
     """
-    import sklearn
-    import torch
-
-    from . import __version__
-    from .estimators import ClassicalCB
-    from .export import export_onnx
-    from .forward import load_forward
-    from .simulate import ROBUST_SIMULATOR, Simulator, simulate
+    from .simulate import ROBUST_SIMULATOR, Simulator
     from .unfolded import UnfoldedSBLRegressor
 
     if name not in PRESETS:
@@ -199,10 +192,38 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
                                  "head_models": _ensemble_record()},
                    "history": est.history_})
     est.set_params(warm_start=False, checkpoint=None)
-    files = {f"{name}.pt": out_dir / f"{name}.pt", f"{name}.onnx": out_dir / f"{name}.onnx"}
-    est.save(files[f"{name}.pt"])
-    export_onnx(est, files[f"{name}.onnx"])
+    est.save(out_dir / f"{name}.pt")
+    return write_card(name, out_dir, stages, params, random_state, n_eval)
 
+
+def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0, n_eval=256):
+    """Export ``NAME.pt`` (in ``out_dir``) to ONNX, validate both files against
+    ClassicalCB and write the model card.
+
+    ``stages`` and ``params`` default to those of the existing card, so that a
+    model can be re-exported and re-validated after a change of the solver code
+    without retraining.
+    """
+    import sklearn
+    import torch
+
+    from . import __version__
+    from .estimators import ClassicalCB
+    from .export import export_onnx
+    from .forward import load_forward
+    from .simulate import ROBUST_SIMULATOR, simulate
+    from .unfolded import UnfoldedSBLRegressor
+
+    out_dir = Path(out_dir)
+    if stages is None or params is None:
+        with open(out_dir / f"{name}.json") as fid:
+            previous = json.load(fid)
+        stages = previous["training"]["stages"] if stages is None else stages
+        params = previous["estimator_params"] if params is None else params
+        random_state = previous.get("seed", random_state)
+    files = {f"{name}.pt": out_dir / f"{name}.pt", f"{name}.onnx": out_dir / f"{name}.onnx"}
+    est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=TRAIN_FORWARD)
+    export_onnx(est, files[f"{name}.onnx"])
     fwd = load_forward(TRAIN_FORWARD)
     val_forward = load_forward(f"{TRAIN_FORWARD}-perturbed")
     noise = "learn" if params["learn_noise"] else "known"
