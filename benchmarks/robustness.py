@@ -247,8 +247,10 @@ model: `perturbed` is the shipped `-perturbed` template (skull x0.5, electrodes 
 BEM, so compare them with "BEM ico3 only"); other rows use the perturbed template with the
 paper simulator (5-20 patches, 2-4 mm, 5-20 dB, white noise, T = 100) except what the row
 changes. Seeds 5000 + row index. `deep-cb-known` and `ClassicalCB-25-known` get the true
-noise variances. The end-to-end baseline is trained on the robust distribution with Deep CB's
-stage-2 sample budget; it is tied to the training cap, hence n/a elsewhere.
+noise variances. The end-to-end baseline is trained from scratch on the robust simulator
+through the head-model ensemble (not the paper/robust mixture of Deep CB's stage 2) with Deep
+CB's stage-2 sample budget (24,000 samples); it is tied to the training cap, hence n/a
+elsewhere. deep-attn-cb-joint ships stage-1 weights only (not trained on this distribution).
 
 {table}
 
