@@ -46,7 +46,9 @@ def main(argv=None):
     table = "\n".join(f"| {b} | {c:.1f} | {t:.1f} | {o:.1f} | {t / o:.2f} |"
                       for b, c, t, o in rows)
     body = f"""`python -m benchmarks.bench_onnx` - `{args.model}`, default template (64 x 1284),
-T = 100, {threads} threads for torch and onnxruntime (`{onnx_est.provider_}`).
+T = 100, {threads} threads for torch and onnxruntime (`{onnx_est.provider_}`). The network runs
+in {torch_est.dtype} (float64 is its default since the numerical-safety work), ClassicalCB in
+float32.
 
 | batch | ClassicalCB float32, ms/sample | torch eager, ms/sample | onnxruntime, ms/sample | torch / onnxruntime |
 |---|---|---|---|---|
