@@ -52,7 +52,7 @@ NOISE_FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5}
 #: Diagonal jitter, relative to the mean diagonal, added to the matrix that is
 #: factorised when it was assembled in float32: the round-off of the float32
 #: products (about 1e-6 of the signal scale) can make it indefinite otherwise.
-#: None in float64, so that float64 networks equal ClassicalCB exactly.
+#: 0 in float64, so that float64 networks equal ClassicalCB exactly.
 FACTOR_JITTER = {torch.float64: 0.0, torch.float32: 1e-5}
 #: |cos| between every lead-field column and the constant vector below which the
 #: lead field counts as average-referenced.

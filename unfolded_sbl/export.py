@@ -104,7 +104,8 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
     model = onnx.load(str(path))
     meta = {"unfolded_sbl_version": __version__, "config": config,
             "lead_field_scale_rule": "trace(L L^T) = n_channels - 1 (average reference)",
-            "dtype": estimator.dtype, "n_channels": estimator.n_features_in_, "n_sources": estimator.n_sources_,
+            "dtype": estimator.dtype, "n_channels": estimator.n_features_in_,
+            "n_sources": estimator.n_sources_,
             "fixed_sizes": "bias" in (config["correction"], config["noise_correction"])}
     model.metadata_props.add(key="unfolded_sbl", value=json.dumps(meta))
     onnx.checker.check_model(model)

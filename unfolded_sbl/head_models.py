@@ -54,6 +54,12 @@ ENSEMBLE_RANGES = {
 }
 
 
+#: The ensemble the shipped models were trained with (``load_head_ensemble``).
+ENSEMBLE_MEMBERS = 16
+ENSEMBLE_SEED = 0
+ENSEMBLE_BEM_ICO = 3
+
+
 @dataclass
 class HeadModelEnsemble:
     """Free-orientation lead fields of perturbed heads, in the nominal's source order.
@@ -151,7 +157,7 @@ def _scaled_surfaces(surfaces, scale, min_gap=0.0015):
             "outer_skin": centre + directions * r_skin[:, None]}
 
 
-def make_member(cap, spacing, params, base_subjects_dir, bem_ico=3):
+def make_member(cap, spacing, params, base_subjects_dir, bem_ico=ENSEMBLE_BEM_ICO):
     """Free-orientation, average-referenced lead field (N, M, 3) of one member."""
     import mne
     from threadpoolctl import threadpool_limits
@@ -210,16 +216,16 @@ def make_member(cap, spacing, params, base_subjects_dir, bem_ico=3):
     return gain.reshape(gain.shape[0], -1, 3)
 
 
-def ensemble_path(cap="biosemi64", spacing="ico3", n_members=16, random_state=0,
-                  cache_dir=None):
+def ensemble_path(cap="biosemi64", spacing="ico3", n_members=ENSEMBLE_MEMBERS,
+                  random_state=ENSEMBLE_SEED, cache_dir=None):
     from .templates import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     return root / "ensembles" / f"{cap}-{spacing}-n{n_members}-seed{random_state}.npz"
 
 
-def build_head_ensemble(cap="biosemi64", spacing="ico3", n_members=16, random_state=0,
-                        bem_ico=3, verbose=True):
+def build_head_ensemble(cap="biosemi64", spacing="ico3", n_members=ENSEMBLE_MEMBERS,
+                        random_state=ENSEMBLE_SEED, bem_ico=ENSEMBLE_BEM_ICO, verbose=True):
     """Build a :class:`HeadModelEnsemble` (about 6 s per member on one core).
 
     Parameters
@@ -252,8 +258,8 @@ def build_head_ensemble(cap="biosemi64", spacing="ico3", n_members=16, random_st
     return ensemble
 
 
-def load_head_ensemble(cap="biosemi64", spacing="ico3", n_members=16, random_state=0,
-                       cache_dir=None, verbose=True):
+def load_head_ensemble(cap="biosemi64", spacing="ico3", n_members=ENSEMBLE_MEMBERS,
+                       random_state=ENSEMBLE_SEED, cache_dir=None, verbose=True):
     """The cached ensemble, built on first use (see :func:`build_head_ensemble`)."""
     path = ensemble_path(cap, spacing, n_members, random_state, cache_dir)
     if path.exists():

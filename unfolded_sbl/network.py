@@ -326,11 +326,10 @@ class UnfoldedChampagne(nn.Module):
         has_gain = ((lead_field ** 2).sum(0) > 0).to(Y.dtype)
         eye = identity_like(n_channels, Y)
         ref = reference_projector(lead_field)
-        cov = Y @ Y.transpose(-1, -2) / n_times
         n_times_t = (Y[:, :1, :] * 0 + 1).sum(-1)  # (B, 1), a tensor: dynamic in graphs
         noise_validity = None
-        floor = (NOISE_FLOOR.get(Y.dtype, 1e-6) * diagonal(cov, eye).sum(-1, keepdim=True)
-                 / n_channels)
+        # floor relative to the mean data power (the data enter as S Y, never as Y Y^T)
+        floor = NOISE_FLOOR.get(Y.dtype, 1e-6) * (Y ** 2).mean((-2, -1)).unsqueeze(-1)
         # ones of shape (B, M) from the inputs, so that the graph keeps both axes dynamic
         source_var = has_gain * self.init_source_var * (
             Y[:, :1, :1].reshape(-1, 1) * 0 + 1)
@@ -370,9 +369,9 @@ class UnfoldedChampagne(nn.Module):
             d = None
             if self.learn_noise:
                 noise_precision = self._precision(signal_cov, noise, ref, eye)
-                scs_n = _gram(noise_precision @ Y, n_times)
                 s_diag = diagonal(noise_precision, eye)
-                scs_diag = diagonal(scs_n, eye)
+                # diagonal of S Cy S: squared row norms of S Y (no N x N product)
+                scs_diag = ((noise_precision @ Y) ** 2).sum(-1) / n_times
                 log_lam = torch.log(noise.clamp(min=LOG_EPS))
                 p = torch.log((noise ** 2 * scs_diag).clamp(min=LOG_EPS))
                 q = torch.log(s_diag.clamp(min=LOG_EPS))

@@ -264,10 +264,15 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
 
 
 def _ensemble_record():
-    from .head_models import ENSEMBLE_RANGES
+    import inspect
 
-    return {"members": 16, "seed": 0, "bem_ico": 3, "ranges": ENSEMBLE_RANGES,
-            "nominal_prob": 0.25}
+    from . import head_models as hm
+    from .simulate import Simulator
+
+    nominal_prob = inspect.signature(Simulator).parameters["nominal_prob"].default
+    return {"members": hm.ENSEMBLE_MEMBERS, "seed": hm.ENSEMBLE_SEED,
+            "bem_ico": hm.ENSEMBLE_BEM_ICO, "ranges": hm.ENSEMBLE_RANGES,
+            "nominal_prob": nominal_prob}
 
 
 def _previous_stages(name, init):
