@@ -84,7 +84,7 @@ def _wild_network(fwd, correction, scale=30.0):
     return net
 
 
-@pytest.mark.parametrize("correction", ["mlp", "attention"])
+@pytest.mark.parametrize("correction", ["mlp", "graph", "attention"])
 def test_bounded_corrections_keep_every_output_finite(correction):
     fwd = _forward()
     net = _wild_network(fwd, correction)

@@ -19,7 +19,7 @@ def tiny():
 
 
 @pytest.mark.parametrize("learn_noise", [True, False])
-@pytest.mark.parametrize("correction", ["none", "bias", "mlp", "attention"])
+@pytest.mark.parametrize("correction", ["none", "bias", "mlp", "graph", "attention"])
 def test_untrained_network_equals_classical(tiny, correction, learn_noise):
     fwd, data = tiny
     nv = None if learn_noise else data.noise_var
@@ -46,7 +46,7 @@ def test_untrained_equals_classical_on_template_batched(fwd, data):
 
 def test_gradients_reach_every_correction(tiny):
     fwd, data = tiny
-    for correction in ("bias", "mlp", "attention"):
+    for correction in ("bias", "mlp", "graph", "attention"):
         net = UnfoldedChampagne(n_layers=4, correction=correction,
                                 noise_correction="mlp" if correction != "bias" else "bias",
                                 n_sources=60, n_channels=16).double()
@@ -58,7 +58,8 @@ def test_gradients_reach_every_correction(tiny):
         est = us.UnfoldedSBLRegressor(fwd, max_epochs=0, dtype="float64").fit(
             data.sensors, data.sources)
         Y, X, _ = est._normalise(data.sensors[:4], data.sources[:4])
-        out = net(Y, torch.as_tensor(est.lead_field_), return_layers=(1,))
+        geometry = est.set_params(correction=correction)._geometry()
+        out = net(Y, torch.as_tensor(est.lead_field_), return_layers=(1,), **geometry)
         loss = relative_error(out["sources"], X) + relative_error(out["intermediate"][1], X)
         loss.backward()
         for name, p in net.named_parameters():

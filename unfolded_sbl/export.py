@@ -11,7 +11,9 @@ the package depends on.
 Inputs: ``sensors`` (batch, channels, times) and ``lead_field``
 (channels, sources), normalised as ``unfolded_sbl`` does in its wrapper (see
 :class:`unfolded_sbl.onnx_runtime.OnnxSBLRegressor`); known-noise models also
-take ``noise_var`` (batch, channels).  Outputs: ``sources``, ``source_var``,
+take ``noise_var`` (batch, channels), graph models ``neighbour_index`` and
+``neighbour_weight`` (sources, neighbours), the mesh neighbourhoods of
+:func:`unfolded_sbl.forward.mesh_neighbourhoods`.  Outputs: ``sources``, ``source_var``,
 ``noise_var``.  Every axis is dynamic, so one file serves any cap and source
 space (bias models record their fixed sizes in the metadata).
 """
@@ -35,8 +37,11 @@ class _Graph(nn.Module):
         self.network = network
         self.with_noise = with_noise
 
-    def forward(self, sensors, lead_field, noise_var=None):
-        out = self.network(sensors, lead_field, noise_var if self.with_noise else None)
+    def forward(self, sensors, lead_field, *extra):
+        extra = list(extra)
+        noise_var = extra.pop(0) if self.with_noise else None
+        neighbours = (extra[0], extra[1]) if self.network.needs_neighbours else None
+        out = self.network(sensors, lead_field, noise_var, neighbours=neighbours)
         return out["sources"], out["source_var"], out["noise_var"]
 
 
@@ -91,6 +96,12 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
         args = args + (torch.ones(2, n_channels, dtype=dtype),)
         names.append("noise_var_in")
         axes["noise_var_in"] = {0: "batch", 1: "channels"}
+    if network.needs_neighbours:
+        index, weight = estimator._geometry()["neighbours"]
+        args = args + (index[:n_sources].clamp(max=n_sources - 1), weight[:n_sources].to(dtype))
+        names += ["neighbour_index", "neighbour_weight"]
+        axes["neighbour_index"] = {0: "sources", 1: "neighbours"}
+        axes["neighbour_weight"] = {0: "sources", 1: "neighbours"}
     register_custom_op_symbolic("aten::linalg_inv", _inverse_symbolic, OPSET)
     network.use_inverse = True
     try:

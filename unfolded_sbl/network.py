@@ -34,7 +34,7 @@ from torch import nn
 from ._champagne import (FACTOR_JITTER, NOISE_FLOOR, _PairOps, diagonal, identity_like,
                          reference_projector, referenced_model_cov, safe_cholesky)
 
-CORRECTIONS = ("none", "bias", "mlp", "attention")
+CORRECTIONS = ("none", "bias", "mlp", "graph", "attention")
 NOISE_CORRECTIONS = ("none", "bias", "mlp")
 #: Lower clamp inside the logarithms (a clamp, not an added constant: ONNX
 #: optimisers fold ``x + 1e-30`` into ``x``).
@@ -115,6 +115,47 @@ class SourceAttention(nn.Module):
         return nn.functional.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
+#: Local statistics that the graph correction also averages over each source's
+#: mesh neighbourhood (the centred a, b and log gamma; not the context levels).
+N_LOCAL = 3
+
+
+class GraphCorrection(PointwiseMLP):
+    """Pointwise MLP on each source's features and on their kernel-weighted mean
+    over its cortical neighbourhood (``unfolded_sbl.forward.mesh_neighbourhoods``,
+    defined in millimetres).
+
+    The neighbourhood says whether a source's activity belongs to an extended
+    patch or stands alone, which no pointwise feature can tell.  It costs one
+    gather of (sources x neighbours) per layer, O(M k), beside the O(N^2 M)
+    solver; the neighbourhoods are inputs, like the lead field, so one set of
+    weights runs on any source space.
+    """
+
+    def __init__(self, n_features, hidden=32):
+        super().__init__(n_features + N_LOCAL, hidden)
+
+    def forward(self, features, neighbours=None):
+        if neighbours is None:
+            raise ValueError("the graph correction needs neighbours=(index, weight) "
+                             "(unfolded_sbl.forward.mesh_neighbourhoods)")
+        index, weight = neighbours
+        local = features[..., :N_LOCAL]
+        n_batch, n_sources, n_neighbours = local.shape[0], index.shape[0], index.shape[1]
+        gathered = local[:, index.reshape(-1), :].reshape(n_batch, n_sources, n_neighbours,
+                                                          N_LOCAL)
+        smoothed = (gathered * weight.to(local.dtype).unsqueeze(-1)).sum(2)
+        return super().forward(torch.cat([features, smoothed - local], dim=-1))
+
+
+def pointwise_to_graph(state_dict):
+    """Weights of a pointwise-MLP source correction as those of a graph correction
+    that computes the same function (zero weights on the neighbourhood inputs):
+    the graph model starts exactly where the MLP model is."""
+    return upgrade_state_dict(state_dict, width=N_FEATURES + N_LOCAL,
+                              prefix="source_corrections.")
+
+
 class BiasCorrection(nn.Module):
     """Input-free per-source (or per-sensor) bias; tied to its size."""
 
@@ -138,6 +179,8 @@ def _make_correction(kind, n_features, size):
         return BiasCorrection(size)
     if kind == "mlp":
         return PointwiseMLP(n_features)
+    if kind == "graph":
+        return GraphCorrection(n_features)
     return SourceAttention(n_features)
 
 
@@ -188,13 +231,17 @@ def _validity(noise, n_times, previous=None):
     return (by_noise * by_length).detach(), by_noise.detach()
 
 
-def upgrade_state_dict(state_dict):
-    """Pad the first layer of corrections saved with ``LEGACY_N_FEATURES`` inputs."""
+def upgrade_state_dict(state_dict, width=N_FEATURES, prefix=""):
+    """Pad the first layer of corrections saved with fewer inputs (``LEGACY_N_FEATURES``,
+    or pointwise weights loaded into a wider correction) with zero columns, which
+    leaves their function unchanged."""
     upgraded = {}
     for key, value in state_dict.items():
-        if (key.endswith(("hidden.weight", "embed.weight")) and "mlp." not in key
-                and value.dim() == 2 and value.shape[1] == LEGACY_N_FEATURES):
-            pad = value.new_zeros(value.shape[0], N_FEATURES - LEGACY_N_FEATURES)
+        if (key.startswith(prefix) and key.endswith(("hidden.weight", "embed.weight"))
+                and "mlp." not in key and value.dim() == 2
+                and value.shape[1] in (LEGACY_N_FEATURES, N_FEATURES)
+                and value.shape[1] < width):
+            pad = value.new_zeros(value.shape[0], width - value.shape[1])
             value = torch.cat([value, pad], dim=1)
         upgraded[key] = value
     return upgraded
@@ -215,7 +262,7 @@ class UnfoldedChampagne(nn.Module):
     Parameters
     ----------
     n_layers : int
-    correction : {"none", "bias", "mlp", "attention"}
+    correction : {"none", "bias", "mlp", "graph", "attention"}
         Source-branch correction.
     noise_correction : {"none", "bias", "mlp"}
         Noise-branch correction (used when ``learn_noise``).
@@ -240,6 +287,7 @@ class UnfoldedChampagne(nn.Module):
                              f"got {noise_correction!r}")
         if "bias" in (correction, noise_correction) and (n_sources is None or n_channels is None):
             raise ValueError("bias corrections need n_sources and n_channels")
+        self.needs_neighbours = correction == "graph"
         self.n_layers = n_layers
         self.correction = correction
         self.noise_correction = noise_correction if learn_noise else "none"
@@ -276,7 +324,7 @@ class UnfoldedChampagne(nn.Module):
             inverse = torch.cholesky_inverse(safe_cholesky(wide))
         return (inverse - ref.double() / scale.double()).to(signal_cov.dtype)
 
-    def _correct(self, modules, k, features, validity):
+    def _correct(self, modules, k, features, validity, neighbours=None):
         if (not self._use_corrections or k >= len(modules)
                 or isinstance(modules[k], nn.Identity)):
             return None
@@ -284,11 +332,13 @@ class UnfoldedChampagne(nn.Module):
         # A module may run in another precision than the solver (exported graphs
         # keep the corrections in float32: onnxruntime has no float64 Erf).
         weight_dtype = next(module.parameters()).dtype
-        raw = module(features.to(weight_dtype)).to(features.dtype)
+        features = features.to(weight_dtype)
+        raw = (module(features, neighbours) if isinstance(module, GraphCorrection)
+               else module(features)).to(validity.dtype)
         return validity * MAX_CORRECTION * torch.tanh(raw / MAX_CORRECTION)
 
     def forward(self, Y, lead_field, noise_var=None, return_layers=(), trajectory=False,
-                n_layers_active=None, classical=False):
+                n_layers_active=None, classical=False, neighbours=None):
         """Run the K layers.
 
         Parameters
@@ -310,6 +360,9 @@ class UnfoldedChampagne(nn.Module):
         classical : bool
             Skip every correction: the classical solver at the same depth (the
             reference of the classical-relative training loss).
+        neighbours : (tensor (M, k) int64, tensor (M, k)) | None
+            Mesh neighbourhoods ``(index, weight)`` of every source, required by
+            the graph correction (``unfolded_sbl.forward.mesh_neighbourhoods``).
 
         Returns
         -------
@@ -355,7 +408,7 @@ class UnfoldedChampagne(nn.Module):
             context = _context(noise, signal_cov, eye)
             validity, noise_validity = _validity(noise, n_times_t, noise_validity)
             c = self._correct(self.source_corrections, k, _features(context, a, b, log_gamma),
-                              validity)
+                              validity, neighbours)
             log_update = 0.5 * (a - b) if c is None else 0.5 * (a - b) + c
             # gamma * sqrt(fit / gain) is 0 where gamma is 0 or where round-off made
             # the fit non-positive (as in ClassicalCB): a pruned source stays pruned

@@ -10,6 +10,7 @@ import numpy as np
 
 from ._validation import check_positive_int
 from .estimators import ClassicalCB, _SourceEstimator
+from .forward import mesh_neighbourhoods
 
 logger = logging.getLogger("unfolded_sbl")
 
@@ -146,11 +147,20 @@ class OnnxSBLRegressor(_SourceEstimator):
             feeds = {"sensors": Y[sl].astype(dtype), "lead_field": lead_field}
             if noise is not None:
                 feeds["noise_var_in"] = noise[sl].astype(dtype)
+            feeds.update(self._geometry_feeds())
             outputs.append(self.session_.run(None, feeds))
         sources, self.source_var_, self.noise_var_ = self._physical(
             *(np.concatenate([o[i] for o in outputs]).astype(np.float64) for i in range(3)),
             safe, nonzero)
         return self._squeeze(sources, X)
+
+    def _geometry_feeds(self):
+        """Mesh neighbourhoods for graph models (inputs named ``neighbour_*``)."""
+        names = {i.name for i in self.session_.get_inputs()}
+        if "neighbour_index" not in names:
+            return {}
+        index, weight, _ = mesh_neighbourhoods(self.forward_)
+        return {"neighbour_index": index, "neighbour_weight": weight.astype(self.input_dtype_)}
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -48,12 +48,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 from scipy.signal import butter, sosfiltfilt
 
 from ._validation import check_positive_int, check_range
-from .forward import as_forward
+from .forward import as_forward, mesh_graph
 
 BANDS = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0),
          "mu": (8.0, 12.0), "beta": (12.0, 30.0)}
@@ -184,10 +183,7 @@ class Simulator:
         self.head_models = head_models
         self._mesh = None
         if patch_distance == "mesh":
-            adj = sp.triu(self.forward.adjacency, k=1).tocoo()
-            pos = self.forward.positions
-            length = np.linalg.norm(pos[adj.row] - pos[adj.col], axis=1)
-            self._mesh = sp.csr_matrix((length, (adj.row, adj.col)), shape=adj.shape)
+            self._mesh = mesh_graph(self.forward)
         self.sfreq = float(sfreq)
         unknown = set(bands) - set(BANDS)
         if unknown or not bands:

@@ -80,11 +80,15 @@ class Trainer:
         per mixture component (metrics are averaged over them).
     settings : TrainSettings
     random_state : int | None
+    geometry : dict | None
+        Further network inputs (``neighbours`` of the graph correction).
     """
 
-    def __init__(self, model, lead_field, draw_batch, validation, settings, random_state=None):
+    def __init__(self, model, lead_field, draw_batch, validation, settings, random_state=None,
+                 geometry=None):
         self.model = model
         self.lead_field = lead_field
+        self.geometry = dict(geometry or {})
         self.draw_batch = draw_batch
         self.validation = validation
         self.s = settings
@@ -130,12 +134,12 @@ class Trainer:
             k = min(self.s.n_deep, n_active - 1)
             layers = tuple(self.rng.choice(n_active - 1, size=k, replace=False).tolist())
         out = self.model(Y, self.lead_field, noise, return_layers=layers,
-                         n_layers_active=n_active)
+                         n_layers_active=n_active, **self.geometry)
         weight = 1.0
         if self.s.loss == "classical_relative":
             with torch.no_grad():
                 reference = self.model(Y, self.lead_field, noise, n_layers_active=n_active,
-                                       classical=True)["sources"]
+                                       classical=True, **self.geometry)["sources"]
                 weight = 1.0 / (sample_errors(reference, X) + CLASSICAL_FLOOR)
         loss = self._reduce(sample_errors(out["sources"], X), weight)
         if layers:
@@ -177,11 +181,12 @@ class Trainer:
         self.model.eval()
         if not hasattr(self, "_val_classical"):
             self._val_classical = [float(relative_error(
-                self.model(Y, self.lead_field, noise, classical=True)["sources"], X))
+                self.model(Y, self.lead_field, noise, classical=True,
+                           **self.geometry)["sources"], X))
                 for Y, X, noise in parts]
         scores = []
         for (Y, X, noise), classical in zip(parts, self._val_classical):
-            pred = self.model(Y, self.lead_field, noise)["sources"]
+            pred = self.model(Y, self.lead_field, noise, **self.geometry)["sources"]
             value = float(relative_error(pred, X))
             scores.append((value, value / max(classical, 1e-30),
                            float(f1_score(X.double().numpy(), pred.double().numpy()))))

@@ -10,7 +10,7 @@ import torch
 from . import __version__
 from ._validation import check_finite_array, check_positive_int
 from .estimators import _DTYPES, _SourceEstimator
-from .forward import list_forwards, load_forward
+from .forward import list_forwards, load_forward, mesh_neighbourhoods
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
 from .simulate import Simulator
 from .training import LOSSES, Trainer, TrainSettings
@@ -68,8 +68,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     ----------
     forward : str | ForwardModel | mne.Forward | None
         Forward model the network is trained and run on.
-    correction : {"none", "bias", "mlp", "attention"}
-        Source-branch correction.
+    correction : {"none", "bias", "mlp", "graph", "attention"}
+        Source-branch correction: a learned per-source bias (tied to one source
+        space), a pointwise MLP (Deep CB), the same MLP that also sees each
+        source's neighbourhood along the cortical mesh (``"graph"``, mm-defined
+        neighbourhoods, see ``unfolded_sbl.forward.GRAPH_SIGMA``), or global
+        self-attention over the sources (Deep Attn CB).
     noise_correction : {"none", "bias", "mlp"}
         Noise-branch correction when ``learn_noise``.
     learn_noise : bool
@@ -209,6 +213,14 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.history_ = []
         return self
 
+    def _geometry(self):
+        """Network inputs besides the data and lead field: the mesh neighbourhoods
+        of the graph correction (``{}`` for the other corrections)."""
+        if self.correction != "graph":
+            return {}
+        index, weight, _ = mesh_neighbourhoods(self.forward_)
+        return {"neighbours": (torch.as_tensor(index), self._tensor(weight))}
+
     def _simulator_components(self, overrides=None):
         """``simulator_params`` as a list of dicts (a mixture when a list is given)."""
         params = self.simulator_params or {}
@@ -245,7 +257,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             verbose=self.verbose)
         validation = self._validation_set(rng) if self.max_epochs else None
         trainer = Trainer(self.network_, self._tensor(self.lead_field_), draw_batch,
-                          validation, settings, random_state=self.random_state)
+                          validation, settings, random_state=self.random_state,
+                          geometry=self._geometry())
         previous = list(self.history_) if self.warm_start else []
         self.history_ = previous + trainer.run()
         self.best_epoch_ = trainer.state.get("best_epoch")
@@ -310,6 +323,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         outside = self._outside_regime(Y)
         self.classical_fallback_ = outside
         lead_field = self._tensor(self.lead_field_)
+        kwargs.update(self._geometry())
         parts = []
         with torch.no_grad():
             for mask, classical in ((~outside, False), (outside, True)):

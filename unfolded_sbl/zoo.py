@@ -30,8 +30,23 @@ PRESETS = {
     "deep-attn-cb-joint": dict(correction="attention", noise_correction="mlp",
                                learn_noise=True, max_epochs=4, steps_per_epoch=10,
                                progressive_steps=1, batch_size=16, learning_rate=2e-3),
+    "deep-graph-cb-joint": dict(correction="graph", noise_correction="mlp", learn_noise=True,
+                                max_epochs=16, steps_per_epoch=20, progressive_steps=4,
+                                batch_size=32, learning_rate=2e-3),
 }
 TRAIN_FORWARD = "biosemi64-ico3"
+#: Presets that start from another shipped model instead of a stage 1 of their
+#: own: the graph model starts as Deep CB (its pointwise weights, zero weights on
+#: the neighbourhood inputs: the same function), so it inherits Deep CB's
+#: training and its own stage adds the spatial context.
+STARTS = {"deep-graph-cb-joint": "deep-cb-joint"}
+DESCRIPTIONS = {
+    "deep-cb-joint": "Deep CB: pointwise-MLP corrections, joint noise",
+    "deep-cb-known": "Deep CB: pointwise-MLP corrections, known noise",
+    "deep-attn-cb-joint": "Deep Attn CB: attention corrections, joint noise",
+    "deep-graph-cb-joint": "Deep Graph CB: MLP corrections that also see each source's "
+                           "cortical neighbourhood (8 mm kernel along the mesh), joint noise",
+}
 
 #: Stage 2 of every shipped model: joint fine-tuning on the robust distribution
 #: (``simulate.ROBUST_SIMULATOR``: 1-40 patches on the mesh, spreads 1-15 mm,
@@ -46,6 +61,9 @@ ROBUST_BUDGETS = {
     "deep-cb-joint": dict(max_epochs=50, steps_per_epoch=15, batch_size=32),
     "deep-cb-known": dict(max_epochs=20, steps_per_epoch=15, batch_size=32),
     "deep-attn-cb-joint": dict(max_epochs=12, steps_per_epoch=10, batch_size=8),
+    # on top of Deep CB's two stages; a larger rate for the new neighbourhood inputs
+    "deep-graph-cb-joint": dict(max_epochs=36, steps_per_epoch=15, batch_size=32,
+                                learning_rate=1e-3),
 }
 
 
@@ -160,6 +178,8 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         checkpoints = {k: str(Path(checkpoint_dir) / f"{name}-{k}.ckpt") for k in checkpoints}
     stages = []
+    if init is None and name in STARTS:
+        init = MODEL_DIR / f"{STARTS[name]}.pt"
     if init is None:
         est = UnfoldedSBLRegressor(forward=TRAIN_FORWARD, random_state=random_state,
                                    checkpoint=checkpoints["paper"], verbose=verbose, **params)
@@ -175,9 +195,8 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
                                      "bands": sim.bands},
                        "history": est.history_})
     else:
-        est = UnfoldedSBLRegressor.load(init, forward=TRAIN_FORWARD, dtype="float64")
-        previous = _previous_stages(name, init)
-        stages.extend(previous)
+        est = _start_from(init, params)
+        stages.extend(_previous_stages(name, init))
         est.history_ = []
     est.set_params(warm_start=True, checkpoint=checkpoints["robust"], verbose=verbose,
                    random_state=random_state, dtype="float64", **robust)
@@ -240,10 +259,7 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
                              "metrics": _evaluate({**classical, name: est}, data, fwd, known)}
     card = {
         "name": name, "format_version": 2,
-        "description": {"deep-cb-joint": "Deep CB: pointwise-MLP corrections, joint noise",
-                        "deep-cb-known": "Deep CB: pointwise-MLP corrections, known noise",
-                        "deep-attn-cb-joint": "Deep Attn CB: attention corrections, joint "
-                                              "noise"}.get(name, name),
+        "description": DESCRIPTIONS.get(name, name),
         "estimator_params": params, "seed": random_state, "dtype": est.dtype,
         "training": {"forward": TRAIN_FORWARD, "data": "streamed from the simulator, fresh "
                      "samples every step", "stages": stages,
@@ -275,15 +291,39 @@ def _ensemble_record():
             "nominal_prob": nominal_prob}
 
 
+def _start_from(init, params):
+    """The model file ``init`` as a float64 estimator with the preset's correction
+    (pointwise weights become graph weights of the same function)."""
+    from .network import pointwise_to_graph
+    from .unfolded import UnfoldedSBLRegressor
+
+    est = UnfoldedSBLRegressor.load(init, forward=TRAIN_FORWARD, dtype="float64")
+    if est.correction == params["correction"]:
+        return est
+    if (est.correction, params["correction"]) != ("mlp", "graph"):
+        raise ValueError(f"cannot start a {params['correction']!r} model from a "
+                         f"{est.correction!r} one")
+    state = pointwise_to_graph(est.network_.state_dict())
+    est.set_params(correction="graph")._build()
+    est.network_.load_state_dict(state)
+    return est
+
+
 def _previous_stages(name, init):
-    """Stage records of the model ``init`` was trained as (from its shipped card)."""
+    """Stage records of the model ``init`` was trained as (from its shipped card):
+    the stage 1 of a model fine-tuned again, every stage of another model that a
+    preset starts from (``STARTS``)."""
+    inherited = {v: k for k, v in STARTS.items()}.get(Path(init).stem)
+    source = Path(init).stem if inherited == name else name
     try:
-        card = model_card(name)
+        card = model_card(source)
     except ValueError:
         return []
-    if Path(init).resolve() != (MODEL_DIR / f"{name}.pt").resolve():
+    if Path(init).resolve() != (MODEL_DIR / f"{source}.pt").resolve():
         return []
     training = card["training"]
+    if source != name:
+        return [{**st, "name": f"{source}: {st['name']}"} for st in training["stages"]]
     if "stages" in training:
         return [st for st in training["stages"] if st["name"] == "paper"]
     return [{"name": "paper", "estimator_params": card["estimator_params"],
