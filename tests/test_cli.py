@@ -24,8 +24,14 @@ def test_simulate_writes_dataset(tmp_path, capsys):
 def test_demo_prints_metric_table(capsys):
     assert main(["demo", "--n-samples", "2"]) == 0
     out = capsys.readouterr().out
-    for word in ("sLORETA", "ClassicalCB (joint noise)", "deep-cb-joint", "rmse", "emd"):
+    for word in ("sLORETA", "ClassicalCB (joint noise)", "deep-cb-joint", "rel_sq_err", "emd"):
         assert word in out
+    # sLORETA's standardised output has no current units: no squared error in A m
+    sloreta = next(line for line in out.splitlines() if line.startswith("sLORETA"))
+    assert sloreta.split()[1] == "n/a"
+    classical = next(line for line in out.splitlines() if line.startswith("ClassicalCB (j"))
+    assert float(classical.split()[3]) < 10
+    assert "relative squared error" in out
 
 
 def test_clear_error_exit_code(capsys):

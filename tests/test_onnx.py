@@ -164,3 +164,17 @@ def test_attention_model_export_matches_torch(tmp_path):
     # and the corrections are not zero, so the attention path was exercised
     layers = ref_est.predict_trajectory(X)
     assert np.abs(layers[0]["source_correction"]).max() > 1e-3
+
+
+def test_predict_before_fit_says_what_to_do(onnx_file):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="call fit"):
+        us.OnnxSBLRegressor(onnx_file).predict(np.ones((1, 16, 5)))
+
+
+def test_pretrained_path_gives_the_installed_onnx_file():
+    path = us.pretrained_path("deep-cb-joint", "onnx")
+    assert path.exists() and path.suffix == ".onnx"
+    est = us.OnnxSBLRegressor(path).fit()
+    assert est.n_sources_ == 1284

@@ -15,7 +15,7 @@ from .unfolded import UnfoldedSBLRegressor  # noqa: E402
 from .end_to_end import EndToEndRegressor  # noqa: E402
 from .export import export_onnx  # noqa: E402
 from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
-from .zoo import list_pretrained, load_pretrained  # noqa: E402
+from .zoo import list_pretrained, load_pretrained, pretrained_path  # noqa: E402
 from .mne_io import apply  # noqa: E402
 from .localize import peak_report, read_recording  # noqa: E402
 from .templates import forward_for_montage  # noqa: E402
@@ -26,7 +26,7 @@ __all__ = [
     "ClassicalCB", "SLORETA", "ForwardModel", "list_forwards", "load_forward", "emd", "f1",
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
     "rmse_scorer", "UnfoldedSBLRegressor", "EndToEndRegressor", "export_onnx", "OnnxSBLRegressor",
-    "list_pretrained", "load_pretrained", "apply", "SimulatedData", "Simulator", "simulate",
+    "list_pretrained", "load_pretrained", "pretrained_path", "apply", "SimulatedData", "Simulator", "simulate",
     "simulate_to_file", "forward_for_montage", "plot_source_maps", "peak_report",
     "read_recording",
 ]

@@ -42,7 +42,7 @@ def _cmd_simulate(args):
 
 def _cmd_demo(args):
     from .estimators import SLORETA, ClassicalCB
-    from .evaluation import evaluate, format_table
+    from .evaluation import TABLE_NOTE, evaluate, format_table
     from .forward import load_forward
     from .simulate import simulate
 
@@ -68,8 +68,7 @@ def _cmd_demo(args):
     kwargs = {k: {"noise_var": data.noise_var} for k in known_noise_models}
     rows = evaluate(estimators, data, fwd, kwargs)
     print(format_table(rows))
-    print("rmse: relative squared error; emd, le in metres; f1 of supports (higher is "
-          "better)")
+    print(TABLE_NOTE)
     if args.png:
         from .metrics import rms_map
         from .viz import plot_source_maps

@@ -11,9 +11,27 @@ from . import metrics
 METRIC_COLUMNS = ("rmse", "emd", "f1", "le")
 
 
-def score_sources(true, pred, forward):
-    """rMSE, EMD (m), F1 and LE (m) of one set of predictions, averaged over samples."""
-    return {"rmse": metrics.rmse(true, pred),
+#: Table headers: ``rmse`` is the paper's name for a relative squared error.
+HEADERS = {"rmse": "rel_sq_err", "emd": "emd_m", "le": "le_m"}
+#: Printed under tables that use :data:`HEADERS`.
+TABLE_NOTE = ("rel_sq_err: relative squared error ||X - X_hat||^2 / ||X||^2 (us.rmse, the "
+              "paper's rMSE; n/a for outputs without current units, e.g. sLORETA's "
+              "standardised map); emd_m, le_m: earth mover's distance and localisation "
+              "error in metres; f1 of supports (higher is better)")
+
+
+def has_current_units(est):
+    """False for estimators whose output is a standardised statistic (sLORETA's
+    default): their squared error against currents in A m means nothing."""
+    return getattr(est, "output", "current") != "standardized"
+
+
+def score_sources(true, pred, forward, current_units=True):
+    """rMSE, EMD (m), F1 and LE (m) of one set of predictions, averaged over samples.
+
+    ``current_units=False`` (a standardised output) gives NaN for the rMSE.
+    """
+    return {"rmse": metrics.rmse(true, pred) if current_units else float("nan"),
             "emd": metrics.emd(true, pred, forward.positions),
             "f1": metrics.f1(true, pred),
             "le": metrics.localization_error(true, pred, forward.positions, forward.adjacency)}
@@ -41,6 +59,8 @@ def evaluate(estimators, data, forward, predict_kwargs=None, chunk_size=None):
     rows : dict of str -> dict
         Per estimator: ``rmse``, ``emd`` (m), ``f1``, ``le`` (m) averaged over
         samples, and ``ms_per_sample`` (prediction time, chunks included).
+        ``rmse`` is NaN for standardised outputs (sLORETA's default), whose
+        scale is not a current.
     """
     predict_kwargs = predict_kwargs or {}
     rows = {}
@@ -48,7 +68,7 @@ def evaluate(estimators, data, forward, predict_kwargs=None, chunk_size=None):
         start = time.perf_counter()
         pred = _predict(est, data.sensors, predict_kwargs.get(name, {}), chunk_size)
         elapsed = time.perf_counter() - start
-        rows[name] = {**score_sources(data.sources, pred, forward),
+        rows[name] = {**score_sources(data.sources, pred, forward, has_current_units(est)),
                       "ms_per_sample": 1e3 * elapsed / len(data)}
     return rows
 
@@ -63,7 +83,7 @@ def _predict(est, X, kwargs, chunk_size):
 
 def format_table(rows, columns=METRIC_COLUMNS + ("ms_per_sample",), markdown=False):
     """Fixed-width (or markdown) table of :func:`evaluate` rows."""
-    headers = ["method", *columns]
+    headers = ["method", *(HEADERS.get(c, c) for c in columns)]
     body = [[name] + [_fmt(row.get(c, np.nan)) for c in columns] for name, row in rows.items()]
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -78,5 +98,5 @@ def _fmt(value):
     if isinstance(value, str):
         return value
     if not np.isfinite(value):
-        return "-"
+        return "n/a"
     return f"{value:.4f}" if abs(value) < 100 else f"{value:.4g}"

@@ -115,6 +115,13 @@ class OnnxSBLRegressor(_SourceEstimator):
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
+        if not hasattr(self, "session_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(
+                "this OnnxSBLRegressor is not fitted yet: call fit() first (it opens the "
+                "ONNX session and loads the forward model; no training happens), or use "
+                "us.load_pretrained(name, backend='onnx'), which returns a fitted one")
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise_)
         outside = self._outside_regime(Y)
         self.classical_fallback_ = outside
