@@ -109,5 +109,23 @@ def test_scorers_signs(fwd, data):
         -us.emd(y, pred, fwd.positions))
     assert us.le_scorer(est, data.sensors[:2], y) == pytest.approx(
         -us.localization_error(y, pred, fwd.positions, fwd.adjacency))
-    with pytest.raises(ValueError, match="needs true sources"):
+    with pytest.raises(ValueError, match="true sources"):
         us.rmse_scorer(est, data.sensors[:2], None)
+    with pytest.raises(ValueError, match=r"fit\(X, y\)"):
+        us.rmse_scorer(est, data.sensors[:2])  # how sklearn calls it after fit(X)
+
+
+def test_grid_search_without_y_reports_the_scorer_message(fwd):
+    import warnings
+
+    from sklearn.model_selection import GridSearchCV
+
+    d = us.simulate(fwd, 4, random_state=0, n_times=5)
+    search = GridSearchCV(us.ClassicalCB(fwd, n_iter=2), {"n_iter": [2]}, cv=2, refit=False,
+                          scoring={"rmse": us.rmse_scorer, "f1": us.f1_scorer})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search.fit(d.sensors)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "compares estimates with true sources" in messages
+    assert "TypeError" not in messages

@@ -20,7 +20,7 @@ def _evoked(fwd, data, names=None, scale=1.0):
 
 def test_apply_evoked_returns_source_estimate(fwd, data):
     evoked = _evoked(fwd, data)
-    stc = us.apply(evoked, "ClassicalCB")
+    stc = us.apply(evoked, "ClassicalCB", baseline=None)
     assert isinstance(stc, mne.SourceEstimate)
     assert stc.data.shape == (1284, 100)
     assert stc.subject == "fsaverage"
@@ -29,6 +29,12 @@ def test_apply_evoked_returns_source_estimate(fwd, data):
         np.testing.assert_array_equal(a, b)
     direct = us.ClassicalCB(fwd).fit().predict(data.sensors[:1])[0]
     np.testing.assert_allclose(stc.data, direct, rtol=1e-8, atol=1e-8 * np.abs(direct).max())
+    # by default the mean of -0.2 s .. 0 s (21 samples, as MNE's (None, 0)) is removed
+    pre = data.sensors[:1, :, :21].mean(-1, keepdims=True)
+    corrected = us.ClassicalCB(fwd).fit().predict(data.sensors[:1] - pre)[0]
+    default = us.apply(evoked, "ClassicalCB").data
+    np.testing.assert_allclose(default, corrected, rtol=1e-8,
+                               atol=1e-8 * np.abs(corrected).max())
 
 
 def test_apply_volts_and_microvolts_agree_up_to_scale(fwd, data):
@@ -41,7 +47,7 @@ def test_apply_bad_and_flat_channels_are_dropped(fwd, data):
     evoked = _evoked(fwd, data)
     evoked.info["bads"] = [fwd.ch_names[3]]
     evoked.data[5] = 0.0  # a flat channel
-    stc = us.apply(evoked, "ClassicalCB", tmin=0.0, tmax=0.3)
+    stc = us.apply(evoked, "ClassicalCB", tmin=0.0, tmax=0.3, baseline=None)
     keep = [i for i in range(64) if i not in (3, 5)]
     sub = us.ForwardModel(fwd.lead_field[keep], fwd.positions, [fwd.ch_names[i] for i in keep],
                           fwd.adjacency)

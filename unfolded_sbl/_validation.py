@@ -51,6 +51,12 @@ def check_sensor_data(X, n_channels, name="X"):
     X = check_finite_array(X, name, ndim=(2, 3),
                            shape_doc="(n_samples, n_channels[, n_times])")
     if X.ndim == 2:
+        if X.shape[1] != n_channels and X.shape[0] == n_channels:
+            raise ValueError(
+                f"{name} is 2-D with shape {X.shape}: 2-D input means (n_samples, "
+                f"n_channels), one time point per sample, so this reads as {X.shape[1]} "
+                f"channels. For one sample of {n_channels} channels x {X.shape[1]} times, "
+                f"pass {name}[np.newaxis], of shape (1, {n_channels}, {X.shape[1]})")
         X = X[:, :, None]
     if X.shape[1] != n_channels:
         raise ValueError(f"{name} has {X.shape[1]} channels but the forward model has "

@@ -1,4 +1,4 @@
-"""Command-line interface: ``unfolded-sbl {localize,demo,simulate,forward,train,export}``."""
+"""Command-line interface: unfolded-sbl {localize,demo,simulate,forward,train,export}."""
 
 from __future__ import annotations
 
@@ -99,8 +99,22 @@ def _cmd_localize(args):
     inst = read_recording(args.recording, montage=args.montage, event=args.event,
                           condition=condition, tmin=args.epoch[0], tmax=args.epoch[1],
                           l_freq=args.l_freq, h_freq=args.h_freq)
+    baseline = None if args.no_baseline else tuple(
+        None if v is None else float(v) for v in args.baseline)
+    if baseline is not None and inst.times[0] >= 0:
+        print("baseline: none (the recording has no pre-stimulus samples)")
+        baseline = None
+    else:
+        print("baseline: " + ("none (--no-baseline)" if baseline is None else
+                              f"{_interval(baseline)} (mean removed per channel)"))
+    noise_cov = args.noise_cov
+    if noise_cov not in (None, "baseline"):
+        import mne
+
+        noise_cov = mne.read_cov(_existing(noise_cov), verbose=False)
     stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
-                         tmax=args.tmax, return_forward=True)
+                         tmax=args.tmax, baseline=baseline, noise_cov=noise_cov,
+                         return_forward=True)
     prefix = args.out or f"{Path(args.recording).name.split('.')[0]}-{args.model}"
     peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
                                    title=f"{Path(args.recording).name}, {args.model},")
@@ -110,6 +124,21 @@ def _cmd_localize(args):
         print(f"wrote {path}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _interval(baseline):
+    return "(" + ", ".join("start" if v is None and i == 0 else "0 s" if v is None else
+                           f"{v:g} s" for i, v in enumerate(baseline)) + ")"
+
+
+def _existing(path):
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    return path
+
+
+def _optional_float(value):
+    return None if value.lower() == "none" else float(value)
 
 
 def _cmd_export(args):
@@ -166,8 +195,19 @@ def build_parser():
     loc.add_argument("--epoch", type=float, nargs=2, default=(-0.2, 0.5),
                      metavar=("TMIN", "TMAX"), help="epoch window around --event (s)")
     loc.add_argument("--condition", default=0, help="evoked files: index or name")
-    loc.add_argument("--l-freq", type=float, default=None, help="raw data: high-pass (Hz)")
-    loc.add_argument("--h-freq", type=float, default=None, help="raw data: low-pass (Hz)")
+    loc.add_argument("--l-freq", type=float, default=None, help="high-pass (Hz) before "
+                     "localising (raw, epochs and evoked data)")
+    loc.add_argument("--h-freq", type=float, default=None, help="low-pass (Hz), e.g. 40")
+    loc.add_argument("--baseline", type=_optional_float, nargs=2, default=(None, 0.0),
+                     metavar=("TMIN", "TMAX"), help="baseline interval (s) whose mean is "
+                     "removed from each channel when the data have pre-stimulus samples; "
+                     "'none' for the start (default: none 0)")
+    loc.add_argument("--no-baseline", action="store_true",
+                     help="keep the data as they are (no baseline correction)")
+    loc.add_argument("--noise-cov", default=None, metavar="FILE|baseline",
+                     help="sensor noise for known-noise models (deep-cb-known, "
+                     "ClassicalCB): an MNE -cov.fif file, or 'baseline' to estimate it "
+                     "from the pre-stimulus interval")
 
     loc.set_defaults(func=_cmd_localize)
 

@@ -50,7 +50,8 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
     tmin, tmax : float
         Epoch window (s) around ``event``.
     l_freq, h_freq : float | None
-        Band-pass applied to raw data before epoching.
+        Band-pass (Hz): applied to raw data before epoching, to evoked and
+        epochs data as read.
     average : bool
         Average epochs into an Evoked (False: return the Epochs, single trials).
     """
@@ -58,8 +59,9 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(path)
+        raise FileNotFoundError(f"no such file: {path}")
     name = path.name.lower()
+    filtered = False  # raw data are filtered before epoching
     if name.endswith(("ave.fif", "ave.fif.gz")):
         inst = mne.read_evokeds(path, condition=condition, verbose=False)
     elif name.endswith(("epo.fif", "epo.fif.gz")):
@@ -73,6 +75,7 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
             raw.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
         if l_freq is not None or h_freq is not None:
             raw.filter(l_freq, h_freq, picks="eeg", verbose=False)
+            filtered = True
         if event is None:  # the continuous data as one segment; apply() crops it
             data = raw.pick("eeg")
             return mne.EvokedArray(data.get_data(), data.info, tmin=0.0, nave=1,
@@ -86,6 +89,8 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
     _mark_eog(inst)
     if montage is not None:
         inst.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
+    if (l_freq is not None or h_freq is not None) and not filtered:
+        inst.filter(l_freq, h_freq, picks="eeg", verbose=False)
     if isinstance(inst, mne.BaseEpochs) and average:
         return inst.average(picks="eeg")
     return inst

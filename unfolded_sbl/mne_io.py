@@ -65,13 +65,35 @@ def forward_for_channels(ch_names, forward=None, positions=None, log=print):
             raise ValueError(f"channels missing from the forward model {fwd.name!r}: "
                              f"{missing}; mark them bad or pass a forward model with them")
         return sub
+    unmatched = set(ch_names)
     for name in TEMPLATE_SEARCH:
-        sub, _ = _subset(as_forward(name), ch_names)
+        sub, missing = _subset(as_forward(name), ch_names)
         if sub is not None:
             return sub
+        unmatched &= set(missing)
     from .templates import forward_for_montage
 
+    _report_unmatched([c for c in ch_names if c in unmatched], positions or {}, log)
+
     return forward_for_montage(ch_names, positions=positions, log=log)
+
+
+def _report_unmatched(unmatched, positions, log):
+    """Say, before an offline forward build, which channels no template has (a
+    misspelt name triggers a build for a custom cap)."""
+    import difflib
+
+    known = {c.lower(): c for name in TEMPLATE_SEARCH for c in as_forward(name).ch_names}
+    hints = []
+    for ch in unmatched:
+        close = difflib.get_close_matches(ch.lower(), sorted(known), n=1, cutoff=0.6)
+        where = "its montage position" if ch in positions else "a standard 10-05 position"
+        hints.append(f"{ch} (did you mean {known[close[0]]}?; needs {where})" if close else
+                     f"{ch} (needs {where})")
+    log(f"{len(unmatched)} channel(s) match no shipped template ({', '.join(TEMPLATE_SEARCH)}):"
+        f" {'; '.join(hints)}. Building a forward model offline for this cap (about a "
+        "minute, cached); rename misspelt channels, mark them bad, or pass forward= to "
+        "avoid it.")
 
 
 def _montage_positions(inst, ch_names):
@@ -104,8 +126,88 @@ def _make_estimator(model, fwd):
                      f"{list_pretrained()} or an estimator")
 
 
+def _needs_noise(est):
+    """Known-noise solvers (``noise_var`` in ``predict``)."""
+    if hasattr(est, "learn_noise_"):
+        return not est.learn_noise_
+    if hasattr(est, "learn_noise"):
+        return not est.learn_noise
+    return getattr(est, "noise", None) == "known"
+
+
+def _estimator_forward(model, forward):
+    """The forward model to use: ``forward``, else the estimator's own one.
+
+    An estimator's ``forward`` parameter is its user's choice: it wins over the
+    template search, and contradicting it with another ``forward`` is an error.
+    """
+    own = None if isinstance(model, str) else model.get_params().get("forward")
+    if own is None:
+        return forward
+    if forward is not None and forward is not own and not (
+            isinstance(own, str) and isinstance(forward, str) and own == forward):
+        raise ValueError(f"the estimator has forward={own!r} but apply() got forward="
+                         f"{forward!r}: give one of them")
+    return own
+
+
+def noise_variances(inst, ch_names, noise_cov):
+    """Per-channel noise variances (V^2) of the data that ``apply`` solves, shape (N,).
+
+    Parameters
+    ----------
+    inst : mne.Evoked | mne.Epochs
+        The recording, before cropping to the analysis window.
+    ch_names : list of str
+        Channels in the order of the forward model (matched case-insensitively).
+    noise_cov : mne.Covariance | "baseline"
+        A covariance of single-trial noise (from ``mne.compute_covariance`` on
+        the baseline of epochs, an empty-room recording, ...), divided by
+        ``nave`` for an Evoked as MNE does when whitening evoked data; or
+        ``"baseline"``: the variance over the pre-stimulus samples (times < 0)
+        of the data themselves, which for an Evoked is already that of the
+        average.
+    """
+    import mne
+
+    if isinstance(noise_cov, str):
+        if noise_cov != "baseline":
+            raise ValueError(f"noise_cov must be an mne.Covariance or 'baseline', got "
+                             f"{noise_cov!r}")
+        pre = inst.times < 0
+        if pre.sum() < 2:
+            raise ValueError("noise_cov='baseline' needs a pre-stimulus interval (times < 0) "
+                             f"of 2 samples or more; this recording starts at "
+                             f"{inst.times[0]:.3f} s. Pass an mne.Covariance instead")
+        picks = [inst.ch_names.index(c) for c in ch_names]
+        data = inst.data[picks][None] if isinstance(inst, mne.Evoked) else inst.get_data(
+            picks=picks)
+        baseline = data[:, :, pre]
+        baseline = baseline - baseline.mean(-1, keepdims=True)
+        variance = (baseline ** 2).sum((0, 2)) / max(baseline.shape[0] * (pre.sum() - 1), 1)
+    elif isinstance(noise_cov, mne.Covariance):
+        index = {c.lower(): i for i, c in enumerate(noise_cov.ch_names)}
+        missing = [c for c in ch_names if c.lower() not in index]
+        if missing:
+            raise ValueError(f"noise_cov has no entry for channels {missing}; compute it on "
+                             "the same channels or mark those bad")
+        full = noise_cov.data
+        diag = full if full.ndim == 1 else np.diag(full)
+        variance = diag[[index[c.lower()] for c in ch_names]].astype(float)
+        if isinstance(inst, mne.Evoked):
+            variance = variance / max(inst.nave, 1)
+    else:
+        raise TypeError(f"noise_cov must be an mne.Covariance or 'baseline', got "
+                        f"{type(noise_cov).__name__}")
+    if not np.all(np.isfinite(variance)) or np.any(variance <= 0):
+        bad = [c for c, v in zip(ch_names, variance) if not (np.isfinite(v) and v > 0)]
+        raise ValueError(f"noise variances must be positive and finite; channels {bad} are "
+                         "not (flat baseline?): mark them bad")
+    return variance
+
+
 def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
-          return_forward=False):
+          baseline=(None, 0), noise_cov=None, return_forward=False):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
 
     Parameters
@@ -114,14 +216,26 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
         EEG recording with standard channel names; bad channels are ignored.
     model : str | estimator
         A shipped model (run with onnxruntime), ``"ClassicalCB"``,
-        ``"sLORETA"``, or an unfitted estimator with a ``forward`` parameter.
+        ``"sLORETA"``, or an unfitted estimator with a ``forward`` parameter
+        (its own forward model, when set, is used).
     forward : str | ForwardModel | mne.Forward | None
         Forward model holding the recording's channels (e.g. the user's own
-        ``mne.Forward``); default: the first shipped template that has them
-        all, else a template built offline for exactly these channels (standard
-        10-05 names, or the positions of the recording's montage) and cached.
+        ``mne.Forward``); default: the estimator's own, else the first shipped
+        template that has them all, else a template built offline for exactly
+        these channels (standard 10-05 names, or the positions of the
+        recording's montage) and cached.
     tmin, tmax : float | None
         Time window (s) to localise.
+    baseline : tuple | None
+        Baseline correction ``(start, end)`` in seconds, as
+        ``mne.Evoked.apply_baseline``, applied before cropping when the
+        recording has pre-stimulus samples (times < 0): a channel's DC offset
+        would otherwise dominate the window.  None keeps the data as they are.
+    noise_cov : mne.Covariance | "baseline" | None
+        Sensor noise for known-noise solvers (``deep-cb-known``,
+        ``ClassicalCB(noise="known")``; with ``model="ClassicalCB"`` it selects
+        the known-noise solver): see :func:`noise_variances`.  Joint-noise
+        models learn the noise and do not need it.
     return_forward : bool
         Also return the :class:`ForwardModel` used (its channels and geometry).
 
@@ -135,8 +249,13 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
 
     if not isinstance(inst, (mne.Evoked, mne.BaseEpochs)):
         raise TypeError(f"inst must be an mne.Evoked or mne.Epochs, got {type(inst).__name__}")
-    inst = inst.copy().crop(tmin, tmax)
+    inst = inst.copy()
+    if baseline is not None and inst.times[0] < 0:
+        inst.apply_baseline(baseline, verbose=False)
     ch_names = _eeg_channels(inst)
+    noise_var = None if noise_cov is None else noise_variances(inst, ch_names, noise_cov)
+    inst.crop(tmin, tmax)
+    forward = _estimator_forward(model, forward)
     fwd = forward_for_channels(ch_names, forward, positions=_montage_positions(inst, ch_names),
                                log=logger.warning)
     if fwd.vertices is None:
@@ -146,8 +265,23 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
         X = inst.data[picks][None]
     else:
         X = inst.get_data(picks=picks)
+    if noise_var is not None and isinstance(model, str) and model.lower() == "classicalcb":
+        from .estimators import ClassicalCB
+
+        model = ClassicalCB(noise="known")
     estimator = _make_estimator(model, fwd)
-    sources = estimator.predict(X)
+    kwargs = {}
+    if _needs_noise(estimator):
+        if noise_var is None:
+            raise ValueError(f"{model if isinstance(model, str) else type(model).__name__} "
+                             "solves with known sensor noise: pass noise_cov= (an "
+                             "mne.Covariance, or 'baseline' to estimate it from the "
+                             "pre-stimulus interval), or use a joint-noise model")
+        kwargs["noise_var"] = np.tile(noise_var, (len(X), 1))
+    elif noise_var is not None:
+        logger.warning("%s learns the sensor noise jointly: noise_cov is not used",
+                       model if isinstance(model, str) else type(model).__name__)
+    sources = estimator.predict(X, **kwargs)
     stcs = [mne.SourceEstimate(s, vertices=fwd.vertices, tmin=inst.times[0],
                                tstep=1.0 / inst.info["sfreq"], subject=fwd.subject)
             for s in sources]

@@ -32,9 +32,15 @@ class SourceScorer:
         self.name = name
         self.greater_is_better = greater_is_better
 
-    def __call__(self, estimator, X, y, sample_weight=None):
+    def __call__(self, estimator, X, y=None, sample_weight=None):
         if y is None:
-            raise ValueError(f"the {self.name} scorer needs true sources y")
+            # sklearn calls scorers without y after fit(X) alone, and turns this error
+            # into a NaN score with a warning that carries this message
+            raise ValueError(
+                f"the {self.name} scorer compares estimates with true sources, but got no "
+                "y: pass the true sources, e.g. GridSearchCV(...).fit(X, y) or "
+                "cross_validate(est, X, y, ...) with y of shape (n_samples, n_sources, "
+                "n_times) (simulated data: data.sensors, data.sources)")
         est = estimator.predict(X)
         forward = _fitted_forward(estimator)
         args = [getattr(forward, attr) for attr in self._needs[self.name]]
