@@ -80,7 +80,12 @@ def test_tiny_training_lowers_validation_loss(tiny, tmp_path):
     val = us.simulate(fwd, 32, random_state=9, n_patches=(1, 3), n_times=20)
     before = us.rmse(val.sources, untrained.predict(val.sensors))
     after = us.rmse(val.sources, net.predict(val.sensors))
-    assert len(net.history_) == 3 and "val_rmse" in net.history_[0]
+    # both phases are recorded: 3 progressive layers, then 3 joint epochs
+    phases = [h["phase"] for h in net.history_]
+    assert phases == ["progressive"] * 3 + ["joint"] * 3
+    assert [h["layer"] for h in net.history_[:3]] == [0, 1, 2]
+    assert sum(h["steps"] for h in net.history_) == 3 * 3 + 3 * 6
+    assert "val_rmse" in net.history_[3] and np.isfinite(net.history_[0]["loss"])
     assert after < before
 
 
@@ -106,7 +111,8 @@ def test_checkpoint_resume_gives_same_result(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_save", save)
     resumed = us.UnfoldedSBLRegressor(fwd, checkpoint=str(ckpt), **params)
     resumed.fit(data.sensors, data.sources)
-    assert [h["epoch"] for h in resumed.history_] == [0, 1, 2]
+    assert [h.get("epoch", h.get("layer")) for h in resumed.history_] == [0, 1, 0, 1, 2]
+    assert [h["phase"] for h in resumed.history_] == ["progressive"] * 2 + ["joint"] * 3
     np.testing.assert_allclose(resumed.predict(data.sensors[:2]),
                                full.predict(data.sensors[:2]), rtol=1e-5)
 

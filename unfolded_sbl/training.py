@@ -215,8 +215,9 @@ class Trainer:
         if not all_params or s.max_epochs == 0:
             return self.history
         if self.state["phase"] == "progressive" and s.progressive_steps > 0:
-            bar = tqdm(range(self.state["layer"], n_trainable), desc="progressive",
-                       disable=not s.verbose)
+            bar = tqdm(range(self.state["layer"], n_trainable),
+                       desc=f"phase 1/2 progressive ({s.progressive_steps} steps/layer)",
+                       unit="layer", disable=not s.verbose)
             for k in bar:
                 params = self._layer_params(k)
                 if k > 0:  # start layer k from layer k-1
@@ -228,9 +229,14 @@ class Trainer:
                 for p in params:
                     p.requires_grad_(True)
                 optimizer = torch.optim.Adam(params, lr=s.learning_rate)
+                losses = []
                 for _ in range(s.progressive_steps):
-                    loss = self._step(optimizer, params, n_layers_active=k + 1, deep=False)
-                    bar.set_postfix(layer=k, loss=f"{loss:.4f}")
+                    losses.append(self._step(optimizer, params, n_layers_active=k + 1,
+                                             deep=False))
+                    bar.set_postfix(layer=k, loss=f"{losses[-1]:.4f}")
+                self.history.append({"phase": "progressive", "layer": k,
+                                     "steps": s.progressive_steps,
+                                     "loss": float(np.nanmean(losses))})
                 self.state["layer"] = k + 1
                 self._save(optimizer)
             self.state = {"phase": "joint", "layer": n_trainable, "epoch": 0,
@@ -242,16 +248,18 @@ class Trainer:
         if saved_scheduler is not None and self.state["phase"] == "joint":
             optimizer.load_state_dict(saved_optimizer)
             scheduler.load_state_dict(saved_scheduler)
-        bar = tqdm(range(self.state["epoch"], s.max_epochs), desc="joint",
+        bar = tqdm(range(self.state["epoch"], s.max_epochs),
+                   desc=f"phase 2/2 joint ({s.steps_per_epoch} steps/epoch)", unit="epoch",
                    disable=not s.verbose)
         for epoch in bar:
             losses = [self._step(optimizer, all_params) for _ in range(s.steps_per_epoch)]
             scheduler.step()
-            record = {"epoch": epoch, "loss": float(np.nanmean(losses)), **self.validate()}
+            record = {"phase": "joint", "epoch": epoch, "steps": s.steps_per_epoch,
+                      "loss": float(np.nanmean(losses)), **self.validate()}
             self.history.append(record)
             self._keep_best(record)
             bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else str(v)
-                             for k, v in record.items() if k != "epoch"})
+                             for k, v in record.items() if k not in ("epoch", "phase", "steps")})
             self.state["epoch"] = epoch + 1
             self._save(optimizer, scheduler)
         if self.s.select_best and self.best is not None:

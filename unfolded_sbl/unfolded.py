@@ -81,12 +81,19 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     n_layers : int
         Unfolded iterations (default 25); the last layer stays classical.
     max_epochs : int
-        Joint fine-tuning epochs; 0 builds the untrained network, which equals
-        ``ClassicalCB`` with ``n_iter=n_layers``.
+        Epochs of the joint phase (all layers trained together); 0 builds the
+        untrained network, which equals ``ClassicalCB`` with
+        ``n_iter=n_layers``.  Training runs two phases: first the progressive
+        one, ``(n_layers - 1) * progressive_steps`` steps (layer k trained
+        alone, started from layer k-1's weights), then the joint one,
+        ``max_epochs * steps_per_epoch`` steps; the total budget is their sum
+        times ``batch_size`` samples (``history_`` records both phases).
     steps_per_epoch, batch_size : int
-        Mini-batches per epoch and their size.
+        Mini-batches per joint epoch and their size (also the progressive
+        phase's batch size).
     progressive_steps : int
-        Steps per layer in the progressive phase (0 skips it).
+        Steps per layer in the progressive phase (0 skips it); skipped too with
+        ``max_epochs=0``.
     learning_rate : float
         Adam learning rate (cosine-annealed over the joint epochs).
     deep_supervision : float
@@ -134,7 +141,10 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     ----------
     network_ : UnfoldedChampagne
     history_ : list of dict
-        Per-epoch training loss and validation metrics.
+        One record per progressive layer (``phase="progressive"``, ``layer``,
+        ``steps``, mean ``loss``) then per joint epoch (``phase="joint"``,
+        ``epoch``, ``steps``, ``loss`` and the validation metrics ``val_rmse``,
+        ``val_ratio`` (to the classical solver), ``val_f1``).
     source_var_, noise_var_ : ndarray
         Variances of the last ``predict``.
     """
