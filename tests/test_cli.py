@@ -1,6 +1,7 @@
 import numpy as np
 
 import unfolded_sbl as us
+from unfolded_sbl import cli
 from unfolded_sbl.cli import main
 
 
@@ -37,3 +38,21 @@ def test_demo_prints_metric_table(capsys):
 def test_clear_error_exit_code(capsys):
     assert main(["forward", "info", "nope"]) == 2
     assert "unknown forward model" in capsys.readouterr().err
+
+
+def test_help_is_plain_text_and_every_option_is_described():
+    import argparse
+
+    parser = cli.build_parser()
+    text = parser.format_help()
+    assert "``" not in text and "examples:" in text
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    stack = list(subparsers.choices.items())
+    while stack:
+        name, sub = stack.pop()
+        assert "``" not in sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.items())
+            elif not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name}: {action.dest} has no help text"

@@ -162,14 +162,32 @@ def _cmd_train(args):
     return 0
 
 
+DESCRIPTION = """EEG source imaging with sparse Bayesian learning (Champagne) and its
+unfolded, learned variants. Nothing is downloaded: template head models and
+pretrained models ship with the package."""
+EPILOG = """examples:
+  unfolded-sbl demo                          simulate, solve, print a metric table
+  unfolded-sbl localize sub-01-ave.fif       localise an evoked file (deep-cb-joint)
+  unfolded-sbl localize rec.set --model deep-cb-known --noise-cov baseline
+  unfolded-sbl forward list                  the shipped template forward models
+
+'unfolded-sbl COMMAND --help' describes each command's options."""
+PRESET_NAMES = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="unfolded-sbl", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="unfolded-sbl", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="simulate samples and solve them, print metrics")
-    demo.add_argument("--forward", default="biosemi64-ico3")
-    demo.add_argument("--n-samples", type=int, default=16)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--forward", default="biosemi64-ico3",
+                      help="template forward model to simulate and solve on (see "
+                           "'unfolded-sbl forward list'; default: biosemi64-ico3)")
+    demo.add_argument("--n-samples", type=int, default=16,
+                      help="simulated samples to score (default: 16)")
+    demo.add_argument("--seed", type=int, default=0, help="simulator seed (default: 0)")
     demo.set_defaults(func=_cmd_demo)
 
     demo.add_argument("--png", default=None, help="also draw truth and estimates of one "
@@ -187,7 +205,9 @@ def build_parser():
     loc.add_argument("--out", default=None, help="output prefix (default: "
                      "<recording>-<model> in the current folder)")
     loc.add_argument("--formats", nargs="+", default=["stc", "png", "csv"],
-                     choices=["stc", "png", "csv"])
+                     choices=["stc", "png", "csv"],
+                     help="outputs: MNE source estimate, map at the peak time, peak "
+                          "table (default: stc png csv)")
     loc.add_argument("--montage", default=None, help="standard montage to set, e.g. "
                      "standard_1020 (for files without channel positions)")
     loc.add_argument("--event", default=None, help="raw data: annotation to epoch and "
@@ -212,25 +232,31 @@ def build_parser():
     loc.set_defaults(func=_cmd_localize)
 
     sim = sub.add_parser("simulate", help="write a simulated dataset (.npz)")
-    sim.add_argument("out")
-    sim.add_argument("--forward", default="biosemi64-ico3")
-    sim.add_argument("--n-samples", type=int, default=1000)
-    sim.add_argument("--n-times", type=int, default=100)
-    sim.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 20.0))
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("out", help="output .npz file (sensors, sources, noise_var)")
+    sim.add_argument("--forward", default="biosemi64-ico3",
+                     help="template forward model (default: biosemi64-ico3)")
+    sim.add_argument("--n-samples", type=int, default=1000,
+                     help="samples to simulate (default: 1000)")
+    sim.add_argument("--n-times", type=int, default=100,
+                     help="time points per sample (default: 100)")
+    sim.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 20.0),
+                     metavar=("LOW", "HIGH"),
+                     help="per-sensor SNR range in dB (default: 5 20)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sim.set_defaults(func=_cmd_simulate)
 
     exp = sub.add_parser("export", help="export a saved network (.pt) to ONNX")
-    exp.add_argument("model")
-    exp.add_argument("out")
+    exp.add_argument("model", help="network saved by UnfoldedSBLRegressor.save (.pt)")
+    exp.add_argument("out", help="ONNX file to write")
     exp.add_argument("--forward", default=None, help="template (default: training one)")
     exp.set_defaults(func=_cmd_export)
 
     train = sub.add_parser("train", help="train a pretrained-model preset on the simulator")
-    train.add_argument("name", help="preset: deep-cb-joint, deep-cb-known, deep-attn-cb-joint")
+    train.add_argument("name", help="preset: " + ", ".join(PRESET_NAMES))
     train.add_argument("--out", default=None, help="output folder (default: package models)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--n-eval", type=int, default=256)
+    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    train.add_argument("--n-eval", type=int, default=256,
+                       help="validation samples for the model card (default: 256)")
     train.add_argument("--checkpoint-dir", default=".checkpoints",
                        help="resumable checkpoints (rerun the command to resume)")
     train.add_argument("--from-shipped", action="store_true",
@@ -242,12 +268,15 @@ def build_parser():
     fwd_sub = fwd.add_subparsers(dest="action", required=True)
     fwd_sub.add_parser("list", help="shipped template forward models")
     info = fwd_sub.add_parser("info", help="one template's sizes and channels")
-    info.add_argument("name")
+    info.add_argument("name", help="template name, e.g. biosemi64-ico3")
     build = fwd_sub.add_parser("build", help="rebuild templates offline (3-layer BEM)")
     build.add_argument("--out", default=None, help="output folder (default: package data)")
-    build.add_argument("--caps", nargs="+", default=None)
-    build.add_argument("--spacings", nargs="+", default=["ico3", "ico4"])
-    build.add_argument("--bem-ico", type=int, default=4)
+    build.add_argument("--caps", nargs="+", default=None,
+                       help="caps to build (default: all shipped caps)")
+    build.add_argument("--spacings", nargs="+", default=["ico3", "ico4"],
+                       help="source spaces (default: ico3 ico4)")
+    build.add_argument("--bem-ico", type=int, default=4,
+                       help="BEM surface resolution (default: 4)")
     fwd.set_defaults(func=_cmd_forward)
     return parser
 

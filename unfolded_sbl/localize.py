@@ -157,8 +157,9 @@ def peak_report(stc, forward, n_peaks=5):
     -------
     peaks : list of dict
         ``hemisphere``, ``region`` (approximate lobe), ``x_mm``, ``y_mm``,
-        ``z_mm`` (MNI-like), ``time_s`` (peak time of that source) and
-        ``amplitude`` (its absolute value then, in the estimate's units).
+        ``z_mm`` (MNI-like, 0.1 mm), ``time_s`` (the map's peak time, the
+        same for every peak and in the PNG title, 1 ms) and ``amplitude``
+        (signed value then, in the estimate's units, 4 significant digits).
     """
     from .metrics import local_maxima
 
@@ -172,13 +173,13 @@ def peak_report(stc, forward, n_peaks=5):
     xyz = mni_like_coordinates(forward)
     n_left = len(forward.vertices[0])
     peaks = []
+    time_s = round(float(stc.times[t_peak]), 3)
     for idx in order:
-        t = int(np.argmax(data[idx]))
         peaks.append({"hemisphere": "left" if idx < n_left else "right",
                       "region": approximate_lobe(xyz[idx]),
-                      "x_mm": float(xyz[idx, 0]), "y_mm": float(xyz[idx, 1]),
-                      "z_mm": float(xyz[idx, 2]), "time_s": float(stc.times[t]),
-                      "amplitude": float(stc.data[idx, t]), "source": int(idx)})
+                      "x_mm": round(float(xyz[idx, 0]), 1), "y_mm": round(float(xyz[idx, 1]), 1),
+                      "z_mm": round(float(xyz[idx, 2]), 1), "time_s": time_s,
+                      "amplitude": float(f"{stc.data[idx, t_peak]:.4g}"), "source": int(idx)})
     return peaks
 
 
