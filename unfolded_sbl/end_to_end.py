@@ -55,7 +55,9 @@ class EndToEndRegressor(_SourceEstimator):
     simulator_params : dict | None
         Keyword arguments of :class:`Simulator` for ``fit_simulated``.
     random_state : int | None
+        Seed of the weight initialisation and the simulated batches.
     verbose : bool
+        Progress bars.
 
     Attributes
     ----------
@@ -63,6 +65,18 @@ class EndToEndRegressor(_SourceEstimator):
     history_ : list of dict
         Mean training loss per epoch.
     train_seconds_ : float
+
+    Examples
+    --------
+    A tiny network and budget (a real baseline trains for thousands of steps):
+
+    >>> import unfolded_sbl as us
+    >>> fwd = us.load_forward()
+    >>> net = us.EndToEndRegressor(fwd, hidden=8, max_epochs=1, steps_per_epoch=2,
+    ...                            batch_size=4, random_state=0).fit_simulated()
+    >>> data = us.simulate(fwd, 2, random_state=0)
+    >>> net.predict(data.sensors).shape
+    (2, 1284, 100)
     """
 
     def __init__(self, forward=None, hidden=256, kernel_size=5, max_epochs=10,

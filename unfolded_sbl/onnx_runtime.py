@@ -72,6 +72,17 @@ class OnnxSBLRegressor(_SourceEstimator):
         The execution provider actually used.
     metadata_ : dict
         Model configuration stored in the file.
+
+    Examples
+    --------
+    >>> import unfolded_sbl as us
+    >>> path = us.pretrained_path("deep-cb-joint", "onnx")   # the installed file
+    >>> est = us.OnnxSBLRegressor(path, forward="biosemi64-ico3").fit()
+    >>> data = us.simulate("biosemi64-ico3", 2, random_state=0)
+    >>> est.predict(data.sensors).shape
+    (2, 1284, 100)
+    >>> est.provider_ in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    True
     """
 
     def __init__(self, path, forward=None, providers=None, batch_size=64,

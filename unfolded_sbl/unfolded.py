@@ -118,7 +118,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         distribution).  ``"head_models": "ensemble"`` projects the training
         data through the cached head-model ensemble of the forward's template
         (:func:`unfolded_sbl.head_models.load_head_ensemble`).
-    prune_threshold, init_source_var, init_noise_var : see ``ClassicalCB``.
+    prune_threshold : float | None
+        Hard threshold on the source variances after each layer, relative to
+        the largest (as in ``ClassicalCB``); None keeps every source.
+    init_source_var, init_noise_var : float
+        Starting variances in normalised units (see ``ClassicalCB``); the
+        untrained network equals ``ClassicalCB`` started from the same.
     regime_check : bool
         Solve samples that lie outside the regime the corrections were trained
         for (noise-free, exactly low-rank or above about 50 dB SNR data, see
@@ -134,6 +139,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     checkpoint : str | None
         File for resumable training checkpoints.
     random_state : int | None
+        Seed of the weight initialisation, the simulated batches and the
+        validation set.
     verbose : bool
         Progress bars.
 
@@ -147,6 +154,25 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         ``val_ratio`` (to the classical solver), ``val_f1``).
     source_var_, noise_var_ : ndarray
         Variances of the last ``predict``.
+
+    Examples
+    --------
+    Untrained, the network is the classical solver at the same depth:
+
+    >>> import numpy as np
+    >>> import unfolded_sbl as us
+    >>> fwd = us.load_forward()
+    >>> data = us.simulate(fwd, 2, random_state=0)
+    >>> net = us.UnfoldedSBLRegressor(fwd, n_layers=10, max_epochs=0).fit_simulated()
+    >>> classical = us.ClassicalCB(fwd, n_iter=10).fit().predict(data.sensors)
+    >>> bool(np.allclose(net.predict(data.sensors), classical, rtol=1e-5, atol=1e-15))
+    True
+
+    A shipped, trained model (verified against its model card):
+
+    >>> deep = us.load_pretrained("deep-cb-joint", forward=fwd)
+    >>> deep.predict(data.sensors).shape
+    (2, 1284, 100)
     """
 
     def __init__(self, forward=None, correction="mlp", noise_correction="mlp",
