@@ -62,9 +62,45 @@ def test_dc_offset_channel_localised_occipitally_by_default(fwd, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "baseline: (start, 0 s)" in printed
     assert _top_region(tmp_path / "default-peaks.csv") == "occipital"
-    assert cli.main(common + ["--no-baseline", "--out", str(tmp_path / "raw")]) == 0
+    assert cli.main(common + ["--no-baseline", "--drop-bad", "none", "--out",
+                              str(tmp_path / "raw")]) == 0
     assert "baseline: none" in capsys.readouterr().out
     assert _top_region(tmp_path / "raw-peaks.csv") == "frontal"
+    # without baseline, drop-bad auto (the default) drops the offset channel instead
+    assert cli.main(common + ["--no-baseline", "--out", str(tmp_path / "dropped")]) == 0
+    assert _top_region(tmp_path / "dropped-peaks.csv") == "occipital"
+
+
+def test_quality_warnings_name_the_channels(fwd, caplog):
+    evoked, _ = _evoked_with_offset(fwd)  # AF3 offset by 100 uV
+    evoked.data[fwd.ch_names.index("Cz")] *= 0.0  # flat: dropped as before
+    rng = np.random.default_rng(0)
+    evoked.data[fwd.ch_names.index("T8")] += 30e-6 * rng.standard_normal(len(evoked.times))
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        _, used = us.apply(evoked, "sLORETA", return_forward=True)
+    text = caplog.text
+    assert "AF3 carries a DC offset of +100 uV" in text and "baseline correction" in text
+    assert "T8 has" in text and "median channel SD" in text
+    assert "dropping T8" in text  # noisy: dropped; AF3's offset is removed by the baseline
+    assert "T8" not in used.ch_names and "AF3" in used.ch_names and "Cz" not in used.ch_names
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        _, kept = us.apply(evoked, "sLORETA", drop_bad="none", return_forward=True)
+    assert "T8" in kept.ch_names and "dropping T8" not in caplog.text
+
+
+def test_microvolts_stored_as_volts_and_short_windows_are_reported(fwd, caplog):
+    evoked, _ = _evoked_with_offset(fwd, offset_channel=None)
+    evoked.data *= 1e6
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        us.apply(evoked, "sLORETA", tmin=0.1, tmax=0.13)
+    assert "microvolts stored as volts" in caplog.text
+    assert "the window has 4 sample(s)" in caplog.text
+    caplog.clear()
+    evoked.data *= 1e-6
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        us.apply(evoked, "sLORETA", tmin=0.0)
+    assert caplog.text == ""  # a clean recording gets no warning
 
 
 @pytest.mark.parametrize("model", ["ClassicalCB", "deep-cb-known"])
@@ -157,3 +193,16 @@ def test_two_dimensional_single_sample_message(fwd):
 def test_missing_recording_says_the_file_does_not_exist(tmp_path, capsys):
     assert cli.main(["localize", str(tmp_path / "missing-ave.fif")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+REAL_EEG = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / \
+    "real_eeg"
+
+
+@pytest.mark.skipif(not (REAL_EEG / "erp_core_p3").exists(), reason="no recorded EEG here")
+def test_localize_known_noise_model_on_erp_core(tmp_path, capsys):
+    fname = sorted((REAL_EEG / "erp_core_p3").glob("*_ave.fif"))[0]
+    assert cli.main(["localize", str(fname), "--model", "deep-cb-known", "--noise-cov",
+                     "baseline", "--tmin", "0.08", "--tmax", "0.14", "--formats", "csv",
+                     "--out", str(tmp_path / "erp")]) == 0
+    assert (tmp_path / "erp-peaks.csv").read_text().count("\n") >= 2

@@ -114,7 +114,7 @@ def _cmd_localize(args):
         noise_cov = mne.read_cov(_existing(noise_cov), verbose=False)
     stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
                          tmax=args.tmax, baseline=baseline, noise_cov=noise_cov,
-                         return_forward=True)
+                         drop_bad=args.drop_bad, return_forward=True)
     prefix = args.out or f"{Path(args.recording).name.split('.')[0]}-{args.model}"
     peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
                                    title=f"{Path(args.recording).name}, {args.model},")
@@ -224,6 +224,10 @@ def build_parser():
                      "'none' for the start (default: none 0)")
     loc.add_argument("--no-baseline", action="store_true",
                      help="keep the data as they are (no baseline correction)")
+    loc.add_argument("--drop-bad", choices=["auto", "none"], default="auto",
+                     help="channels the data-quality checks flag (flat, noisy, DC offset "
+                          "without baseline): drop them and say so (auto, default) or "
+                          "keep them (none); the checks are always printed")
     loc.add_argument("--noise-cov", default=None, metavar="FILE|baseline",
                      help="sensor noise for known-noise models (deep-cb-known, "
                      "ClassicalCB): an MNE -cov.fif file, or 'baseline' to estimate it "

@@ -206,8 +206,29 @@ def noise_variances(inst, ch_names, noise_cov):
     return variance
 
 
+def _quality_checks(inst, ch_names, baseline_applied, drop_bad):
+    """Log the data-quality findings of the recording; the channels to keep."""
+    from .quality import check_channels, check_units
+
+    picks = [inst.ch_names.index(c) for c in ch_names]
+    data = inst.data[picks][None] if hasattr(inst, "nave") else inst.get_data(picks=picks)
+    findings = check_channels(data, ch_names)
+    for finding in findings:
+        logger.warning(finding["message"])
+    units = check_units(data)
+    if units:
+        logger.warning(units)
+    harmful = [f["channel"] for f in findings if f["problem"] != "dc_offset"
+               or not baseline_applied]
+    if drop_bad == "auto" and harmful:
+        logger.warning("dropping %s (drop_bad='auto'; drop_bad='none' keeps them)",
+                       ", ".join(harmful))
+        return [c for c in ch_names if c not in harmful]
+    return ch_names
+
+
 def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
-          baseline=(None, 0), noise_cov=None, return_forward=False):
+          baseline=(None, 0), noise_cov=None, drop_bad="auto", return_forward=False):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
 
     Parameters
@@ -236,6 +257,12 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
         ``ClassicalCB(noise="known")``; with ``model="ClassicalCB"`` it selects
         the known-noise solver): see :func:`noise_variances`.  Joint-noise
         models learn the noise and do not need it.
+    drop_bad : {"auto", "none"}
+        The recording is checked before solving (:mod:`unfolded_sbl.quality`:
+        flat, noisy and DC-offset channels, data scale, window length) and
+        every finding is logged with the channel's name.  ``"auto"`` drops
+        flat and noisy channels, and offset channels when no baseline
+        correction removes the offset; ``"none"`` keeps every channel.
     return_forward : bool
         Also return the :class:`ForwardModel` used (its channels and geometry).
 
@@ -249,12 +276,21 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
 
     if not isinstance(inst, (mne.Evoked, mne.BaseEpochs)):
         raise TypeError(f"inst must be an mne.Evoked or mne.Epochs, got {type(inst).__name__}")
+    if drop_bad not in ("auto", "none"):
+        raise ValueError(f"drop_bad must be 'auto' or 'none', got {drop_bad!r}")
     inst = inst.copy()
-    if baseline is not None and inst.times[0] < 0:
-        inst.apply_baseline(baseline, verbose=False)
     ch_names = _eeg_channels(inst)
+    use_baseline = baseline is not None and inst.times[0] < 0
+    ch_names = _quality_checks(inst, ch_names, use_baseline, drop_bad)
+    if use_baseline:
+        inst.apply_baseline(baseline, verbose=False)
     noise_var = None if noise_cov is None else noise_variances(inst, ch_names, noise_cov)
     inst.crop(tmin, tmax)
+    from .quality import check_window
+
+    short = check_window(len(inst.times))
+    if short:
+        logger.warning(short)
     forward = _estimator_forward(model, forward)
     fwd = forward_for_channels(ch_names, forward, positions=_montage_positions(inst, ch_names),
                                log=logger.warning)
