@@ -152,3 +152,54 @@ def test_raw_recording_is_epoched_on_an_event(fwd, data, tmp_path):
     np.testing.assert_allclose(continuous.data, raw.get_data(), rtol=1e-6)
     stc = us.apply(continuous, "sLORETA", tmin=1.0, tmax=2.0)
     assert stc.data.shape == (1284, 101) and stc.tmin == pytest.approx(1.0)
+
+
+def _chromium():
+    import shutil
+
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)
+
+
+def test_html_viewer_is_self_contained_and_png_is_readable(fwd, data, tmp_path):
+    import re
+
+    fname = _evoked_file(fwd, data, tmp_path)
+    out = tmp_path / "view"
+    assert cli.main(["localize", str(fname), "--model", "ClassicalCB", "--tmin", "0",
+                     "--formats", "html", "png", "csv", "--out", str(out)]) == 0
+    page = (tmp_path / "view.html").read_text(encoding="utf-8")
+    # nothing is loaded from the network: no external src/href/url()/import/fetch
+    # (the bundled viewer's source mentions URLs in comments; none is a resource)
+    external = re.findall(r"""(?:src|href)\s*=\s*["']\s*(?:https?:)?//|url\(\s*["']?"""
+                          r"""(?:https?:)?//|import\s*\(?\s*["'](?:https?:)?//|"""
+                          r"""fetch\(\s*["'](?:https?:)?//""", page)
+    assert external == []
+    assert "<canvas" in page and "data:image/png;base64," in page
+    peaks = (tmp_path / "view-peaks.csv").read_text().splitlines()
+    assert peaks[1].split(",")[1] in page  # the table carries the top peak's region
+    from matplotlib.image import imread
+
+    image = imread(tmp_path / "view.png")
+    assert image.shape[0] >= 800 and image.shape[1] >= 1000  # large views, not a strip
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed")
+def test_html_viewer_renders_in_headless_chromium(fwd, data, tmp_path):
+    import subprocess
+
+    fname = _evoked_file(fwd, data, tmp_path)
+    assert cli.main(["localize", str(fname), "--model", "ClassicalCB", "--tmin", "0",
+                     "--formats", "html", "--out", str(tmp_path / "view")]) == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                    "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
+                    "--virtual-time-budget=10000", "--window-size=1200,900",
+                    f"--screenshot={shot}", (tmp_path / "view.html").as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    from matplotlib.image import imread
+
+    pixels = imread(shot)[..., :3]
+    height = pixels.shape[0]
+    # the 3-D canvas (the upper 70 % of the window): a drawn brain, not a blank area
+    assert pixels[int(0.1 * height):int(0.6 * height)].std() > 0.02

@@ -91,7 +91,7 @@ def _cmd_demo(args):
 
 
 def _cmd_localize(args):
-    from .localize import format_report, read_recording, write_outputs
+    from .localize import format_report, output_units, read_recording, write_outputs
     from .mne_io import apply
 
     start = time.perf_counter()
@@ -117,7 +117,8 @@ def _cmd_localize(args):
                          drop_bad=args.drop_bad, return_forward=True)
     prefix = args.out or f"{Path(args.recording).name.split('.')[0]}-{args.model}"
     peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
-                                   title=f"{Path(args.recording).name}, {args.model},")
+                                   title=f"{Path(args.recording).name}, {args.model},",
+                                   units=output_units(args.model))
     print(format_report(peaks, header=f"{args.recording}: {args.model}, peak sources "
                         "(MNI-like fsaverage coordinates in mm; approximate lobes)"))
     for path in written:
@@ -205,9 +206,10 @@ def build_parser():
     loc.add_argument("--out", default=None, help="output prefix (default: "
                      "<recording>-<model> in the current folder)")
     loc.add_argument("--formats", nargs="+", default=["stc", "png", "csv"],
-                     choices=["stc", "png", "csv"],
-                     help="outputs: MNE source estimate, map at the peak time, peak "
-                          "table (default: stc png csv)")
+                     choices=["stc", "png", "csv", "html"],
+                     help="outputs: MNE source estimate, map at the peak time with the "
+                          "peaks' time courses, peak table, interactive 3-D viewer "
+                          "(self-contained HTML) (default: stc png csv)")
     loc.add_argument("--montage", default=None, help="standard montage to set, e.g. "
                      "standard_1020 (for files without channel positions)")
     loc.add_argument("--event", default=None, help="raw data: annotation to epoch and "

@@ -195,12 +195,13 @@ def format_report(peaks, header=""):
 
 
 def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
-                  n_peaks=5):
-    """Write the estimate (``stc``), the map at the peak time (``png``) and the peaks
-    (``csv``); returns the peaks and the written paths."""
+                  n_peaks=5, units="A m"):
+    """Write the estimate (``stc``), the map at the peak time with the peaks' time
+    courses (``png``), the interactive viewer (``html``) and the peaks (``csv``);
+    returns the peaks and the written paths."""
     import csv
 
-    from .viz import plot_source_maps
+    from .viz import html_viewer, plot_peak_map
 
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -210,18 +211,11 @@ def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
         stc.save(str(prefix), overwrite=True, verbose=False)
         written += [f"{prefix}-lh.stc", f"{prefix}-rh.stc"]
     if "png" in formats:
-        t_peak = peak_time_index(stc)
-        views = tuple((h, v) for v in ("lateral", "medial", "posterior")
-                      for h in ("left", "right"))
-        fig = plot_source_maps([stc.data[:, t_peak]], forward, views=views, fname=None)
-        fig.subplots_adjust(top=0.78)
-        fig.suptitle(f"{title} t = {1e3 * stc.times[t_peak]:.0f} ms".strip(), fontsize=10,
-                     y=0.99)
-        fig.savefig(f"{prefix}.png", dpi=90)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        plot_peak_map(stc, forward, peaks, title=title, units=units, fname=f"{prefix}.png")
         written.append(f"{prefix}.png")
+    if "html" in formats:
+        written.append(html_viewer(stc, forward, peaks, f"{prefix}.html", title=title,
+                                   units=units))
     if "csv" in formats:
         with open(f"{prefix}-peaks.csv", "w", newline="") as fid:
             writer = csv.DictWriter(fid, fieldnames=list(peaks[0]) if peaks else ["source"])
@@ -229,3 +223,10 @@ def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
             writer.writerows(peaks)
         written.append(f"{prefix}-peaks.csv")
     return peaks, written
+
+
+def output_units(model):
+    """Units of a model's source estimates, for labels."""
+    if isinstance(model, str) and model.lower() == "sloreta":
+        return "sLORETA (standardised, a.u.)"
+    return "A m"

@@ -115,3 +115,169 @@ def plot_source_maps(maps, forward, views=(("left", "lateral"), ("right", "later
         fig.savefig(fname, dpi=dpi)
         plt.close(fig)
     return fig
+
+
+# -- report figures ------------------------------------------------------------------
+def _display_units(units):
+    """(factor, label): currents in A m are shown in nA m (ERP sources are ~1e-9 A m)."""
+    return (1e9, "nA m") if units == "A m" else (1.0, units)
+
+
+def _plot_time_courses(ax, stc, peaks, units):
+    """Time courses of the reported peaks, with the map's time marked."""
+    factor, units = _display_units(units)
+    times_ms = 1e3 * stc.times
+    for i, peak in enumerate(peaks, 1):
+        ax.plot(times_ms, factor * stc.data[peak["source"]], lw=1.3,
+                label=f"{i}: {peak['hemisphere']} {peak['region']}")
+    if peaks:
+        ax.axvline(1e3 * peaks[0]["time_s"], color="k", ls="--", lw=0.8)
+    ax.axhline(0, color="0.6", lw=0.5)
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel(units)
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+
+
+def _map_time(stc, peaks):
+    """Index of the map's time: the peaks' common time, else the power maximum."""
+    if peaks:
+        return int(np.argmin(np.abs(stc.times - peaks[0]["time_s"])))
+    return int(np.argmax((stc.data ** 2).sum(0)))
+
+
+def plot_peak_map(stc, forward, peaks, title="", units="source amplitude", fname=None,
+                  threshold=0.1, dpi=100):
+    """The map at the peak time in six large views, a colour bar in ``units``, and the
+    time courses of the reported peaks.
+
+    Parameters
+    ----------
+    stc : mne.SourceEstimate
+    forward : ForwardModel
+        Template forward model of ``stc`` (fsaverage vertices).
+    peaks : list of dict
+        :func:`unfolded_sbl.localize.peak_report` of ``stc``; the map is drawn
+        at their (common) time.
+    title : str
+    units : str
+        Label of the colour bar and time-course axis (e.g. ``"nA m"``).
+    fname : str | Path | None
+        Write a PNG there.
+    threshold : float
+        Values below this fraction of the peak are transparent.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+    from nilearn import plotting
+
+    t_index = _map_time(stc, peaks)
+    factor, display = _display_units(units)
+    magnitude = factor * np.abs(stc.data[:, t_index])
+    vmax = float(magnitude.max()) or 1.0
+    textures = surface_texture(magnitude, forward)
+    meshes, sulcal = _fsaverage5()
+    views = [(h, v) for v in ("lateral", "medial", "posterior") for h in HEMIS]
+    fig = plt.figure(figsize=(12, 9.5))
+    grid = fig.add_gridspec(3, 4, width_ratios=[1, 1, 1, 0.06], height_ratios=[1, 1, 0.9],
+                            left=0.03, right=0.93, top=0.93, bottom=0.07, hspace=0.12,
+                            wspace=0.02)
+    for i, (hemi, view) in enumerate(views):
+        ax = fig.add_subplot(grid[i % 2, i // 2], projection="3d")
+        plotting.plot_surf_stat_map(
+            meshes["inflated"].parts[hemi], textures[hemi], hemi=hemi, view=view,
+            bg_map=np.asarray(sulcal.data.parts[hemi]), threshold=threshold * vmax,
+            vmax=vmax, cmap="hot", colorbar=False, engine="matplotlib", axes=ax, figure=fig)
+        ax.set_title(f"{hemi} {view}", fontsize=10)
+    cax = fig.add_subplot(grid[:2, 3])
+    fig.colorbar(cm.ScalarMappable(colors.Normalize(0, vmax), "hot"), cax=cax,
+                 label=f"|{display}| (below {threshold:.0%} of the peak: not shown)")
+    _plot_time_courses(fig.add_subplot(grid[2, :3]), stc, peaks, units)
+    time_label = f"t = {1e3 * stc.times[t_index]:.0f} ms"
+    fig.suptitle(f"{title} {time_label}".strip(), fontsize=12)
+    if fname is not None:
+        fig.savefig(fname, dpi=dpi)
+        plt.close(fig)
+    return fig
+
+
+def html_viewer(stc, forward, peaks, fname, title="", units="source amplitude",
+                threshold=0.1):
+    """A self-contained HTML page: the rotatable 3-D map at the peak time (nilearn's
+    ``view_surf`` with its bundled niivue viewer), the peaks' time courses and their
+    table.
+
+    Nothing is fetched from the network when the page is opened: the viewer's
+    JavaScript, the meshes and the figure are inline (nilearn's favicon link,
+    the one external reference of its page, is removed).
+
+    Returns
+    -------
+    fname : str
+    """
+    import base64
+    import html as html_escape
+    import io
+    import re
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+    from nilearn.surface import SurfaceImage
+
+    t_index = _map_time(stc, peaks)
+    factor, display = _display_units(units)
+    magnitude = factor * np.abs(stc.data[:, t_index])
+    vmax = float(magnitude.max()) or 1.0
+    meshes, sulcal = _fsaverage5()
+    image = SurfaceImage(mesh=meshes["inflated"], data=surface_texture(magnitude, forward))
+    time_label = f"t = {1e3 * stc.times[t_index]:.0f} ms"
+    with warnings.catch_warnings():  # inflated vs sulcal meshes: same vertices
+        warnings.simplefilter("ignore", RuntimeWarning)
+        view = plotting.view_surf(surf_map=image, bg_map=sulcal, hemi="both",
+                                  threshold=threshold * vmax, vmin=0.0, vmax=vmax,
+                                  cmap="hot", symmetric_cmap=False, engine="niivue",
+                                  title=f"{title} {time_label} (|{display}|)".strip())
+    page = view.get_standalone()
+    page = re.sub(r'<link rel="icon"[^>]*?/>', "", page, flags=re.S)
+    # the canvas takes 70 % of the window, the report follows below it (in the head:
+    # the viewer sizes its canvas when it starts)
+    head, body = page.rsplit("</head>", 1)  # the viewer's script holds "</head>" strings
+    page = head + (
+        "<style>body{height:auto!important;display:block!important}"
+        "#gl{display:block;width:100%!important;height:70vh!important}"
+        "#unfolded-sbl{font-family:Arial,sans-serif;padding:0 2em 2em}"
+        "#unfolded-sbl td,#unfolded-sbl th{padding:2px 10px;text-align:right}</style>"
+        "</head>") + body
+    fig, ax = plt.subplots(figsize=(9, 3))
+    _plot_time_courses(ax, stc, peaks, units)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    png = base64.b64encode(buffer.getvalue()).decode("ascii")
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{p['hemisphere']}</td><td>{html_escape.escape(p['region'])}"
+        f"</td><td>{p['x_mm']:.0f}</td><td>{p['y_mm']:.0f}</td><td>{p['z_mm']:.0f}</td>"
+        f"<td>{1e3 * p['time_s']:.0f}</td><td>{factor * p['amplitude']:.3g}</td></tr>"
+        for i, p in enumerate(peaks, 1))
+    report = (
+        '<div id="unfolded-sbl"><h3>Peak sources (MNI-like fsaverage coordinates, mm; '
+        'approximate lobes)</h3><table><tr><th>#</th><th>hemisphere</th><th>region</th>'
+        f'<th>x</th><th>y</th><th>z</th><th>time (ms)</th><th>{html_escape.escape(display)}'
+        f'</th></tr>{rows}</table><h3>Time courses</h3>'
+        f'<img alt="time courses of the peak sources" src="data:image/png;base64,{png}"/>'
+        '</div>')
+    head, tail = page.rsplit("</body>", 1)
+    with open(fname, "w", encoding="utf-8") as fid:
+        fid.write(head + report + "</body>" + tail)
+    return str(fname)
