@@ -77,3 +77,36 @@ def check_noise_var(noise_var, shape, name="noise_var"):
     if np.any(noise_var <= 0):
         raise ValueError(f"{name} must be positive")
     return noise_var
+
+
+def check_device(device, name="device"):
+    """A torch device that exists here: "cpu", "cuda" or "cuda:N".
+
+    Raises a ValueError naming the device and what torch sees, rather than a
+    CUDA error deep inside the first operation.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"{name} must be a string such as 'cpu', 'cuda' or 'cuda:1', got "
+                        f"{type(device).__name__}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{name}={device!r} is not a device: use 'cpu', 'cuda' or "
+                         "'cuda:N'") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type != "cuda":
+        raise ValueError(f"{name}={device!r}: only 'cpu' and 'cuda[:N]' are supported")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{name}={device!r} was requested but torch sees no CUDA GPU here "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False): "
+                         "use device='cpu'")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"{name}={device!r}: torch sees {count} CUDA device(s), "
+                         f"cuda:0..cuda:{count - 1}")
+    return parsed

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validation import check_finite_array, check_positive_int
-from .estimators import _SourceEstimator
+from ._validation import check_device, check_finite_array, check_positive_int
+from .estimators import _DTYPES, _SourceEstimator
 from .simulate import Simulator
 from .training import relative_error
 
@@ -54,6 +54,11 @@ class EndToEndRegressor(_SourceEstimator):
         Adam learning rate, cosine-annealed to zero.
     simulator_params : dict | None
         Keyword arguments of :class:`Simulator` for ``fit_simulated``.
+    dtype : {"float32", "float64"}
+        Precision of the network (float32 by default, as DeepSIF).
+    device : str
+        Torch device for training and inference: ``"cpu"`` (default),
+        ``"cuda"`` or ``"cuda:N"`` when torch sees a GPU.
     random_state : int | None
         Seed of the weight initialisation and the simulated batches.
     verbose : bool
@@ -81,7 +86,8 @@ class EndToEndRegressor(_SourceEstimator):
 
     def __init__(self, forward=None, hidden=256, kernel_size=5, max_epochs=10,
                  steps_per_epoch=50, batch_size=32, learning_rate=1e-3,
-                 simulator_params=None, random_state=None, verbose=False):
+                 simulator_params=None, dtype="float32", device="cpu", random_state=None,
+                 verbose=False):
         self.forward = forward
         self.hidden = hidden
         self.kernel_size = kernel_size
@@ -90,6 +96,8 @@ class EndToEndRegressor(_SourceEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.simulator_params = simulator_params
+        self.dtype = dtype
+        self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
@@ -103,11 +111,15 @@ class EndToEndRegressor(_SourceEstimator):
         check_positive_int(self.batch_size, "batch_size")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        self.device_ = check_device(self.device)
         self._fit_forward(None)
-        self.torch_dtype_ = torch.float32
+        self.torch_dtype_ = _DTYPES[self.dtype]
         torch.manual_seed(0 if self.random_state is None else int(self.random_state))
         self.network_ = SpatioTemporalNet(self.n_features_in_, self.n_sources_, self.hidden,
-                                          self.kernel_size)
+                                          self.kernel_size).to(self.torch_dtype_).to(
+                                              self.device_)
         self.history_ = []
         return self
 
@@ -173,6 +185,6 @@ class EndToEndRegressor(_SourceEstimator):
             raise NotFittedError("call fit or fit_simulated first")
         Y, _, safe, nonzero = self._network_inputs(X, None, learn_noise=True)
         with torch.no_grad():
-            sources = self.network_(self._tensor(Y)).double().numpy()
+            sources = self.network_(self._tensor(Y)).double().cpu().numpy()
         source_scale = safe / self.lead_field_scale_ * nonzero
         return self._squeeze(sources * source_scale[:, None, None], X)

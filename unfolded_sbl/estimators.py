@@ -24,8 +24,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._champagne import champagne
-from ._validation import (check_finite_array, check_noise_var, check_positive_int,
-                          check_sensor_data)
+from ._validation import (check_device, check_finite_array, check_noise_var,
+                          check_positive_int, check_sensor_data)
 from .forward import as_forward
 from .metrics import rmse
 
@@ -131,7 +131,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
 
     # Networks: float tensors in the units they are trained in (self.torch_dtype_).
     def _tensor(self, array):
-        return torch.as_tensor(np.ascontiguousarray(array), dtype=self.torch_dtype_)
+        return torch.as_tensor(np.ascontiguousarray(array), dtype=self.torch_dtype_,
+                               device=getattr(self, "device_", None))
 
     def _normalise(self, X, y=None, noise_var=None):
         """Referenced, scaled tensors (Y, X, noise) as the network sees them."""
@@ -192,6 +193,11 @@ class ClassicalCB(_SourceEstimator):
     batch_size : int
         Samples solved together (memory grows as batch_size * n_channels *
         n_sources).
+    device : str
+        Torch device of the solver: ``"cpu"`` (default), ``"cuda"`` or
+        ``"cuda:N"`` when torch sees a GPU (a ValueError says so otherwise).
+        The batch stays on the device for all iterations; results come back as
+        numpy arrays.
 
     Attributes
     ----------
@@ -237,7 +243,7 @@ class ClassicalCB(_SourceEstimator):
 
     def __init__(self, forward=None, noise="learn", n_iter=25, tol=0.0,
                  init_source_var=1.0, init_noise_var=0.1, prune_threshold=None,
-                 keep_history=False, dtype="float64", batch_size=64):
+                 keep_history=False, dtype="float64", batch_size=64, device="cpu"):
         self.forward = forward
         self.noise = noise
         self.n_iter = n_iter
@@ -248,10 +254,12 @@ class ClassicalCB(_SourceEstimator):
         self.keep_history = keep_history
         self.dtype = dtype
         self.batch_size = batch_size
+        self.device = device
 
     def fit(self, X=None, y=None):
         """Validate parameters and forward model (``X`` optional, ``y`` ignored)."""
         self._check_params()
+        self.device_ = check_device(self.device)
         self._fit_forward(X)
         self.noise_mode_, self.fixed_noise_ = self._check_noise()
         return self
@@ -348,16 +356,18 @@ class ClassicalCB(_SourceEstimator):
     def _solve(self, Y, noise_var):
         dtype = _DTYPES[self.dtype]
         n_batch = len(Y)
-        Y_t = torch.as_tensor(Y, dtype=dtype)
-        lead_field = torch.as_tensor(self.lead_field_, dtype=dtype)
+        device = self.device_
+        Y_t = torch.as_tensor(Y, dtype=dtype, device=device)
+        lead_field = torch.as_tensor(self.lead_field_, dtype=dtype, device=device)
         source_var = torch.full((n_batch, self.n_sources_), float(self.init_source_var),
-                                dtype=dtype)
+                                dtype=dtype, device=device)
         if noise_var is None:
             noise = torch.full((n_batch, self.n_features_in_), float(self.init_noise_var),
-                               dtype=dtype)
+                               dtype=dtype, device=device)
             mode = self.noise_mode_
         else:
-            noise = torch.as_tensor(np.ascontiguousarray(noise_var), dtype=dtype)
+            noise = torch.as_tensor(np.ascontiguousarray(noise_var), dtype=dtype,
+                                    device=device)
             mode = "fixed"
         with torch.no_grad():
             return champagne(Y_t, lead_field, source_var, noise, noise_mode=mode,
@@ -372,10 +382,10 @@ class ClassicalCB(_SourceEstimator):
                    "noise_var": np.zeros((n_samples, n_steps, self.n_features_in_))}
         for idx, h, source_scale, data_scale in parts:
             steps = h["cost"].shape[1]
-            history["cost"][idx, :steps] = h["cost"].double().numpy()
-            history["source_var"][idx, :steps] = (h["source_var"].double().numpy()
+            history["cost"][idx, :steps] = h["cost"].double().cpu().numpy()
+            history["source_var"][idx, :steps] = (h["source_var"].double().cpu().numpy()
                                                   * source_scale[:, None, None] ** 2)
-            noise = h["noise_var"].double().numpy()
+            noise = h["noise_var"].double().cpu().numpy()
             if noise.ndim == 4:
                 noise = np.diagonal(noise, axis1=2, axis2=3)
             history["noise_var"][idx, :steps] = noise * data_scale[:, None, None] ** 2

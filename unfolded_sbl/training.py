@@ -116,7 +116,8 @@ class Trainer:
     def _load(self):
         if not self.s.checkpoint or not os.path.exists(self.s.checkpoint):
             return None
-        ckpt = torch.load(self.s.checkpoint, weights_only=False)
+        device = next(self.model.parameters(), torch.empty(0)).device
+        ckpt = torch.load(self.s.checkpoint, weights_only=False, map_location=device)
         self.model.load_state_dict(ckpt["model"])
         self.best = ckpt.get("best")
         self.state = ckpt["state"]
@@ -189,7 +190,8 @@ class Trainer:
             pred = self.model(Y, self.lead_field, noise, **self.geometry)["sources"]
             value = float(relative_error(pred, X))
             scores.append((value, value / max(classical, 1e-30),
-                           float(f1_score(X.double().numpy(), pred.double().numpy()))))
+                           float(f1_score(X.double().cpu().numpy(),
+                                          pred.double().cpu().numpy()))))
         self.model.train()
         val_rmse, val_ratio, val_f1 = np.mean(scores, axis=0)
         record = {"val_rmse": float(val_rmse), "val_ratio": float(val_ratio),

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._validation import check_finite_array, check_positive_int
+from ._validation import check_device, check_finite_array, check_positive_int
 from .estimators import _DTYPES, _SourceEstimator
 from .forward import list_forwards, load_forward, mesh_neighbourhoods
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
@@ -44,10 +44,10 @@ def _merge_outputs(parts, n_samples):
         if all(v is None for v in values):
             return None
         shape = next(v for v in values if v is not None).shape[1:]
-        merged = torch.zeros((n_samples,) + tuple(shape), dtype=like.dtype)
+        merged = torch.zeros((n_samples,) + tuple(shape), dtype=like.dtype, device=like.device)
         for (mask, _), value in zip(parts, values):
             if value is not None:
-                merged[torch.as_tensor(mask)] = value
+                merged[torch.as_tensor(mask, device=like.device)] = value
         return merged
 
     like = parts[0][1]["sources"]
@@ -136,6 +136,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         resolvable noise level to about 1e-5 of the data power, so above about
         25 dB SNR it is regularised (it never fails: a jitter keeps every
         factorisation positive definite) and can lose to ``ClassicalCB``.
+    device : str
+        Torch device for training and inference: ``"cpu"`` (default),
+        ``"cuda"`` or ``"cuda:N"`` when torch sees a GPU (a ValueError says so
+        otherwise).  The network, the lead field and each batch stay on it
+        across layers and steps; the simulator draws batches on the CPU (one
+        copy to the device per step).
     checkpoint : str | None
         File for resumable training checkpoints.
     random_state : int | None
@@ -182,7 +188,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                  warm_start=False, n_val=128,
                  simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
-                 regime_check=True, dtype="float64", checkpoint=None, random_state=None, verbose=False):
+                 regime_check=True, dtype="float64", device="cpu", checkpoint=None,
+                 random_state=None, verbose=False):
         self.forward = forward
         self.correction = correction
         self.noise_correction = noise_correction
@@ -204,6 +211,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.init_noise_var = init_noise_var
         self.regime_check = regime_check
         self.dtype = dtype
+        self.device = device
         self.checkpoint = checkpoint
         self.random_state = random_state
         self.verbose = verbose
@@ -234,10 +242,11 @@ class UnfoldedSBLRegressor(_SourceEstimator):
 
     def _build(self):
         self._check_params()
+        self.device_ = check_device(self.device)
         if self.warm_start and hasattr(self, "network_"):
             self._fit_forward(None)
             self.torch_dtype_ = _DTYPES[self.dtype]
-            self.network_.to(self.torch_dtype_)
+            self.network_.to(self.torch_dtype_).to(self.device_)
             self.history_ = list(getattr(self, "history_", []))
             return self
         self._fit_forward(None)
@@ -246,6 +255,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.network_ = UnfoldedChampagne(n_sources=self.n_sources_,
                                           n_channels=self.n_features_in_,
                                           **self._config()).to(self.torch_dtype_)
+        self.network_.to(self.device_)
         self.history_ = []
         return self
 
@@ -255,7 +265,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         if self.correction != "graph":
             return {}
         index, weight, _ = mesh_neighbourhoods(self.forward_)
-        return {"neighbours": (torch.as_tensor(index), self._tensor(weight))}
+        return {"neighbours": (torch.as_tensor(index, device=self.device_),
+                               self._tensor(weight))}
 
     def _simulator_components(self, overrides=None):
         """``simulator_params`` as a list of dicts (a mixture when a list is given)."""
@@ -374,7 +385,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
         out, safe, nonzero = self._run(X, noise_var)
         sources, self.source_var_, self.noise_var_ = self._physical(
-            *(out[k].double().numpy() for k in ("sources", "source_var", "noise_var")),
+            *(out[k].double().cpu().numpy() for k in ("sources", "source_var", "noise_var")),
             safe, nonzero)
         return self._squeeze(sources, X)
 
@@ -393,14 +404,14 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         layers = []
         for state in out["trajectory"]:
             sources, source_var, noise = self._physical(
-                *(state[k].double().numpy() for k in ("sources", "source_var", "noise_var")),
+                *(state[k].double().cpu().numpy() for k in ("sources", "source_var", "noise_var")),
                 safe, nonzero)
             layers.append({
                 "sources": sources, "source_var": source_var, "noise_var": noise,
                 "source_correction": None if state["source_correction"] is None
-                else state["source_correction"].double().numpy(),
+                else state["source_correction"].double().cpu().numpy(),
                 "noise_correction": None if state["noise_correction"] is None
-                else state["noise_correction"].double().numpy()})
+                else state["noise_correction"].double().cpu().numpy()})
         return layers
 
     # -- persistence -------------------------------------------------------------------
@@ -420,12 +431,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                                    self.network_.state_dict().items()}}, path)
 
     @classmethod
-    def load(cls, path, forward=None, dtype=None):
+    def load(cls, path, forward=None, dtype=None, device="cpu"):
         """Load a model written by :meth:`save`.
 
         ``forward`` (default: the template it was trained on) may be another cap
         or source space for the MLP and attention variants; ``dtype`` overrides
-        the precision it was saved with.
+        the precision it was saved with; ``device`` is where it runs.
         """
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -446,8 +457,10 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             if forward is None:
                 raise ValueError("the model was trained on a custom forward model: pass "
                                  "forward=")
-        est = cls(forward=forward, max_epochs=0, dtype=dtype or blob["dtype"], **config)
+        est = cls(forward=forward, max_epochs=0, dtype=dtype or blob["dtype"], device=device,
+                  **config)
         est._check_params()
+        est.device_ = check_device(device)
         est._fit_forward(None)
         fwd = est.forward_
         if "bias" in (config["correction"], config["noise_correction"]) and (
@@ -467,7 +480,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             est.network_.load_state_dict(upgrade_state_dict(blob["state_dict"]))
         except RuntimeError as err:
             raise ValueError(f"{path}: weights do not match the stored config: {err}") from None
-        est.network_.to(est.torch_dtype_).eval()
+        est.network_.to(est.torch_dtype_).to(est.device_).eval()
         est.history_ = blob.get("history", [])
         return est
 
