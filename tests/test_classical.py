@@ -215,3 +215,29 @@ def test_pipeline_and_multimetric_gridsearch(fwd):
                         scoring=us.emd_scorer, error_score="raise")
     slor.fit(data.sensors, data.sources)
     assert slor.best_params_["alpha"] in (0.01, 1.0)
+
+
+def test_per_sample_stopping_does_not_depend_on_the_batch(fwd):
+    """To convergence, each sample stops on its own: solving a batch of mixed
+    difficulty gives what solving each sample alone gives."""
+    data = us.simulate(fwd, 4, random_state=4, n_patches=(1, 12), snr_db=(0, 30), n_times=20)
+    batch = us.ClassicalCB(fwd, n_iter=150, tol=1e-3, batch_size=4).fit()
+    alone = us.ClassicalCB(fwd, n_iter=150, tol=1e-3, batch_size=1).fit()
+    together, single = batch.predict(data.sensors), alone.predict(data.sensors)
+    for a, b in zip(together, single):
+        assert np.linalg.norm(a - b) <= 1e-6 * np.linalg.norm(b)
+    np.testing.assert_allclose(batch.noise_var_, alone.noise_var_, rtol=1e-6)
+    assert batch.n_iter_ == alone.n_iter_
+
+
+def test_collapsed_sources_are_exactly_zero_and_stay_pruned(fwd):
+    from unfolded_sbl._champagne import COLLAPSED
+
+    data = us.simulate(fwd, 2, random_state=5, n_patches=(1, 3), n_times=20)
+    est = us.ClassicalCB(fwd, n_iter=150, tol=1e-6).fit()
+    est.predict(data.sensors)
+    peak = est.source_var_.max(1, keepdims=True)
+    alive = est.source_var_ > 0
+    assert np.all(est.source_var_[alive] >= COLLAPSED * np.broadcast_to(peak, alive.shape)[alive]
+                  * 0.99)
+    assert alive.sum(1).max() < fwd.n_sources / 2  # most sources collapsed and were dropped

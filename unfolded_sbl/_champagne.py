@@ -223,6 +223,18 @@ def type2_cost(chol, U, log_scale):
     return logdet - log_scale + (U ** 2).sum((-2, -1))
 
 
+#: Source variances below this fraction of their sample's largest are set to 0
+#: ("collapsed"): the update is multiplicative, so such a source contributes
+#: less than this to the model covariance and cannot come back within any
+#: practical number of iterations.  Lead-field columns collapsed in every
+#: sample still running are then dropped from the products, which is exact on
+#: the remaining problem (a zero variance adds nothing to the covariance).
+COLLAPSED = 1e-12
+#: Drop collapsed columns once this fraction of the current ones has collapsed
+#: (rebuilding the pair products costs about one iteration).
+COMPACT_FRACTION = 0.25
+
+
 def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=25,
               tol=0.0, prune_threshold=None, keep_history=False):
     """Run convex-bounding Champagne on a batch.
@@ -241,11 +253,15 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     n_iter : int
         Maximum number of iterations.
     tol : float
-        Stop when ``sum|gamma_new - gamma| / sum|gamma|`` is below ``tol`` for
-        every sample (0 runs exactly ``n_iter`` iterations).
+        Stop a sample when ``sum|gamma_new - gamma| / sum|gamma|`` falls below
+        ``tol``; the others go on without it, so a batch does not wait for its
+        slowest sample (0 runs exactly ``n_iter`` iterations).  With
+        ``keep_history`` the batch runs until every sample has converged.
     prune_threshold : float | None
         Set ``gamma[m] = 0`` where ``gamma[m] < prune_threshold * max(gamma)``
-        after each source update (a pruned source stays pruned).
+        after each source update (a pruned source stays pruned).  Variances
+        below ``COLLAPSED`` of the maximum are always set to 0 and their
+        columns dropped when every running sample has lost them.
     keep_history : bool
         Record the cost, source and noise variances before every iteration and
         after the last.
@@ -253,20 +269,30 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     Returns
     -------
     result : ChampagneResult
+        ``n_iter`` is the largest number of iterations any sample ran.
     """
-    ops = _PairOps(lead_field, len(Y))
+    n_batch, n_sources = source_var.shape
     V = covariance_factor(Y)
     eye = identity_like(lead_field.shape[0], Y)
     ref = reference_projector(lead_field)
-    has_gain = (lead_field ** 2).sum(0) > 0
     tiny = torch.finfo(Y.dtype).tiny
-    source_var = torch.where(has_gain, source_var, torch.zeros_like(source_var))
+    source_var = torch.where((lead_field ** 2).sum(0) > 0, source_var,
+                             torch.zeros_like(source_var))
     noise = noise_var.clone()
     floor = (NOISE_FLOOR.get(Y.dtype, 1e-6) * (V ** 2).sum((-2, -1)).clamp(min=tiny)
-             / lead_field.shape[0])
+             / lead_field.shape[0]).unsqueeze(-1)
     if noise.dim() == 2:  # diagonal noise, learned or given: same floor
-        noise = torch.maximum(noise, floor.unsqueeze(-1))
+        noise = torch.maximum(noise, floor)
     history = {"cost": [], "source_var": [], "noise_var": []}
+    per_sample_stop = bool(tol) and not keep_history
+    # outputs of finished samples, written as they stop
+    out_sources = Y.new_zeros((n_batch, n_sources, Y.shape[-1]))
+    out_source_var = Y.new_zeros((n_batch, n_sources))
+    out_noise = torch.zeros_like(noise)
+    running = torch.arange(n_batch, device=Y.device)  # batch rows still iterating
+    columns = torch.arange(n_sources, device=Y.device)  # lead-field columns still in use
+    ops = _PairOps(lead_field, n_batch)
+    has_gain = (lead_field ** 2).sum(0) > 0
 
     def factorise(signal_cov, noise):
         """Cholesky factor, its inverse, the precision S and the log of ``c`` (B,)."""
@@ -275,23 +301,33 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         precision = inv_chol.transpose(-1, -2) @ inv_chol - ref / scale
         return chol, inv_chol, precision, torch.log(scale.reshape(-1)) * ref.trace()
 
+    def finish(rows, precision_rows):
+        """Write the posterior mean ``Gamma L^T S Y`` of the batch rows ``rows``."""
+        idx = running[rows]
+        sub = lead_field[:, columns]
+        out_sources[idx.unsqueeze(-1), columns] = source_var[rows].unsqueeze(-1) * (
+            sub.T @ (precision_rows @ Y[idx]))
+        out_source_var[idx.unsqueeze(-1), columns] = source_var[rows]
+        out_noise[idx] = noise[rows]
+
     signal_cov = ops.signal_cov(source_var)
     chol, inv_chol, precision, log_scale = factorise(signal_cov, noise)
     iteration = 0
     for iteration in range(1, n_iter + 1):
+        Vr = V[running]
         if keep_history:
-            _record(history, type2_cost(chol, inv_chol @ V, log_scale), source_var, noise)
+            _record(history, type2_cost(chol, inv_chol @ Vr, log_scale), source_var, noise)
         # Source update: S Cy S = (S V)(S V)^T.
-        SV = precision @ V
+        SV = precision @ Vr
         # l^T S l and l^T S Cy S l
         gain, fit = ops.quad_diag(precision, SV @ SV.transpose(-1, -2))
         ratio = torch.where(has_gain, fit.clamp(min=0) / gain.clamp(min=tiny),
                             torch.zeros_like(gain))
         new_source_var = source_var * ratio.sqrt()
-        if prune_threshold:
-            peak = new_source_var.amax(-1, keepdim=True)
-            new_source_var = torch.where(new_source_var < prune_threshold * peak,
-                                         torch.zeros_like(new_source_var), new_source_var)
+        peak = new_source_var.amax(-1, keepdim=True)
+        threshold = max(prune_threshold or 0.0, COLLAPSED)
+        new_source_var = torch.where(new_source_var < threshold * peak,
+                                     torch.zeros_like(new_source_var), new_source_var)
         change = ((new_source_var - source_var).abs().sum(-1)
                   / source_var.abs().sum(-1).clamp(min=tiny))
         source_var = new_source_var
@@ -300,22 +336,41 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
             # Noise update with the new source variances and the old noise.
             _, _, noise_precision, _ = factorise(signal_cov, noise)
             s_diag = diagonal(noise_precision, eye)  # S[n, n]
-            scs_diag = ((noise_precision @ V) ** 2).sum(-1)  # (S Cy S)[n, n]
+            scs_diag = ((noise_precision @ Vr) ** 2).sum(-1)  # (S Cy S)[n, n]
             if noise_mode == "homoscedastic":
                 scs_diag = scs_diag.sum(-1, keepdim=True)
                 s_diag = s_diag.sum(-1, keepdim=True)
             ratio = scs_diag.clamp(min=0) / s_diag.clamp(min=tiny)
-            noise = torch.maximum(noise * ratio.sqrt(), floor.unsqueeze(-1))
+            noise = torch.maximum(noise * ratio.sqrt(), floor[running])
         chol, inv_chol, precision, log_scale = factorise(signal_cov, noise)
-        if tol and bool((change < tol).all()):
-            break
+        if not tol:
+            continue
+        converged = change < tol
+        if not per_sample_stop:
+            if bool(converged.all()):
+                break
+            continue
+        if bool(converged.any()):
+            finish(converged, precision[converged])
+            keep = ~converged
+            running, source_var, noise = running[keep], source_var[keep], noise[keep]
+            chol, inv_chol, precision = chol[keep], inv_chol[keep], precision[keep]
+            log_scale = log_scale[keep]
+            if len(running) == 0:
+                break
+        # drop the columns that every running sample has lost
+        live = (source_var > 0).any(0)
+        if live.sum() < (1 - COMPACT_FRACTION) * len(columns):
+            columns, source_var, has_gain = columns[live], source_var[:, live], has_gain[live]
+            ops = _PairOps(lead_field[:, columns], n_batch)
+    if len(running):
+        finish(torch.ones(len(running), dtype=torch.bool, device=Y.device), precision)
     if keep_history:
         _record(history, type2_cost(chol, inv_chol @ V, log_scale), source_var, noise)
         history = {k: torch.stack(v, dim=1) for k, v in history.items()}
     else:
         history = {}
-    sources = source_var.unsqueeze(-1) * (lead_field.T @ (precision @ Y))  # Gamma L^T S Y
-    return ChampagneResult(sources, source_var, noise, iteration, history)
+    return ChampagneResult(out_sources, out_source_var, out_noise, iteration, history)
 
 
 def _record(history, cost, source_var, noise):
