@@ -62,3 +62,11 @@ def test_cuda_matches_cpu(small_fwd):  # runs on a GPU machine only
     np.testing.assert_allclose(net.fit_simulated().predict(data.sensors), us.ClassicalCB(
         small_fwd, n_iter=5).fit().predict(data.sensors), rtol=1e-5,
         atol=1e-10 * np.abs(ref).max())
+
+
+def test_bench_gpu_dry_run_exercises_every_path(capsys):
+    from benchmarks import bench_gpu
+
+    bench_gpu.main(["--dry-run"])
+    out = capsys.readouterr().out
+    assert "CPU (dry run)" in out and "speed-up" in out and "samples/s" in out

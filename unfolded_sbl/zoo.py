@@ -126,13 +126,15 @@ def load_pretrained(name, forward=None, backend="torch", **kwargs):
         ``"torch"`` returns an :class:`UnfoldedSBLRegressor` (fine-tunable),
         ``"onnx"`` a fitted :class:`OnnxSBLRegressor`.
     **kwargs
-        Passed to :class:`OnnxSBLRegressor` (e.g. ``intra_op_num_threads``).
+        Passed to :meth:`UnfoldedSBLRegressor.load` for torch (``dtype``,
+        ``device``) and to :class:`OnnxSBLRegressor` for onnx (``providers``,
+        ``intra_op_num_threads``, ...).
     """
     if backend == "torch":
         from .unfolded import UnfoldedSBLRegressor
 
         return UnfoldedSBLRegressor.load(pretrained_path(name, "pt"),
-                                         forward=forward or TRAIN_FORWARD)
+                                         forward=forward or TRAIN_FORWARD, **kwargs)
     if backend == "onnx":
         from .onnx_runtime import OnnxSBLRegressor
 
