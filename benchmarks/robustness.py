@@ -34,7 +34,7 @@ from unfolded_sbl.simulate import ROBUST_SIMULATOR
 from unfolded_sbl.zoo import ROBUST_BUDGETS, TRAIN_FORWARD
 
 WORK = HERE / "_work" / "robustness"
-SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint")
+SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint")
 REFERENCE = "ClassicalCB-25"
 
 #: single head-model errors: label -> member parameters (others nominal)

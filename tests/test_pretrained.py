@@ -9,7 +9,7 @@ import pytest
 import unfolded_sbl as us
 from unfolded_sbl import zoo
 
-SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint")
+SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint")
 
 
 def test_all_presets_are_shipped():
@@ -31,7 +31,11 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
     assert card["dtype"] == "float64" and torch_est.dtype == "float64"
     stages = [stage["name"] for stage in card["training"]["stages"]]
-    assert stages == (["paper"] if "attn" in name else ["paper", "robust"])
+    expected = {"deep-attn-cb-joint": ["paper"],
+                # the graph model starts from Deep CB and inherits its two stages
+                "deep-graph-cb-joint": ["deep-cb-joint: paper", "deep-cb-joint: robust",
+                                        "robust"]}.get(name, ["paper", "robust"])
+    assert stages == expected
 
 
 def test_deep_cb_runs_on_another_cap_and_source_space():
