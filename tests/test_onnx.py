@@ -178,3 +178,20 @@ def test_pretrained_path_gives_the_installed_onnx_file():
     assert path.exists() and path.suffix == ".onnx"
     est = us.OnnxSBLRegressor(path).fit()
     assert est.n_sources_ == 1284
+
+
+def test_onnx_takes_the_pair_form_from_the_pair_batch_size(perturbed_net, onnx_file):
+    """One file holds both product forms, chosen by batch size as torch does."""
+    import onnx
+
+    from unfolded_sbl._champagne import PAIR_BATCH_MIN
+
+    fwd, net = perturbed_net
+    model = onnx.load(str(onnx_file))
+    assert [n.op_type for n in model.graph.node][-1] == "If"
+    est = us.OnnxSBLRegressor(onnx_file, forward=fwd).fit()
+    rng = np.random.default_rng(3)
+    for batch in (PAIR_BATCH_MIN - 1, PAIR_BATCH_MIN, 2 * PAIR_BATCH_MIN + 1):
+        X = rng.normal(size=(batch, 16, 6))
+        ref, out = net.predict(X), est.predict(X)
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5, batch

@@ -85,3 +85,25 @@ def test_card_records_validation_against_classical(name):
     json.dumps(card)  # plain JSON
     for key in ("seed", "versions", "estimator_params"):
         assert key in card
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_other_source_spacing_is_solved_classically(backend):
+    """Trained at ico3 (~10 mm): at ico4 (~5 mm) the corrections are outside their
+    regime and the model is the classical solver at the same depth."""
+    from unfolded_sbl.forward import source_spacing
+
+    fwd = us.load_forward("things63-ico4")
+    data = us.simulate(fwd, 2, random_state=0, n_times=20)
+    est = us.load_pretrained("deep-cb-joint", forward=fwd, backend=backend)
+    assert est.train_spacing_ == pytest.approx(source_spacing(us.load_forward()))
+    out = est.predict(data.sensors)
+    assert est.classical_fallback_.all()
+    ref = us.ClassicalCB(fwd).fit().predict(data.sensors)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+    forced = us.load_pretrained("deep-cb-joint", forward=fwd, regime_check=False)
+    assert np.linalg.norm(forced.predict(data.sensors) - ref) > 1e-3 * np.linalg.norm(ref)
+    # another cap at the training resolution keeps the corrections
+    ico3 = us.load_pretrained("deep-cb-joint", forward="things63-ico3", backend=backend)
+    ico3.predict(us.simulate("things63-ico3", 2, random_state=0, n_times=20).sensors)
+    assert not ico3.classical_fallback_.any()

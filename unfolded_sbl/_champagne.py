@@ -86,9 +86,19 @@ def pair_products(lead_field):
     With them ``L diag(gamma) L^T`` and ``diag(L^T A L)`` for a whole batch are
     single matrix products against this one matrix (symmetry halves the work).
     """
-    rows, cols = torch.triu_indices(lead_field.shape[0], lead_field.shape[0],
-                                    device=lead_field.device)
+    rows, cols = upper_triangle(lead_field)
     return lead_field[rows] * lead_field[cols], rows, cols
+
+
+def upper_triangle(lead_field):
+    """Row and column indices of the upper triangle of an N x N matrix, row-major
+    (as ``torch.triu_indices``), built from ``arange`` and a mask so that an
+    exported graph computes them from its dynamic channel count."""
+    idx = torch.arange(lead_field.shape[0], device=lead_field.device)
+    rows = idx.unsqueeze(1) + idx.unsqueeze(0) * 0
+    cols = idx.unsqueeze(0) + idx.unsqueeze(1) * 0
+    upper = (rows <= cols).reshape(-1)
+    return rows.reshape(-1)[upper], cols.reshape(-1)[upper]
 
 
 #: Below this batch size the products run per sample (matrix-vector products
@@ -115,11 +125,14 @@ class _PairOps:
         weights = torch.where(rows == cols, 1.0, 2.0).to(lead_field.dtype)
         self.weighted_products = self.products * weights[:, None]
         self.flat_upper = rows * n + cols
-        # Every entry of the full matrix, as an index into the upper-triangle pairs.
-        pair_index = torch.empty(n, n, dtype=torch.long, device=lead_field.device)
-        pair_index[rows, cols] = torch.arange(len(rows), device=lead_field.device)
-        pair_index[cols, rows] = pair_index[rows, cols]
-        self.pair_index = pair_index.reshape(-1)
+        # Every entry (i, j) of the full matrix as an index into the row-major upper
+        # triangle: a * n - a (a - 1) / 2 + (b - a) with a = min(i, j), b = max(i, j)
+        # (arithmetic, not a scatter, so that it exports with a dynamic n).
+        idx = torch.arange(n, device=lead_field.device)
+        i, j = idx.unsqueeze(1) + idx.unsqueeze(0) * 0, idx.unsqueeze(0) + idx.unsqueeze(1) * 0
+        a, b = torch.minimum(i, j), torch.maximum(i, j)
+        self.pair_index = (a * n - torch.div(a * (a - 1), 2, rounding_mode="floor")
+                           + (b - a)).reshape(-1)
 
     def signal_cov(self, source_var):
         if not self.paired:
@@ -131,8 +144,11 @@ class _PairOps:
         """``diag(L^T A L)`` for each symmetric (B, N, N) A -> (B, M) each."""
         if not self.paired:
             return tuple(((a @ self.lead_field) * self.lead_field).sum(-2) for a in syms)
-        flat = torch.cat([a.reshape(a.shape[0], -1) for a in syms])[:, self.flat_upper]
-        return (flat @ self.weighted_products).split(syms[0].shape[0])
+        # stacked on a leading axis of static size (not concatenated along the batch
+        # and split by its size, which an exported graph would freeze)
+        stacked = torch.stack(syms)
+        flat = stacked.reshape(len(syms), stacked.shape[1], -1)[..., self.flat_upper]
+        return tuple((flat @ self.weighted_products).unbind(0))
 
 
 def identity_like(n_channels, like):

@@ -15,6 +15,7 @@ on unit-scale data: scaling ``X`` by ``c`` scales the output by ``c``.
 
 from __future__ import annotations
 
+import logging
 import numbers
 
 import numpy as np
@@ -26,15 +27,23 @@ from sklearn.utils.validation import check_is_fitted
 from ._champagne import champagne
 from ._validation import (check_device, check_finite_array, check_noise_var,
                           check_positive_int, check_sensor_data)
-from .forward import as_forward
+from .forward import as_forward, source_spacing
 from .metrics import rmse
 
+logger = logging.getLogger("unfolded_sbl")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Regime check of the learned models (``regime_level_db``): samples below this
 #: level are solved by the classical solver instead.  Their training data never
 #: went below -38 dB (per-sensor SNR up to 40 dB); noise-free or exactly low-rank
 #: data sit near -300 dB, 50 dB SNR near -56 dB.
 REGIME_FLOOR_DB = -50.0
+#: Learned corrections are only used on source spaces whose spacing is within
+#: this factor of the training source space's (``forward.source_spacing``).
+#: Measured (``python -m benchmarks.transfer``): models trained at ico3 (about
+#: 10 mm) lose to ClassicalCB at ico4 (about 5 mm), where the classical error
+#: itself grows beyond 10 iterations and the learned acceleration of the
+#: sparsification makes it worse; there the models solve classically.
+SPACING_TOLERANCE = 1.4
 
 
 def regime_level_db(Y, referenced=True):
@@ -118,10 +127,34 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         return Y / safe[:, None, None], noise, safe, scale > 0
 
     def _outside_regime(self, Y):
-        """Samples a learned model should leave to the classical solver (n,) bool."""
+        """Samples a learned model should leave to the classical solver (n,) bool:
+        data outside the trained SNR regime, or every sample when the source space
+        is much finer or coarser than the training one (:data:`SPACING_TOLERANCE`)."""
         if not getattr(self, "regime_check", True):
             return np.zeros(len(Y), bool)
-        return regime_level_db(Y, self.average_reference_) < REGIME_FLOOR_DB
+        outside = regime_level_db(Y, self.average_reference_) < REGIME_FLOOR_DB
+        if self._other_resolution():
+            outside[:] = True
+        return outside
+
+    def _other_resolution(self):
+        """True (and logged once) when the forward model's source spacing differs from
+        the training source space's by more than :data:`SPACING_TOLERANCE`."""
+        trained = getattr(self, "train_spacing_", None)
+        if not trained:
+            return False
+        spacing = source_spacing(self.forward_)
+        ratio = max(spacing / trained, trained / spacing)
+        if ratio <= SPACING_TOLERANCE:
+            return False
+        if not getattr(self, "_warned_spacing", False):
+            logger.warning(
+                "the learned corrections were trained on a source space with %.1f mm "
+                "spacing; this one has %.1f mm: solving with the classical updates at the "
+                "same depth (regime_check=False uses the corrections anyway)",
+                1e3 * trained, 1e3 * spacing)
+            self._warned_spacing = True
+        return True
 
     def _physical(self, sources, source_var, noise_var, safe, nonzero):
         """Undo the normalisation of network outputs (numpy arrays)."""

@@ -45,6 +45,46 @@ class _Graph(nn.Module):
         return out["sources"], out["source_var"], out["noise_var"]
 
 
+OUTPUTS = ("sources", "source_var", "noise_var")
+
+
+def _branch(model, prefix):
+    """The graph of ``model`` as an ``If`` branch: no inputs of its own (it reads the
+    outer graph's inputs by name), every other name prefixed."""
+    from onnx import compose, helper
+
+    graph = compose.add_prefix_graph(model.graph, prefix, rename_inputs=False)
+    return helper.make_graph(list(graph.node), f"{prefix}graph", [], list(graph.output),
+                             initializer=list(graph.initializer),
+                             value_info=list(graph.value_info))
+
+
+def _choose_by_batch_size(paired, single):
+    """One model that runs the pair (GEMM) form of the products for batches of
+    ``PAIR_BATCH_MIN`` or more and the per-sample form below, as torch does: an
+    ``If`` on the batch size of ``sensors`` over the two exported graphs."""
+    from onnx import TensorProto, helper
+
+    from ._champagne import PAIR_BATCH_MIN
+
+    nodes = [
+        helper.make_node("Shape", ["sensors"], ["sensors_shape"]),
+        helper.make_node("Gather", ["sensors_shape", "batch_axis"], ["batch"], axis=0),
+        helper.make_node("GreaterOrEqual", ["batch", "pair_batch_min"], ["use_pairs"]),
+        helper.make_node("If", ["use_pairs"], list(OUTPUTS),
+                         then_branch=_branch(paired, "paired_"),
+                         else_branch=_branch(single, "single_")),
+    ]
+    constants = [helper.make_tensor("batch_axis", TensorProto.INT64, [], [0]),
+                 helper.make_tensor("pair_batch_min", TensorProto.INT64, [], [PAIR_BATCH_MIN])]
+    graph = helper.make_graph(nodes, "unfolded_sbl", list(single.graph.input),
+                              list(single.graph.output), initializer=constants)
+    model = helper.make_model(graph, opset_imports=list(single.opset_import),
+                              producer_name="unfolded_sbl")
+    model.ir_version = single.ir_version  # what torch wrote (onnxruntime reads it)
+    return model
+
+
 def _inverse_symbolic(g, matrix):
     return g.op("com.microsoft::Inverse", matrix).setType(matrix.type())
 
@@ -103,20 +143,25 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
         axes["neighbour_index"] = {0: "sources", 1: "neighbours"}
         axes["neighbour_weight"] = {0: "sources", 1: "neighbours"}
     register_custom_op_symbolic("aten::linalg_inv", _inverse_symbolic, OPSET)
+    branches = {}
     network.use_inverse = True
     try:
-        with torch.no_grad():
-            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=names,
-                              output_names=["sources", "source_var", "noise_var"],
-                              dynamic_axes=axes, opset_version=OPSET,
-                              custom_opsets={"com.microsoft": 1})
+        for paired in (True, False):
+            network.export_paired = paired
+            with torch.no_grad():
+                torch.onnx.export(graph, args, str(path), dynamo=False, input_names=names,
+                                  output_names=list(OUTPUTS), dynamic_axes=axes,
+                                  opset_version=OPSET, custom_opsets={"com.microsoft": 1})
+            branches[paired] = onnx.load(str(path))
     finally:
         network.use_inverse = False
-    model = onnx.load(str(path))
+        network.export_paired = False
+    model = _choose_by_batch_size(branches[True], branches[False])
     meta = {"unfolded_sbl_version": __version__, "config": config,
             "lead_field_scale_rule": "trace(L L^T) = n_channels - 1 (average reference)",
             "dtype": estimator.dtype, "n_channels": estimator.n_features_in_,
             "n_sources": estimator.n_sources_,
+            "train_spacing": getattr(estimator, "train_spacing_", None),
             "fixed_sizes": "bias" in (config["correction"], config["noise_correction"])}
     model.metadata_props.add(key="unfolded_sbl", value=json.dumps(meta))
     onnx.checker.check_model(model)

@@ -303,6 +303,8 @@ class UnfoldedChampagne(nn.Module):
             [_make_correction(self.noise_correction, N_FEATURES, n_channels) or nn.Identity()
              for _ in range(n_layers - 1)])
         self.use_inverse = False  # True while exporting (ONNX has no Cholesky)
+        # products while exporting: pair (GEMM) form, or per sample (None: by batch size)
+        self.export_paired = False
         self._use_corrections = True
 
     def _precision(self, signal_cov, noise, ref, eye):
@@ -373,9 +375,10 @@ class UnfoldedChampagne(nn.Module):
         """
         self._use_corrections = not classical
         n_batch, n_channels, n_times = Y.shape
-        # Exported graphs use the per-sample products: they need no pair indices,
-        # whose size depends on the (dynamic) channel count.
-        ops = _PairOps(lead_field, n_batch, paired=False if self.use_inverse else None)
+        # Exported graphs hold both forms of the products (``export``): the pair
+        # (GEMM) form and the per-sample one, chosen by batch size in the graph.
+        ops = _PairOps(lead_field, n_batch, paired=self.export_paired if self.use_inverse
+                       else None)
         has_gain = ((lead_field ** 2).sum(0) > 0).to(Y.dtype)
         eye = identity_like(n_channels, Y)
         ref = reference_projector(lead_field)

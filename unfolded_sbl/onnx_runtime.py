@@ -114,6 +114,7 @@ class OnnxSBLRegressor(_SourceEstimator):
                 f"{self.metadata_['n_sources']} sources; the forward model has "
                 f"{self.n_features_in_} x {self.n_sources_}")
         self.learn_noise_ = self.metadata_["config"]["learn_noise"]
+        self.train_spacing_ = self.metadata_.get("train_spacing")
         # files exported before float64 graphs carry no dtype: they are float32
         self.input_dtype_ = np.dtype(self.metadata_.get("dtype", "float32"))
         config = self.metadata_["config"]

@@ -10,7 +10,7 @@ import torch
 from . import __version__
 from ._validation import check_device, check_finite_array, check_positive_int
 from .estimators import _DTYPES, _SourceEstimator
-from .forward import list_forwards, load_forward, mesh_neighbourhoods
+from .forward import list_forwards, load_forward, mesh_neighbourhoods, source_spacing
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
 from .simulate import Simulator
 from .training import LOSSES, Trainer, TrainSettings
@@ -127,9 +127,11 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     regime_check : bool
         Solve samples that lie outside the regime the corrections were trained
         for (noise-free, exactly low-rank or above about 50 dB SNR data, see
-        ``unfolded_sbl.estimators.regime_level_db``) with the classical solver
-        (the same network without corrections).  ``classical_fallback_`` marks
-        them after ``predict``.
+        ``unfolded_sbl.estimators.regime_level_db``; or every sample when the
+        source space's spacing differs from the training one by more than
+        ``unfolded_sbl.estimators.SPACING_TOLERANCE``, e.g. ico4 for a model
+        trained at ico3) with the classical solver (the same network without
+        corrections).  ``classical_fallback_`` marks them after ``predict``.
     dtype : {"float64", "float32"}
         Precision of the network.  float64 (default) keeps the solver exact at
         every SNR; float32 is about 1.7x faster but its round-off limits the
@@ -256,6 +258,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                                           n_channels=self.n_features_in_,
                                           **self._config()).to(self.torch_dtype_)
         self.network_.to(self.device_)
+        # the corrections are learned for this source spacing (see regime_check)
+        self.train_spacing_ = source_spacing(self.forward_)
         self.history_ = []
         return self
 
@@ -427,16 +431,18 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                     "forward_name": (self.forward_.name if self.forward_.name in
                                      list_forwards() else None),
                     "history": self.history_,
+                    "train_spacing": getattr(self, "train_spacing_", None),
                     "state_dict": {k: v.detach().cpu() for k, v in
                                    self.network_.state_dict().items()}}, path)
 
     @classmethod
-    def load(cls, path, forward=None, dtype=None, device="cpu"):
+    def load(cls, path, forward=None, dtype=None, device="cpu", regime_check=True):
         """Load a model written by :meth:`save`.
 
         ``forward`` (default: the template it was trained on) may be another cap
         or source space for the MLP and attention variants; ``dtype`` overrides
-        the precision it was saved with; ``device`` is where it runs.
+        the precision it was saved with; ``device`` is where it runs;
+        ``regime_check`` as in the constructor.
         """
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -458,7 +464,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                 raise ValueError("the model was trained on a custom forward model: pass "
                                  "forward=")
         est = cls(forward=forward, max_epochs=0, dtype=dtype or blob["dtype"], device=device,
-                  **config)
+                  regime_check=regime_check, **config)
         est._check_params()
         est.device_ = check_device(device)
         est._fit_forward(None)
@@ -482,6 +488,10 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             raise ValueError(f"{path}: weights do not match the stored config: {err}") from None
         est.network_.to(est.torch_dtype_).to(est.device_).eval()
         est.history_ = blob.get("history", [])
+        est.train_spacing_ = blob.get("train_spacing")
+        if est.train_spacing_ is None and blob.get("forward_name"):
+            # files written before the field: the spacing of the training template
+            est.train_spacing_ = source_spacing(load_forward(blob["forward_name"]))
         return est
 
 
