@@ -207,7 +207,11 @@ class ClassicalCB(_SourceEstimator):
         Maximum number of iterations (default 25, the paper's unfolded depth).
     tol : float
         Convergence tolerance on the relative change of the source variances;
-        0 (default) always runs ``n_iter`` iterations.
+        0 (default) always runs ``n_iter`` iterations.  Each sample stops when
+        it converges (a batch does not wait for its slowest sample), and
+        sources whose variance collapsed below ``1e-12`` of the sample's
+        largest are dropped from the products (exact on the remaining problem;
+        ``unfolded_sbl._champagne.COLLAPSED``).
     init_source_var : float
         Initial source variance in normalised units, where 1 makes the model's
         signal power equal to the data power.
