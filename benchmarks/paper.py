@@ -61,6 +61,8 @@ LEARNED = {
                                    "learn_noise": False}),
     "Deep CB joint": ("unfolded", {"correction": "mlp", "noise_correction": "mlp",
                                    "learn_noise": True}),
+    "Deep Graph CB joint": ("unfolded", {"correction": "graph", "noise_correction": "mlp",
+                                         "learn_noise": True}),
     "Deep Attn CB known": ("unfolded", {"correction": "attention", "noise_correction": "none",
                                         "learn_noise": False}),
     "Deep Attn CB joint": ("unfolded", {"correction": "attention", "noise_correction": "mlp",
@@ -68,7 +70,7 @@ LEARNED = {
 }
 #: learned method -> shipped model trained with the full budget, seed 0
 SHIPPED = {"Deep CB known": "deep-cb-known", "Deep CB joint": "deep-cb-joint",
-           "Deep Attn CB joint": "deep-attn-cb-joint"}
+           "Deep Graph CB joint": "deep-graph-cb-joint", "Deep Attn CB joint": "deep-attn-cb-joint"}
 #: models tied to the training cap's channel and source counts
 TIED = ("DeepSIF-like (end-to-end)", "Bias CB known", "Bias CB joint")
 
@@ -256,6 +258,8 @@ def evaluate_setting(setting, models, budget, verbose=True):
 
 
 def _cell(values, digits):
+    if np.all(np.isnan(values)):  # sLORETA's standardised output has no rMSE
+        return "n/a"
     mean = np.mean(values)
     text = f"{mean:.{digits}f}" if abs(mean) < 1e3 else f"{mean:.3g}"
     if len(values) > 1:
