@@ -7,7 +7,7 @@ import torch
 
 import unfolded_sbl as us
 from unfolded_sbl._champagne import reference_projector, safe_cholesky
-from unfolded_sbl.network import MAX_CORRECTION, UnfoldedChampagne
+from unfolded_sbl.network import MAX_CORRECTION
 
 
 def _forward(average_reference=True, seed=0, n_channels=16, n_sources=60):
