@@ -16,6 +16,11 @@ logger = logging.getLogger("unfolded_sbl")
 
 
 def _session(path, providers, threads):
+    """An onnxruntime session with the library's defaults, kept on purpose: full
+    graph optimisation (``ORT_ENABLE_ALL``: the exported graphs' constant folding
+    and GEMM fusions), the CPU memory arena (the per-layer N x N buffers are
+    reused across calls), sequential execution (the layers are a chain), and
+    onnxruntime's thread count unless ``threads`` is given."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -58,7 +63,11 @@ class OnnxSBLRegressor(_SourceEstimator):
     providers : list of str | None
         onnxruntime execution providers; default CUDA when available, else CPU.
     batch_size : int
-        Samples per onnxruntime call.
+        Samples per onnxruntime call.  The graph solves batches of 8 or more with
+        one GEMM against the lead field's pair products and smaller ones per
+        sample (``unfolded_sbl.export``); from 8 up the time per sample is
+        nearly flat (``python -m benchmarks.bench_onnx``), so the default 64
+        bounds memory without costing speed.
     intra_op_num_threads : int | None
         onnxruntime threads (None: its default).
     regime_check : bool
