@@ -47,16 +47,23 @@ def before_png(stc, fwd, fname, title):
     plt.close(fig)
 
 
-def screenshot(html, png):
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser",
-                                              "google-chrome") if shutil.which(n)), None)
+def chromium():
+    """Path of a headless-capable Chromium, or None."""
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)
+
+
+def screenshot(html, png, timeout=180):
+    """Render ``html`` in headless Chromium (software WebGL) into ``png``; False
+    where Chromium is not installed."""
+    browser = chromium()
     if browser is None:
         return False
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                     "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
                     "--virtual-time-budget=10000", "--window-size=1200,900",
                     f"--screenshot={png}", Path(html).resolve().as_uri()],
-                   check=True, timeout=180, capture_output=True)
+                   check=True, timeout=timeout, capture_output=True)
     return True
 
 

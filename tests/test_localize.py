@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import unfolded_sbl as us
+from benchmarks.report_figures import chromium, screenshot
 from unfolded_sbl import cli, localize
 
 mne = pytest.importorskip("mne")
@@ -154,13 +155,6 @@ def test_raw_recording_is_epoched_on_an_event(fwd, data, tmp_path):
     assert stc.data.shape == (1284, 101) and stc.tmin == pytest.approx(1.0)
 
 
-def _chromium():
-    import shutil
-
-    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(n)), None)
-
-
 def test_html_viewer_is_self_contained_and_png_is_readable(fwd, data, tmp_path):
     import re
 
@@ -184,19 +178,13 @@ def test_html_viewer_is_self_contained_and_png_is_readable(fwd, data, tmp_path):
     assert image.shape[0] >= 800 and image.shape[1] >= 1000  # large views, not a strip
 
 
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed")
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed")
 def test_html_viewer_renders_in_headless_chromium(fwd, data, tmp_path):
-    import subprocess
-
     fname = _evoked_file(fwd, data, tmp_path)
     assert cli.main(["localize", str(fname), "--model", "ClassicalCB", "--tmin", "0",
                      "--formats", "html", "--out", str(tmp_path / "view")]) == 0
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-                    "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
-                    "--virtual-time-budget=10000", "--window-size=1200,900",
-                    f"--screenshot={shot}", (tmp_path / "view.html").as_uri()],
-                   check=True, timeout=120, capture_output=True)
+    assert screenshot(tmp_path / "view.html", shot, timeout=120)
     from matplotlib.image import imread
 
     pixels = imread(shot)[..., :3]

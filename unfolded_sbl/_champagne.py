@@ -90,13 +90,18 @@ def pair_products(lead_field):
     return lead_field[rows] * lead_field[cols], rows, cols
 
 
+def _index_grid(n, device):
+    """Row and column index of every entry of an n x n matrix, each (n, n), from
+    ``arange`` and broadcasting so that an exported graph keeps ``n`` dynamic."""
+    idx = torch.arange(n, device=device)
+    return idx.unsqueeze(1) + idx.unsqueeze(0) * 0, idx.unsqueeze(0) + idx.unsqueeze(1) * 0
+
+
 def upper_triangle(lead_field):
     """Row and column indices of the upper triangle of an N x N matrix, row-major
     (as ``torch.triu_indices``), built from ``arange`` and a mask so that an
     exported graph computes them from its dynamic channel count."""
-    idx = torch.arange(lead_field.shape[0], device=lead_field.device)
-    rows = idx.unsqueeze(1) + idx.unsqueeze(0) * 0
-    cols = idx.unsqueeze(0) + idx.unsqueeze(1) * 0
+    rows, cols = _index_grid(lead_field.shape[0], lead_field.device)
     upper = (rows <= cols).reshape(-1)
     return rows.reshape(-1)[upper], cols.reshape(-1)[upper]
 
@@ -128,8 +133,7 @@ class _PairOps:
         # Every entry (i, j) of the full matrix as an index into the row-major upper
         # triangle: a * n - a (a - 1) / 2 + (b - a) with a = min(i, j), b = max(i, j)
         # (arithmetic, not a scatter, so that it exports with a dynamic n).
-        idx = torch.arange(n, device=lead_field.device)
-        i, j = idx.unsqueeze(1) + idx.unsqueeze(0) * 0, idx.unsqueeze(0) + idx.unsqueeze(1) * 0
+        i, j = _index_grid(n, lead_field.device)
         a, b = torch.minimum(i, j), torch.maximum(i, j)
         self.pair_index = (a * n - torch.div(a * (a - 1), 2, rounding_mode="floor")
                            + (b - a)).reshape(-1)
@@ -292,8 +296,8 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     eye = identity_like(lead_field.shape[0], Y)
     ref = reference_projector(lead_field)
     tiny = torch.finfo(Y.dtype).tiny
-    source_var = torch.where((lead_field ** 2).sum(0) > 0, source_var,
-                             torch.zeros_like(source_var))
+    has_gain = (lead_field ** 2).sum(0) > 0
+    source_var = torch.where(has_gain, source_var, torch.zeros_like(source_var))
     noise = noise_var.clone()
     floor = (NOISE_FLOOR.get(Y.dtype, 1e-6) * (V ** 2).sum((-2, -1)).clamp(min=tiny)
              / lead_field.shape[0]).unsqueeze(-1)
@@ -308,7 +312,6 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     running = torch.arange(n_batch, device=Y.device)  # batch rows still iterating
     columns = torch.arange(n_sources, device=Y.device)  # lead-field columns still in use
     ops = _PairOps(lead_field, n_batch)
-    has_gain = (lead_field ** 2).sum(0) > 0
 
     def factorise(signal_cov, noise):
         """Cholesky factor, its inverse, the precision S and the log of ``c`` (B,)."""

@@ -173,10 +173,11 @@ EPILOG = """examples:
   unfolded-sbl forward list                  the shipped template forward models
 
 'unfolded-sbl COMMAND --help' describes each command's options."""
-PRESET_NAMES = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint")
 
 
 def build_parser():
+    from .zoo import PRESETS
+
     parser = argparse.ArgumentParser(
         prog="unfolded-sbl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,7 +259,7 @@ def build_parser():
     exp.set_defaults(func=_cmd_export)
 
     train = sub.add_parser("train", help="train a pretrained-model preset on the simulator")
-    train.add_argument("name", help="preset: " + ", ".join(PRESET_NAMES))
+    train.add_argument("name", help="preset: " + ", ".join(sorted(PRESETS)))
     train.add_argument("--out", default=None, help="output folder (default: package models)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     train.add_argument("--n-eval", type=int, default=256,

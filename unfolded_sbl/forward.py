@@ -229,11 +229,22 @@ def mesh_graph(forward):
     return sp.csr_matrix((length, (adj.row, adj.col)), shape=adj.shape)
 
 
+def _cached(forward, key, compute):
+    """``compute()``, cached on the forward model (its geometry does not change)."""
+    cache = forward.__dict__.setdefault("_geometry_cache", {})
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
 def source_spacing(forward):
     """Median length (metres) of the source-space graph's edges: about 10 mm for
     fsaverage ico3, 5 mm for ico4."""
-    lengths = mesh_graph(forward).data
-    return float(np.median(lengths)) if lengths.size else 0.0
+    def median_edge():
+        lengths = mesh_graph(forward).data
+        return float(np.median(lengths)) if lengths.size else 0.0
+
+    return _cached(forward, "spacing", median_edge)
 
 
 def mesh_neighbourhoods(forward, sigma=GRAPH_SIGMA, radius=GRAPH_RADIUS, chunk=512):
@@ -257,12 +268,13 @@ def mesh_neighbourhoods(forward, sigma=GRAPH_SIGMA, radius=GRAPH_RADIUS, chunk=5
     distance : ndarray of float64, shape (n_sources, n_neighbours)
         Mesh distances in metres (0 on the padding).
     """
+    return _cached(forward, ("neighbourhoods", float(sigma), float(radius)),
+                   lambda: _neighbourhoods(forward, sigma, radius, chunk))
+
+
+def _neighbourhoods(forward, sigma, radius, chunk):
     from scipy.sparse.csgraph import dijkstra
 
-    key = (float(sigma), float(radius))
-    cache = forward.__dict__.setdefault("_neighbourhoods", {})
-    if key in cache:
-        return cache[key]
     graph = mesh_graph(forward)
     n_sources = forward.n_sources
     rows = []  # (neighbour indices, their distances) per source
@@ -281,8 +293,7 @@ def mesh_neighbourhoods(forward, sigma=GRAPH_SIGMA, radius=GRAPH_RADIUS, chunk=5
         distance[m, :len(r)] = d
         kernel = np.exp(-d ** 2 / (2 * sigma ** 2))
         weight[m, :len(r)] = kernel / kernel.sum()
-    cache[key] = (index.astype(np.int64), weight, distance)
-    return cache[key]
+    return index.astype(np.int64), weight, distance
 
 
 def _check_adjacency(adjacency, n_sources):

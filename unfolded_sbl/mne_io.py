@@ -20,6 +20,14 @@ logger = logging.getLogger("unfolded_sbl")
 TEMPLATE_SEARCH = ("biosemi64-ico3", "things63-ico3", "biosemi128-ico3")
 
 
+def _channel_data(inst, picks):
+    """Data of the channels ``picks`` (names or indices) as (n_epochs, n_channels,
+    n_times); an Evoked is one epoch."""
+    picks = [inst.ch_names.index(p) if isinstance(p, str) else p for p in picks]
+    data = inst.get_data(picks=picks)
+    return data[None] if data.ndim == 2 else data
+
+
 def _eeg_channels(inst):
     """Names of good EEG channels with signal (flat channels are dropped)."""
     import mne
@@ -27,9 +35,8 @@ def _eeg_channels(inst):
     picks = mne.pick_types(inst.info, eeg=True, exclude="bads")
     if len(picks) == 0:
         raise ValueError("the recording has no good EEG channels")
-    data = inst.get_data(picks=picks) if hasattr(inst, "get_data") else inst.data[picks]
-    flat = np.std(data.reshape(len(picks), -1) if data.ndim == 2 else
-                  np.moveaxis(data, 1, 0).reshape(len(picks), -1), axis=1) == 0
+    data = _channel_data(inst, picks)
+    flat = np.std(np.moveaxis(data, 1, 0).reshape(len(picks), -1), axis=1) == 0
     if flat.any():
         logger.warning("dropping flat channels: %s", [inst.ch_names[p] for p in picks[flat]])
     return [inst.ch_names[p] for p in picks[~flat]]
@@ -179,10 +186,7 @@ def noise_variances(inst, ch_names, noise_cov):
             raise ValueError("noise_cov='baseline' needs a pre-stimulus interval (times < 0) "
                              f"of 2 samples or more; this recording starts at "
                              f"{inst.times[0]:.3f} s. Pass an mne.Covariance instead")
-        picks = [inst.ch_names.index(c) for c in ch_names]
-        data = inst.data[picks][None] if isinstance(inst, mne.Evoked) else inst.get_data(
-            picks=picks)
-        baseline = data[:, :, pre]
+        baseline = _channel_data(inst, ch_names)[:, :, pre]
         baseline = baseline - baseline.mean(-1, keepdims=True)
         variance = (baseline ** 2).sum((0, 2)) / max(baseline.shape[0] * (pre.sum() - 1), 1)
     elif isinstance(noise_cov, mne.Covariance):
@@ -210,8 +214,7 @@ def _quality_checks(inst, ch_names, baseline_applied, drop_bad):
     """Log the data-quality findings of the recording; the channels to keep."""
     from .quality import check_channels, check_units
 
-    picks = [inst.ch_names.index(c) for c in ch_names]
-    data = inst.data[picks][None] if hasattr(inst, "nave") else inst.get_data(picks=picks)
+    data = _channel_data(inst, ch_names)
     findings = check_channels(data, ch_names)
     for finding in findings:
         logger.warning(finding["message"])
@@ -296,11 +299,7 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
                                log=logger.warning)
     if fwd.vertices is None:
         raise ValueError("the forward model has no surface vertices for a SourceEstimate")
-    picks = [inst.ch_names.index(c) for c in ch_names]
-    if isinstance(inst, mne.Evoked):
-        X = inst.data[picks][None]
-    else:
-        X = inst.get_data(picks=picks)
+    X = _channel_data(inst, ch_names)
     if noise_var is not None and isinstance(model, str) and model.lower() == "classicalcb":
         from .estimators import ClassicalCB
 

@@ -168,14 +168,13 @@ class OnnxSBLRegressor(_SourceEstimator):
 
     def _predict_network(self, X, Y, noise, safe, nonzero):
         dtype = self.input_dtype_
-        lead_field = self.lead_field_.astype(dtype)
+        fixed = {"lead_field": self.lead_field_.astype(dtype), **self._geometry_feeds()}
         outputs = []
         for start in range(0, len(Y), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            feeds = {"sensors": Y[sl].astype(dtype), "lead_field": lead_field}
+            feeds = {"sensors": Y[sl].astype(dtype), **fixed}
             if noise is not None:
                 feeds["noise_var_in"] = noise[sl].astype(dtype)
-            feeds.update(self._geometry_feeds())
             outputs.append(self.session_.run(None, feeds))
         sources, self.source_var_, self.noise_var_ = self._physical(
             *(np.concatenate([o[i] for o in outputs]).astype(np.float64) for i in range(3)),

@@ -138,11 +138,18 @@ def _plot_time_courses(ax, stc, peaks, units):
     ax.legend(fontsize=7, loc="upper left", frameon=False)
 
 
-def _map_time(stc, peaks):
-    """Index of the map's time: the peaks' common time, else the power maximum."""
+def _peak_snapshot(stc, peaks, units):
+    """The map the report draws: (|map| in display units, its maximum, the display
+    factor and units, the "t = ... ms" label).  The time is the peaks' common one,
+    else the time of maximal power."""
     if peaks:
-        return int(np.argmin(np.abs(stc.times - peaks[0]["time_s"])))
-    return int(np.argmax((stc.data ** 2).sum(0)))
+        t_index = int(np.argmin(np.abs(stc.times - peaks[0]["time_s"])))
+    else:
+        t_index = int(np.argmax((stc.data ** 2).sum(0)))
+    factor, display = _display_units(units)
+    magnitude = factor * np.abs(stc.data[:, t_index])
+    return (magnitude, float(magnitude.max()) or 1.0, factor, display,
+            f"t = {1e3 * stc.times[t_index]:.0f} ms")
 
 
 def plot_peak_map(stc, forward, peaks, title="", units="source amplitude", fname=None,
@@ -177,10 +184,7 @@ def plot_peak_map(stc, forward, peaks, title="", units="source amplitude", fname
     from matplotlib import cm, colors
     from nilearn import plotting
 
-    t_index = _map_time(stc, peaks)
-    factor, display = _display_units(units)
-    magnitude = factor * np.abs(stc.data[:, t_index])
-    vmax = float(magnitude.max()) or 1.0
+    magnitude, vmax, _, display, time_label = _peak_snapshot(stc, peaks, units)
     textures = surface_texture(magnitude, forward)
     meshes, sulcal = _fsaverage5()
     views = [(h, v) for v in ("lateral", "medial", "posterior") for h in HEMIS]
@@ -199,7 +203,6 @@ def plot_peak_map(stc, forward, peaks, title="", units="source amplitude", fname
     fig.colorbar(cm.ScalarMappable(colors.Normalize(0, vmax), "hot"), cax=cax,
                  label=f"|{display}| (below {threshold:.0%} of the peak: not shown)")
     _plot_time_courses(fig.add_subplot(grid[2, :3]), stc, peaks, units)
-    time_label = f"t = {1e3 * stc.times[t_index]:.0f} ms"
     fig.suptitle(f"{title} {time_label}".strip(), fontsize=12)
     if fname is not None:
         fig.savefig(fname, dpi=dpi)
@@ -234,13 +237,9 @@ def html_viewer(stc, forward, peaks, fname, title="", units="source amplitude",
     from nilearn import plotting
     from nilearn.surface import SurfaceImage
 
-    t_index = _map_time(stc, peaks)
-    factor, display = _display_units(units)
-    magnitude = factor * np.abs(stc.data[:, t_index])
-    vmax = float(magnitude.max()) or 1.0
+    magnitude, vmax, factor, display, time_label = _peak_snapshot(stc, peaks, units)
     meshes, sulcal = _fsaverage5()
     image = SurfaceImage(mesh=meshes["inflated"], data=surface_texture(magnitude, forward))
-    time_label = f"t = {1e3 * stc.times[t_index]:.0f} ms"
     with warnings.catch_warnings():  # inflated vs sulcal meshes: same vertices
         warnings.simplefilter("ignore", RuntimeWarning)
         view = plotting.view_surf(surf_map=image, bg_map=sulcal, hemi="both",

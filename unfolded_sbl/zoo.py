@@ -82,6 +82,12 @@ def list_pretrained():
     return sorted(p.stem for p in MODEL_DIR.glob("*.json"))
 
 
+def _file_records(paths):
+    """The card's ``files`` entries: name -> sha256 and size."""
+    return {Path(p).name: {"sha256": sha256(p), "bytes": Path(p).stat().st_size}
+            for p in paths}
+
+
 def sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as fid:
@@ -273,8 +279,7 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
         "robustness": "python -m benchmarks.robustness (benchmarks/RESULTS.md)",
         "versions": {"unfolded_sbl": __version__, "torch": torch.__version__,
                      "numpy": np.__version__, "scikit-learn": sklearn.__version__},
-        "files": {fname: {"sha256": sha256(path), "bytes": path.stat().st_size}
-                  for fname, path in files.items()},
+        "files": _file_records(files.values()),
     }
     with open(out_dir / f"{name}.json", "w") as fid:
         json.dump(card, fid, indent=2, default=float)
@@ -294,9 +299,7 @@ def refresh_export(name, out_dir=MODEL_DIR):
     export_onnx(est, out_dir / f"{name}.onnx")
     with open(out_dir / f"{name}.json") as fid:
         card = json.load(fid)
-    for fname in card["files"]:
-        path = out_dir / fname
-        card["files"][fname] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+    card["files"] = _file_records(out_dir / fname for fname in card["files"])
     with open(out_dir / f"{name}.json", "w") as fid:
         json.dump(card, fid, indent=2, default=float)
     return card
@@ -336,8 +339,7 @@ def _previous_stages(name, init):
     """Stage records of the model ``init`` was trained as (from its shipped card):
     the stage 1 of a model fine-tuned again, every stage of another model that a
     preset starts from (``STARTS``)."""
-    inherited = {v: k for k, v in STARTS.items()}.get(Path(init).stem)
-    source = Path(init).stem if inherited == name else name
+    source = Path(init).stem if STARTS.get(name) == Path(init).stem else name
     try:
         card = model_card(source)
     except ValueError:
