@@ -66,6 +66,38 @@ def test_gradients_reach_every_correction(tiny):
             assert p.grad is not None and torch.any(p.grad != 0), (correction, name)
 
 
+@pytest.mark.parametrize("n_times", [40, 9])
+def test_compressed_training_loss_is_exact(tiny, n_times):
+    """Compressing a batch onto the row space of Y changes neither the loss nor its
+    gradient (classical-relative loss, deep supervision, non-zero corrections)."""
+    from unfolded_sbl.training import Trainer, TrainSettings
+
+    fwd, _ = tiny
+    data = us.simulate(fwd, 6, random_state=3, n_patches=(1, 3), n_times=n_times)
+    est = us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=5, max_epochs=0,
+                                  dtype="float64").fit(data.sensors, data.sources)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in est.network_.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = tuple(est._normalise(data.sensors, data.sources))
+    results = []
+    for compress in (False, True):
+        settings = TrainSettings(batch_size=6, loss="classical_relative", n_deep=2,
+                                 compress=compress, verbose=False)
+        trainer = Trainer(est.network_, torch.as_tensor(est.lead_field_),
+                          lambda size, rng: batch, None, settings, random_state=0)
+        est.network_.zero_grad()
+        loss = trainer._loss()
+        loss.backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in est.network_.parameters()])
+        results.append((loss.item(), grads))
+    (loss_full, grad_full), (loss_small, grad_small) = results
+    assert loss_small == pytest.approx(loss_full, rel=1e-10)
+    assert torch.linalg.norm(grad_small - grad_full) <= 1e-8 * torch.linalg.norm(grad_full)
+    assert torch.linalg.norm(grad_full) > 0
+
+
 def test_tiny_training_lowers_validation_loss(tiny, tmp_path):
     fwd, data = tiny
     net = us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=4, max_epochs=3,

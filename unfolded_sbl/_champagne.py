@@ -162,8 +162,11 @@ def identity_like(n_channels, like):
 
 
 def diagonal(matrix, eye):
-    """Batched diagonal as ``(A * I).sum(-1)`` (exports cleanly, unlike ``diagonal``)."""
-    return (matrix * eye).sum(-1)
+    """Batched diagonal: a view in torch; ``(A * I).sum(-1)`` while exporting to
+    ONNX, where ``torch.diagonal`` does not export cleanly."""
+    if torch.onnx.is_in_onnx_export():
+        return (matrix * eye).sum(-1)
+    return torch.diagonal(matrix, dim1=-2, dim2=-1)
 
 
 def reference_projector(lead_field):
@@ -185,9 +188,16 @@ def referenced_model_cov(signal_cov, noise_cov, ref, eye):
     signal covariance is already in the referenced subspace.  The precision of
     the referenced model is ``inverse(result) - ref / c``.
     """
-    noise = noise_cov.unsqueeze(-1) * eye if noise_cov.dim() == 2 else noise_cov
-    proj = eye - ref
-    model_cov = signal_cov + proj @ noise @ proj
+    if noise_cov.dim() == 2:
+        # H D H for diagonal D = diag(d), element-wise (no N x N products): with
+        # R = w u u^T (every entry w / N), R D R = mean(d) R.
+        row, col = noise_cov.unsqueeze(-2), noise_cov.unsqueeze(-1)
+        noise = (col * eye - ref * (row + col)
+                 + ref * noise_cov.mean(-1).reshape(-1, 1, 1))
+    else:
+        proj = eye - ref
+        noise = proj @ noise_cov @ proj
+    model_cov = signal_cov + noise
     scale = diagonal(model_cov, eye).mean(-1).reshape(-1, 1, 1)
     return model_cov + scale * ref, scale
 

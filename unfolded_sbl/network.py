@@ -142,9 +142,13 @@ class GraphCorrection(PointwiseMLP):
         index, weight = neighbours
         local = features[..., :N_LOCAL]
         n_batch, n_sources, n_neighbours = local.shape[0], index.shape[0], index.shape[1]
-        gathered = local[:, index.reshape(-1), :].reshape(n_batch, n_sources, n_neighbours,
-                                                          N_LOCAL)
-        smoothed = (gathered * weight.to(local.dtype).unsqueeze(-1)).sum(2)
+        # sources first, so that the gather copies whole rows of (batch x features)
+        # values (a gather along the middle axis copies 3 values at a time: slow in
+        # onnxruntime)
+        rows = local.transpose(0, 1).reshape(n_sources, -1)
+        gathered = rows[index.reshape(-1)].reshape(n_sources, n_neighbours, -1)
+        smoothed = (gathered * weight.to(local.dtype).unsqueeze(-1)).sum(1)
+        smoothed = smoothed.reshape(n_sources, n_batch, N_LOCAL).transpose(0, 1)
         return super().forward(torch.cat([features, smoothed - local], dim=-1))
 
 

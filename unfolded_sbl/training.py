@@ -16,6 +16,13 @@ instead (``ROBUSTNESS.md``).  The loss is asymmetric: with ``r`` that ratio,
 it is ``r + LOSS_PENALTY * max(r - 1, 0)``, so that a correction that helps
 some samples by hurting others does not pay (the learned solver is meant to
 degrade towards the classical one, never below it).
+
+Speed: the network sees the data only through ``Y Y^T``, and its estimate is
+linear in ``Y`` (``Xhat = W Y``), so a training batch with more time samples
+than channels is first compressed onto the row space of ``Y``
+(:func:`compress_batch`): the loss and its gradient are exactly those of the
+full batch, at the cost of N instead of T columns in every posterior mean and
+loss term (the (batch x sources x time) element-wise work dominated a step).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 
 from .metrics import f1 as f1_score
+from .network import TRAINED_N_TIMES
 
 
 #: Added to the classical error in the classical-relative loss.
@@ -38,11 +46,55 @@ LOSS_PENALTY = 2.0
 LOSSES = ("relative", "classical_relative")
 
 
-def sample_errors(pred, target):
-    """Per-sample ``||pred - target||^2 / ||target||^2``, shape (B,)."""
-    num = ((pred - target) ** 2).sum(dim=(1, 2))
-    den = (target ** 2).sum(dim=(1, 2)).clamp(min=torch.finfo(target.dtype).tiny)
-    return num / den
+def sample_errors(pred, target, compressed=None):
+    """Per-sample ``||pred - target||^2 / ||target||^2``, shape (B,).
+
+    ``compressed`` is the third output of :func:`compress_batch` when ``pred``
+    and ``target`` are compressed ones: the errors are then those of the full
+    (uncompressed) estimate.
+    """
+    diff = pred - target
+    num = (diff * diff).sum(dim=(1, 2))
+    if compressed is None:
+        den = (target * target).sum(dim=(1, 2))
+    else:
+        scale, unreachable, den = compressed
+        num = num * scale + unreachable
+    return num / den.clamp(min=torch.finfo(target.dtype).tiny)
+
+
+def compress_batch(Y, X):
+    """Compress a batch onto the row space of ``Y`` without changing the network's
+    view of it or the loss.
+
+    With ``Y^T = Q R`` (thin QR, Q: T x N orthonormal), ``Y = R^T Q^T``, so
+    ``Yc = sqrt(N / T) R^T`` (B, N, N) has ``Yc Yc^T / N = Y Y^T / T`` (the
+    statistics, noise floor and posterior precision of every layer are the
+    same) and the estimate ``W Yc`` is ``sqrt(N / T) W Y Q``.  With
+    ``Xc = sqrt(N / T) X Q``::
+
+        ||W Y - X||^2 = (T / N) ||W Yc - Xc||^2 + (||X||^2 - ||X Q||^2)
+
+    (the second term is the part of X that no estimate linear in Y can reach).
+    Batches with T <= N are returned unchanged.
+
+    Returns
+    -------
+    Yc : tensor (B, N, min(N, T))
+    Xc : tensor (B, M, min(N, T))
+    compressed : (scale, unreachable (B,), total (B,)) | None
+        For :func:`sample_errors`; None when nothing was compressed.
+    """
+    n_channels, n_times = Y.shape[-2:]
+    if n_times <= n_channels:
+        return Y, X, None
+    Q, R = torch.linalg.qr(Y.transpose(-1, -2))
+    shrink = (n_channels / n_times) ** 0.5
+    Xq = X @ Q
+    total = (X * X).sum(dim=(1, 2))
+    unreachable = (total - (Xq * Xq).sum(dim=(1, 2))).clamp(min=0)
+    return (shrink * R.transpose(-1, -2), shrink * Xq,
+            (n_times / n_channels, unreachable, total))
 
 
 def relative_error(pred, target):
@@ -61,6 +113,7 @@ class TrainSettings:
     n_deep: int = 5
     grad_clip: float = 1.0
     loss: str = "relative"
+    compress: bool = True
     select_best: bool = False
     checkpoint: str | None = None
     verbose: bool = True
@@ -129,6 +182,11 @@ class Trainer:
     # -- steps -----------------------------------------------------------------------
     def _loss(self, n_layers_active=None, deep=True):
         Y, X, noise = self.draw_batch(self.s.batch_size, self.rng)
+        compressed = None
+        # the network reads T only to fade its corrections below TRAINED_N_TIMES windows:
+        # compressing T > N to N changes nothing when N is above that range
+        if self.s.compress and Y.shape[-2] >= TRAINED_N_TIMES[1]:
+            Y, X, compressed = compress_batch(Y, X)
         n_active = n_layers_active or self.model.n_layers
         layers = ()
         if deep and self.s.deep_supervision > 0 and n_active > 1:
@@ -141,11 +199,12 @@ class Trainer:
             with torch.no_grad():
                 reference = self.model(Y, self.lead_field, noise, n_layers_active=n_active,
                                        classical=True, **self.geometry)["sources"]
-                weight = 1.0 / (sample_errors(reference, X) + CLASSICAL_FLOOR)
-        loss = self._reduce(sample_errors(out["sources"], X), weight)
+                weight = 1.0 / (sample_errors(reference, X, compressed) + CLASSICAL_FLOOR)
+        loss = self._reduce(sample_errors(out["sources"], X, compressed), weight)
         if layers:
-            deep_loss = torch.stack([self._reduce(sample_errors(out["intermediate"][k], X),
-                                                  weight) for k in layers]).mean()
+            deep_loss = torch.stack([self._reduce(
+                sample_errors(out["intermediate"][k], X, compressed), weight)
+                for k in layers]).mean()
             loss = loss + self.s.deep_supervision * deep_loss
         return loss
 
