@@ -161,11 +161,15 @@ def identity_like(n_channels, like):
     return (idx.unsqueeze(0) == idx.unsqueeze(1)).to(like.dtype)
 
 
-def diagonal(matrix, eye):
-    """Batched diagonal: a view in torch; ``(A * I).sum(-1)`` while exporting to
-    ONNX, where ``torch.diagonal`` does not export cleanly."""
+def diagonal(matrix):
+    """Batched diagonal: a view in torch; a gather of the flattened matrix while
+    exporting to ONNX, where ``torch.diagonal`` does not export cleanly."""
     if torch.onnx.is_in_onnx_export():
-        return (matrix * eye).sum(-1)
+        # a Gather of the flattened matrix at the strided diagonal positions (a
+        # Range of the dynamic size), not a masked sum over all N x N entries
+        n = matrix.shape[-1]
+        flat_index = torch.arange(n, device=matrix.device) * (n + 1)
+        return matrix.reshape(matrix.shape[:-2] + (n * n,))[..., flat_index]
     return torch.diagonal(matrix, dim1=-2, dim2=-1)
 
 
@@ -198,7 +202,7 @@ def referenced_model_cov(signal_cov, noise_cov, ref, eye):
         proj = eye - ref
         noise = proj @ noise_cov @ proj
     model_cov = signal_cov + noise
-    scale = diagonal(model_cov, eye).mean(-1).reshape(-1, 1, 1)
+    scale = diagonal(model_cov).mean(-1).reshape(-1, 1, 1)
     return model_cov + scale * ref, scale
 
 
@@ -364,7 +368,7 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         if noise_mode != "fixed":
             # Noise update with the new source variances and the old noise.
             _, _, noise_precision, _ = factorise(signal_cov, noise)
-            s_diag = diagonal(noise_precision, eye)  # S[n, n]
+            s_diag = diagonal(noise_precision)  # S[n, n]
             scs_diag = ((noise_precision @ Vr) ** 2).sum(-1)  # (S Cy S)[n, n]
             if noise_mode == "homoscedastic":
                 scs_diag = scs_diag.sum(-1, keepdim=True)

@@ -211,10 +211,10 @@ def _features(context, *columns):
     return torch.cat([centred, levels], dim=-1).clamp(-FEATURE_CLIP, FEATURE_CLIP)
 
 
-def _context(noise, signal_cov, eye):
+def _context(noise, signal_cov):
     """Per-sample (log mean noise variance, log mean signal variance), (B, 2)."""
     noise_level = torch.log(noise.mean(-1).clamp(min=LOG_EPS))
-    signal_level = torch.log((diagonal(signal_cov, eye).mean(-1)).clamp(min=LOG_EPS))
+    signal_level = torch.log((diagonal(signal_cov).mean(-1)).clamp(min=LOG_EPS))
     return torch.stack([noise_level, signal_level], dim=-1)
 
 
@@ -412,7 +412,7 @@ class UnfoldedChampagne(nn.Module):
             log_gamma = torch.log(source_var.clamp(min=LOG_EPS))
             a = torch.log((source_var ** 2 * fit).clamp(min=LOG_EPS))
             b = torch.log(gain.clamp(min=LOG_EPS))
-            context = _context(noise, signal_cov, eye)
+            context = _context(noise, signal_cov)
             validity, noise_validity = _validity(noise, n_times_t, noise_validity)
             c = self._correct(self.source_corrections, k, _features(context, a, b, log_gamma),
                               validity, neighbours)
@@ -429,14 +429,14 @@ class UnfoldedChampagne(nn.Module):
             d = None
             if self.learn_noise:
                 noise_precision = self._precision(signal_cov, noise, ref, eye)
-                s_diag = diagonal(noise_precision, eye)
+                s_diag = diagonal(noise_precision)
                 # diagonal of S Cy S: squared row norms of S Y (no N x N product)
                 scs_diag = ((noise_precision @ Y) ** 2).sum(-1) / n_times
                 log_lam = torch.log(noise.clamp(min=LOG_EPS))
                 p = torch.log((noise ** 2 * scs_diag).clamp(min=LOG_EPS))
                 q = torch.log(s_diag.clamp(min=LOG_EPS))
                 d = self._correct(self.noise_corrections, k,
-                                  _features(_context(noise, signal_cov, eye), p, q, log_lam),
+                                  _features(_context(noise, signal_cov), p, q, log_lam),
                                   validity)
                 log_noise = 0.5 * (p - q) if d is None else 0.5 * (p - q) + d
                 noise = torch.maximum(_bounded_exp(log_noise), floor)
