@@ -141,12 +141,15 @@ def test_known_noise_model_export(tmp_path):
         est.predict(X)
 
 
-def test_attention_model_export_matches_torch(tmp_path):
+@pytest.mark.parametrize("attention_keys", [None, 8])
+def test_attention_model_export_matches_torch(tmp_path, attention_keys):
     """Attention runs through scaled_dot_product_attention in torch and through the
-    generic (exportable) path inside the ONNX export: the two agree."""
+    generic (exportable) path inside the ONNX export: the two agree, for global
+    attention and for attention over the top-k sources, at two source counts."""
     fwd = _forward(16, 60, 0)
     rng = np.random.default_rng(3)
-    net = us.UnfoldedSBLRegressor(fwd, correction="attention", n_layers=3, max_epochs=0).fit(
+    net = us.UnfoldedSBLRegressor(fwd, correction="attention", n_layers=3, max_epochs=0,
+                                  attention_keys=attention_keys).fit(
         rng.normal(size=(1, 16, 4)), np.ones((1, 60, 4)))
     torch.manual_seed(1)
     with torch.no_grad():

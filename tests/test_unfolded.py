@@ -35,6 +35,31 @@ def test_untrained_network_equals_classical(tiny, correction, learn_noise):
     np.testing.assert_allclose(net.noise_var_, classical.noise_var_, rtol=1e-5)
 
 
+def test_top_k_attention(tiny):
+    """Attention over the sources of largest variance: exactly classical at init,
+    global attention when k covers every source, something else when it does not."""
+    fwd, data = tiny
+    X = data.sensors[:4]
+    ref = us.ClassicalCB(fwd, n_iter=6).fit().predict(X)
+    nets = {}
+    for keys in (None, 8, 60):
+        net = us.UnfoldedSBLRegressor(fwd, correction="attention", attention_keys=keys,
+                                      n_layers=6, max_epochs=0, dtype="float64")
+        net.fit(data.sensors, data.sources)
+        out = net.predict(X)
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in net.network_.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        nets[keys] = net.predict(X)
+    np.testing.assert_allclose(nets[60], nets[None], rtol=1e-10)
+    assert np.linalg.norm(nets[8] - nets[None]) > 1e-6 * np.linalg.norm(nets[None])
+    with pytest.raises(ValueError, match="attention_keys"):
+        us.UnfoldedSBLRegressor(fwd, correction="attention", attention_keys=0).fit(
+            data.sensors, data.sources)
+
+
 def test_untrained_equals_classical_on_template_batched(fwd, data):
     """The paired (batch >= 8) products on the default template, 25 layers."""
     ref = us.ClassicalCB(fwd).fit().predict(data.sensors)

@@ -18,7 +18,7 @@ from .training import LOSSES, Trainer, TrainSettings
 MODEL_FORMAT = "unfolded_sbl.network"
 MODEL_FORMAT_VERSION = 1
 _CONFIG_KEYS = ("n_layers", "correction", "noise_correction", "learn_noise",
-                "init_source_var", "init_noise_var", "prune_threshold")
+                "init_source_var", "init_noise_var", "prune_threshold", "attention_keys")
 
 
 def _ensemble_for(forward, kind, verbose):
@@ -151,6 +151,11 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         validation set.
     verbose : bool
         Progress bars.
+    attention_keys : int | None
+        With ``correction="attention"``: each source attends to every source
+        (None: the paper's global attention, O(M^2) per layer) or to the
+        ``attention_keys`` sources of largest current variance in its sample
+        (O(M k): trainable on a CPU at the MLP's budget).
 
     Attributes
     ----------
@@ -191,7 +196,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                  simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
                  regime_check=True, dtype="float64", device="cpu", checkpoint=None,
-                 random_state=None, verbose=False):
+                 random_state=None, verbose=False, attention_keys=None):
         self.forward = forward
         self.correction = correction
         self.noise_correction = noise_correction
@@ -217,6 +222,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.checkpoint = checkpoint
         self.random_state = random_state
         self.verbose = verbose
+        self.attention_keys = attention_keys
 
     # -- set-up ------------------------------------------------------------------------
     def _check_params(self):
@@ -232,6 +238,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                              f"got {self.noise_correction!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+        if self.attention_keys is not None:
+            check_positive_int(self.attention_keys, "attention_keys")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("learning_rate", "init_source_var", "init_noise_var"):

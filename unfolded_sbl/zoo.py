@@ -27,9 +27,12 @@ PRESETS = {
     "deep-cb-known": dict(correction="mlp", noise_correction="none", learn_noise=False,
                           max_epochs=10, steps_per_epoch=20, progressive_steps=3,
                           batch_size=32, learning_rate=2e-3),
-    "deep-attn-cb-joint": dict(correction="attention", noise_correction="mlp",
-                               learn_noise=True, max_epochs=4, steps_per_epoch=10,
-                               progressive_steps=1, batch_size=16, learning_rate=2e-3),
+    # attention over the 64 sources of largest variance (O(M k)), so that it trains
+    # at Deep CB's budget on a CPU (global attention: about 5x slower per step)
+    "deep-attn-cb-joint": dict(correction="attention", attention_keys=64,
+                               noise_correction="mlp", learn_noise=True, max_epochs=16,
+                               steps_per_epoch=20, progressive_steps=4, batch_size=32,
+                               learning_rate=2e-3),
     "deep-graph-cb-joint": dict(correction="graph", noise_correction="mlp", learn_noise=True,
                                 max_epochs=16, steps_per_epoch=20, progressive_steps=4,
                                 batch_size=32, learning_rate=2e-3),
@@ -60,7 +63,7 @@ ROBUST_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rat
 ROBUST_BUDGETS = {
     "deep-cb-joint": dict(max_epochs=50, steps_per_epoch=15, batch_size=32),
     "deep-cb-known": dict(max_epochs=20, steps_per_epoch=15, batch_size=32),
-    "deep-attn-cb-joint": dict(max_epochs=12, steps_per_epoch=10, batch_size=8),
+    "deep-attn-cb-joint": dict(max_epochs=50, steps_per_epoch=15, batch_size=32),
     # on top of Deep CB's two stages; a larger rate for the new neighbourhood inputs
     "deep-graph-cb-joint": dict(max_epochs=36, steps_per_epoch=15, batch_size=32,
                                 learning_rate=1e-3),
