@@ -31,9 +31,8 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
     assert card["dtype"] == "float64" and torch_est.dtype == "float64"
     stages = [stage["name"] for stage in card["training"]["stages"]]
-    expected = {"deep-attn-cb-joint": ["paper"],
-                # the graph model starts from Deep CB and inherits its two stages
-                "deep-graph-cb-joint": ["deep-cb-joint: paper", "deep-cb-joint: robust",
+    # the graph model starts from Deep CB and inherits its two stages
+    expected = {"deep-graph-cb-joint": ["deep-cb-joint: paper", "deep-cb-joint: robust",
                                         "robust"]}.get(name, ["paper", "robust"])
     assert stages == expected
 
