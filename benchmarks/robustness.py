@@ -249,7 +249,8 @@ changes. Seeds 5000 + row index. `deep-cb-known` and `ClassicalCB-25-known` get 
 noise variances. The end-to-end baseline is trained from scratch on the robust simulator
 through the head-model ensemble (not the paper/robust mixture of Deep CB's stage 2) with Deep
 CB's stage-2 sample budget (24,000 samples); it is tied to the training cap, hence n/a
-elsewhere. deep-attn-cb-joint ships stage-1 weights only (not trained on this distribution).
+elsewhere. deep-attn-cb-joint attends over the 64 sources of largest classical update and
+went through both stages at Deep CB's budget.
 
 {table}
 
