@@ -307,7 +307,7 @@ class UnfoldedChampagne(nn.Module):
         Hard threshold after each source update.
     attention_keys : int | None
         Sources each source attends to in the attention correction: all of them
-        (None, the paper's) or the ``attention_keys`` of largest variance.
+        (None, the paper's) or the ``attention_keys`` of largest classical update.
     """
 
     def __init__(self, n_layers=25, correction="mlp", noise_correction="mlp",

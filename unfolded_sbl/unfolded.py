@@ -154,8 +154,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     attention_keys : int | None
         With ``correction="attention"``: each source attends to every source
         (None: the paper's global attention, O(M^2) per layer) or to the
-        ``attention_keys`` sources of largest current variance in its sample
-        (O(M k): trainable on a CPU at the MLP's budget).
+        ``attention_keys`` sources that each layer's classical update makes
+        largest in its sample (O(M k): trainable on a CPU at the MLP's budget).
 
     Attributes
     ----------
