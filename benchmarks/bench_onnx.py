@@ -76,6 +76,95 @@ def session_options(fwd, data, threads, model="deep-cb-joint", batch=64, rounds=
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+#: per-sensor SNR bins (dB) of the float32 accuracy check, 32 samples each
+FLOAT32_SNR_BINS = ((5, 20), (20, 30), (30, 40), (40, 60))
+
+
+def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
+    """Each shipped model exported again with ``dtype="float32"`` (the products in
+    float32; the N x N factorisation stays float64 inside the graph), against the
+    shipped float64 graph and ClassicalCB float32: ms/sample at ``batch`` (the three
+    take turns for ``rounds`` rounds, median kept) and, per SNR bin, the rMSE of
+    each graph relative to ClassicalCB float64 (same noise mode) on the same samples."""
+    import statistics
+    import tempfile
+
+    import numpy as np
+
+    data = us.simulate(fwd, batch, random_state=1)
+    classical = us.ClassicalCB(fwd, dtype="float32").fit()
+    references = {True: us.ClassicalCB(fwd).fit(), False: us.ClassicalCB(fwd, noise="known").fit()}
+    checks = [us.simulate(fwd, n_check, random_state=10 + i, snr_db=snr)
+              for i, snr in enumerate(FLOAT32_SNR_BINS)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            net = us.load_pretrained(model, forward=fwd, dtype="float32")
+            path = us.export_onnx(net, f"{tmp}/{model}-float32.onnx")
+            graphs = {"float64": us.load_pretrained(model, forward=fwd, backend="onnx",
+                                                    intra_op_num_threads=threads),
+                      "float32": us.OnnxSBLRegressor(path, forward=fwd,
+                                                     intra_op_num_threads=threads).fit()}
+
+            def kwargs(d, n=None):
+                return {} if net.learn_noise else {"noise_var": d.noise_var[:n]}
+
+            timed = {"classical": (classical, {}), **{k: (g, kwargs(data)) for k, g in
+                                                      graphs.items()}}
+            times = {k: [] for k in timed}
+            for _ in range(1 if model in SLOW else rounds):
+                for key, (est, kw) in timed.items():
+                    times[key].append(per_sample(est, data.sensors, 1, **kw))
+            row = {"model": model, "batch": batch,
+                   **{f"{k}_ms": statistics.median(v) for k, v in times.items()}}
+            for snr, d in zip(FLOAT32_SNR_BINS, checks):
+                cb = us.rmse(d.sources, references[net.learn_noise].predict(
+                    d.sensors, **({} if net.learn_noise else {"noise_var": d.noise_var})))
+                out = {k: g.predict(d.sensors, **kwargs(d)) for k, g in graphs.items()}
+                row[f"{snr[0]}-{snr[1]} dB"] = {
+                    k: us.rmse(d.sources, o) / cb for k, o in out.items()}
+                row[f"{snr[0]}-{snr[1]} dB"]["difference"] = float(
+                    np.linalg.norm(out["float32"] - out["float64"])
+                    / np.linalg.norm(out["float64"]))
+            rows.append(row)
+            print(f"{model:20s} float32 graph {row['float32_ms']:.1f} ms, float64 graph "
+                  f"{row['float64_ms']:.1f} ms, ClassicalCB f32 {row['classical_ms']:.1f} ms "
+                  "per sample", flush=True)
+    return rows
+
+
+def _float32_body(rows, batch):
+    bins = [f"{lo}-{hi} dB" for lo, hi in FLOAT32_SNR_BINS]
+    timing = "\n".join(
+        f"| {r['model']} | {r['classical_ms']:.1f} | {r['float64_ms']:.1f} | "
+        f"{r['float32_ms']:.1f} | {r['float64_ms'] / r['float32_ms']:.2f} | "
+        f"{r['float32_ms'] / r['classical_ms']:.2f} |" for r in rows)
+    accuracy = "\n".join(
+        f"| {r['model']} | " + " | ".join(
+            f"{r[b]['float64']:.3f} / {r[b]['float32']:.3f} ({r[b]['difference']:.0e})"
+            for b in bins) + " |" for r in rows)
+    return f"""
+### float32 graphs
+
+`us.export_onnx(us.load_pretrained(name, dtype="float32"), path)` writes a graph whose products
+run in float32 (the N x N factorisation stays float64 inside it). Each shipped model
+exported that way, batch {batch}; the three take turns (median of 5 rounds, 1 for the
+attention model):
+
+| model | ClassicalCB float32, ms/sample | shipped float64 graph | float32 graph | float64 / float32 | float32 graph / ClassicalCB float32 |
+|---|---|---|---|---|---|
+{timing}
+
+Accuracy, 32 samples per bin: rMSE relative to ClassicalCB float64 (25 iterations) on the
+same samples, float64 graph / float32 graph, and in brackets the relative difference of
+the two graphs' estimates:
+
+| model | {' | '.join(bins)} |
+|---|{'---|' * len(bins)}
+{accuracy}
+"""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=None,
@@ -83,6 +172,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, nargs="+", default=[b for b, _ in BATCHES])
     parser.add_argument("--no-options", action="store_true",
                         help="skip the onnxruntime session-options table")
+    parser.add_argument("--no-float32", action="store_true",
+                        help="skip the float32-export table")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     models = args.models or us.list_pretrained()
@@ -140,10 +231,13 @@ time, the sessions taking turns (median of 3 rounds):
 |---|---|---|
 {options_table}
 """
+    float32 = [] if args.no_float32 else float32_exports(fwd, threads, models)
+    if float32:
+        body += _float32_body(float32, float32[0]["batch"])
     print(body)
     if not args.no_write:
         write_section("onnx_speed", "Inference speed: torch vs onnxruntime", body,
-                      {"rows": rows, "session_options": options})
+                      {"rows": rows, "session_options": options, "float32_exports": float32})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ N_SAMPLES = 3
 #: be below ``SOLVED``.
 MAX_RATIO = 1.05
 SOLVED = 0.05
+#: Relative difference allowed between the float32 graph and the float64 network
+#: (float32 products and a relative jitter of 1e-5 before the float64 factorisation:
+#: up to 2e-3 seen at 30-40 dB, ``benchmarks/RESULTS.md``, "float32 graphs").
+FLOAT32_TOLERANCE = 5e-3
 
 
 def _simulated(fwd, seed, n_times=50, **kwargs):
@@ -83,13 +87,20 @@ problems = st.one_of(
 )
 
 
+#: Also checked as a float32 graph (loaded with ``dtype="float32"``, then exported).
+FLOAT32 = "deep-cb-joint"
+
+
 @pytest.fixture(scope="module")
-def solvers(fwd):
+def solvers(fwd, tmp_path_factory):
     out = {"ClassicalCB": us.ClassicalCB(fwd).fit(),
            "ClassicalCB-known": us.ClassicalCB(fwd, noise="known").fit()}
     for name in SHIPPED:
         out[f"{name}/torch"] = us.load_pretrained(name, forward=fwd)
         out[f"{name}/onnx"] = us.load_pretrained(name, forward=fwd, backend="onnx")
+    net = us.load_pretrained(FLOAT32, forward=fwd, dtype="float32")
+    path = us.export_onnx(net, tmp_path_factory.mktemp("float32") / f"{FLOAT32}.onnx")
+    out[f"{FLOAT32}/onnx-float32"] = us.OnnxSBLRegressor(path, forward=fwd).fit()
     return out
 
 
@@ -110,7 +121,8 @@ def _check_finite(est, key, X, out):
 
 
 ESTIMATORS = ["ClassicalCB", "ClassicalCB-known"] + [f"{name}/{backend}" for name in SHIPPED
-                                                      for backend in ("torch", "onnx")]
+                                                      for backend in ("torch", "onnx")] + [
+    f"{FLOAT32}/onnx-float32"]
 LEARNED = ESTIMATORS[2:]
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -148,3 +160,15 @@ def test_learned_not_worse_than_classical(solvers, fwd, key, problem, seed):
     learned, classical = us.rmse(truth, out), us.rmse(truth, reference)
     assert learned <= MAX_RATIO * classical or max(learned, classical) < SOLVED, (
         f"{key}: rMSE {learned:.4f} vs ClassicalCB {classical:.4f}")
+
+
+@pytest.mark.parametrize("snr_db", [(5, 20), (30, 40), (50, 60)])
+def test_float32_graph_matches_the_float64_network(solvers, fwd, snr_db):
+    """The float32 export is the same solver: its products round at 1e-7, but the N x N
+    factorisation stays float64 inside the graph, so no SNR bin drifts (a float32
+    factorisation raised or lost 3x to ClassicalCB above 30 dB, NUMERICS.md)."""
+    data = us.simulate(fwd, 4, random_state=7, snr_db=snr_db, n_times=50)
+    ref = solvers[f"{FLOAT32}/torch"].predict(data.sensors)
+    out = solvers[f"{FLOAT32}/onnx-float32"].predict(data.sensors)
+    assert solvers[f"{FLOAT32}/onnx-float32"].input_dtype_ == np.float32
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < FLOAT32_TOLERANCE, snr_db
