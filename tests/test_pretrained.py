@@ -106,3 +106,15 @@ def test_other_source_spacing_is_solved_classically(backend):
     ico3 = us.load_pretrained("deep-cb-joint", forward="things63-ico3", backend=backend)
     ico3.predict(us.simulate("things63-ico3", 2, random_state=0, n_times=20).sensors)
     assert not ico3.classical_fallback_.any()
+
+
+def test_low_snr_stage_adds_a_third_component_and_continuation_keeps_stages():
+    two, three = zoo.robust_simulator_params(), zoo.robust_simulator_params(low_snr=True)
+    assert len(two) == 2 and three[:2] == two
+    assert three[2]["snr_db"] == zoo.LOW_SNR["snr_db"] and three[2]["head_models"] == "ensemble"
+    shipped = zoo.MODEL_DIR / "deep-cb-joint.pt"
+    names = [st["name"] for st in zoo.model_card("deep-cb-joint")["training"]["stages"]]
+    # fine-tuned again: stage 2 is replaced; continued: every earlier stage is kept
+    assert [st["name"] for st in zoo._previous_stages("deep-cb-joint", shipped)] == ["paper"]
+    assert [st["name"] for st in zoo._previous_stages("deep-cb-joint", shipped,
+                                                      continue_training=True)] == names

@@ -154,9 +154,12 @@ def _cmd_export(args):
 def _cmd_train(args):
     from .zoo import MODEL_DIR, train_pretrained
 
-    init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped else None
+    init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
+    robust = {"max_epochs": args.epochs} if args.epochs else None
     card = train_pretrained(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
-                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir, init=init)
+                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir, init=init,
+                            robust_overrides=robust, low_snr=args.low_snr,
+                            continue_training=args.continue_)
     from .evaluation import format_table
 
     print(format_table(card["validation"]["metrics"]))
@@ -269,6 +272,13 @@ def build_parser():
     train.add_argument("--from-shipped", action="store_true",
                        help="skip stage 1: fine-tune the shipped model on the robust "
                             "distribution (stage 2 only)")
+    train.add_argument("--continue", dest="continue_", action="store_true",
+                       help="one more stage 2 on top of the shipped model (its card keeps "
+                            "every earlier stage)")
+    train.add_argument("--low-snr", action="store_true",
+                       help="stage 2 with a third, low-SNR component (zoo.LOW_SNR)")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="stage-2 epochs (default: the preset's budget)")
     train.set_defaults(func=_cmd_train)
 
     fwd = sub.add_parser("forward", help="list, inspect or build template forward models")

@@ -70,14 +70,26 @@ ROBUST_BUDGETS = {
 }
 
 
-def robust_simulator_params():
+#: Third stage-2 component of :func:`robust_simulator_params` with ``low_snr``:
+#: the paper's simulator at per-sensor SNR -10..10 dB, where the robustness
+#: matrix found the attention model losing to ClassicalCB.
+LOW_SNR = {"snr_db": (-10.0, 10.0)}
+
+
+def robust_simulator_params(low_snr=False):
     """Stage-2 training data: an even mixture of the paper's simulator and the robust
     one, both projected through the head-model ensemble (alone, the robust one made
     the corrections trade focal samples for extended ones: rMSE on paper-like
-    samples went from 0.61 to 0.89, ClassicalCB 0.67)."""
+    samples went from 0.61 to 0.89, ClassicalCB 0.67).  ``low_snr`` adds the
+    paper's simulator at ``LOW_SNR`` as a third component: a third of the batches,
+    and a validation part of its own, so that the kept epoch (the best worst
+    part) does not lose there either."""
     from .simulate import ROBUST_SIMULATOR
 
-    return [{"head_models": "ensemble"}, {**ROBUST_SIMULATOR, "head_models": "ensemble"}]
+    parts = [{"head_models": "ensemble"}, {**ROBUST_SIMULATOR, "head_models": "ensemble"}]
+    if low_snr:
+        parts.append({**LOW_SNR, "head_models": "ensemble"})
+    return parts
 
 
 def list_pretrained():
@@ -165,14 +177,18 @@ def _samples_seen(params, n_layers=25):
 
 
 def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overrides=None,
-                     checkpoint_dir=None, verbose=True, init=None, robust_overrides=None):
+                     checkpoint_dir=None, verbose=True, init=None, robust_overrides=None,
+                     low_snr=False, continue_training=False):
     """Train a preset in two stages, evaluate it, export it and write its card.
 
     Stage 1 (``PRESETS``) trains from scratch on the paper's simulator; stage 2
     (``ROBUST_STAGE`` with ``ROBUST_BUDGETS``) fine-tunes on the robust
-    distribution.  ``init`` (a model file, e.g. the shipped ``.pt``) skips
-    stage 1 and fine-tunes that model; its card's stage-1 record is kept when
-    it is a shipped model.  Both stages checkpoint into ``checkpoint_dir``.
+    distribution (with ``low_snr``, plus a low-SNR component: see
+    :func:`robust_simulator_params`).  ``init`` (a model file, e.g. the shipped
+    ``.pt``) skips stage 1 and fine-tunes that model; its card's stage-1 record
+    is kept when it is a shipped model, and with ``continue_training`` its
+    stage-2 records too (the new stage is then recorded as one more stage).
+    Both stages checkpoint into ``checkpoint_dir``.
     """
     from .simulate import ROBUST_SIMULATOR, Simulator
     from .unfolded import UnfoldedSBLRegressor
@@ -181,7 +197,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     params = {**PRESETS[name], **(overrides or {})}
     robust = {**ROBUST_STAGE, **ROBUST_BUDGETS[name], **(robust_overrides or {}),
-              "simulator_params": robust_simulator_params()}
+              "simulator_params": robust_simulator_params(low_snr)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = {"paper": None, "robust": None}
@@ -207,18 +223,23 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
                        "history": est.history_})
     else:
         est = _start_from(init, params)
-        stages.extend(_previous_stages(name, init))
+        stages.extend(_previous_stages(name, init, continue_training))
         est.history_ = []
     est.set_params(warm_start=True, checkpoint=checkpoints["robust"], verbose=verbose,
                    random_state=random_state, dtype="float64", **robust)
     est.fit_simulated()
-    stages.append({"name": "robust", "estimator_params": {k: v for k, v in robust.items()
-                                                          if k != "simulator_params"},
+    mixture = ["paper defaults", ROBUST_SIMULATOR] + (
+        [f"paper defaults at {LOW_SNR['snr_db'][0]:g}..{LOW_SNR['snr_db'][1]:g} dB"]
+        if low_snr else [])
+    n_robust = sum(st["name"].startswith("robust") for st in stages)
+    stages.append({"name": "robust" if not n_robust else f"robust-{n_robust + 1}",
+                   "estimator_params": {k: v for k, v in robust.items()
+                                        if k != "simulator_params"},
                    "samples_seen": _samples_seen(robust),
                    "seconds": round(est.train_seconds_, 1),
                    "best_epoch": getattr(est, "best_epoch_", None),
                    "machine": f"{platform.machine()}, CPU only",
-                   "simulator": {"mixture": ["paper defaults", ROBUST_SIMULATOR],
+                   "simulator": {"mixture": mixture,
                                  "head_models": _ensemble_record()},
                    "history": est.history_})
     est.set_params(warm_start=False, checkpoint=None)
@@ -338,10 +359,11 @@ def _start_from(init, params):
     return est
 
 
-def _previous_stages(name, init):
+def _previous_stages(name, init, continue_training=False):
     """Stage records of the model ``init`` was trained as (from its shipped card):
-    the stage 1 of a model fine-tuned again, every stage of another model that a
-    preset starts from (``STARTS``)."""
+    the stage 1 of a model fine-tuned again (every stage when
+    ``continue_training``), every stage of another model that a preset starts
+    from (``STARTS``)."""
     source = Path(init).stem if STARTS.get(name) == Path(init).stem else name
     try:
         card = model_card(source)
@@ -353,7 +375,8 @@ def _previous_stages(name, init):
     if source != name:
         return [{**st, "name": f"{source}: {st['name']}"} for st in training["stages"]]
     if "stages" in training:
-        return [st for st in training["stages"] if st["name"] == "paper"]
+        return [st for st in training["stages"]
+                if continue_training or st["name"] == "paper"]
     return [{"name": "paper", "estimator_params": card["estimator_params"],
              **{k: training[k] for k in ("samples_seen", "seconds", "machine", "simulator",
                                          "history") if k in training}}]
