@@ -32,8 +32,10 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
     assert card["dtype"] == "float64" and torch_est.dtype == "float64"
     stages = [stage["name"] for stage in card["training"]["stages"]]
     # the graph model starts from Deep CB and inherits its two stages
+    # Deep CB went through a second stage 2 with a low-SNR component (``--continue --low-snr``)
     expected = {"deep-graph-cb-joint": ["deep-cb-joint: paper", "deep-cb-joint: robust",
-                                        "robust"]}.get(name, ["paper", "robust"])
+                                        "robust"],
+                "deep-cb-joint": ["paper", "robust", "robust-2"]}.get(name, ["paper", "robust"])
     assert stages == expected
 
 
