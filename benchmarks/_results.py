@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -21,6 +22,20 @@ def machine_line():
             f"Python {platform.python_version()}, numpy {numpy.__version__}, torch "
             f"{torch.__version__} ({torch.get_num_threads()} threads), unfolded_sbl "
             f"{unfolded_sbl.__version__}")
+
+
+def matmul_peak(size=1024, repeats=5, dtype="float32"):
+    """Measured matrix-multiply throughput (GFLOP/s) of this machine: a square GEMM
+    of ``size`` in ``dtype``, after one warm-up product."""
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def write_section(key, title, body, payload=None, root=HERE):

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 import unfolded_sbl as us
-from benchmarks._results import write_section
+from benchmarks._results import matmul_peak, write_section
 from unfolded_sbl.evaluation import format_table, score_sources
 
 
@@ -53,30 +53,24 @@ def run_ours(data, fwd, n_problems, n_iter, tol, dtype="float64", batch_size=64,
     return out, (time.perf_counter() - start) / n_problems
 
 
-def matrix_product_rate(data, n_iter=25, batch_size=64):
+def matrix_product_rate(data, fwd, n_iter=25, batch_size=64):
     """How close ClassicalCB is to this machine's matrix-multiply throughput: the
     FLOPs of its matrix products per sample (torch's FlopCounterMode; the N x N
     Cholesky factorisations are not counted) and, per dtype, the GFLOP/s its
     batch-64 solve achieves and a square GEMM of the same dtype achieves."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     X, noise = data.sensors[:batch_size], data.noise_var[:batch_size]
     out = {}
     for dtype in ("float64", "float32"):
-        est = us.ClassicalCB(us.load_forward(), noise="known", n_iter=n_iter, dtype=dtype,
+        est = us.ClassicalCB(fwd, noise="known", n_iter=n_iter, dtype=dtype,
                              batch_size=batch_size).fit()
         with FlopCounterMode(display=False) as counter:
             est.predict(X[:8], noise_var=noise[:8])
         flops = counter.get_total_flops() / 8
         _, seconds = run_ours(data, None, batch_size, n_iter, 0.0, dtype=dtype,
                               batch_size=batch_size, estimator=est)
-        a = torch.randn(1024, 1024, dtype=getattr(torch, dtype))
-        a @ a
-        start = time.perf_counter()
-        for _ in range(5):
-            a @ a
-        gemm = 2 * 1024 ** 3 * 5 / (time.perf_counter() - start) / 1e9
+        gemm = matmul_peak(dtype=dtype)
         out[dtype] = {"gflop_per_sample": flops / 1e9, "gflops": flops / seconds / 1e9,
                       "gemm_gflops": gemm}
     return out
@@ -120,7 +114,7 @@ def main(argv=None):
               f"{1e3 * t_32:.1f} ms (f32): x{t_mne / t_ours:.1f} / x{t_mne / t_32:.1f}; "
               f"estimates differ by {agree:.2e} relative")
     payload["rows"] = rows
-    payload["matrix_products"] = rate = matrix_product_rate(data)
+    payload["matrix_products"] = rate = matrix_product_rate(data, fwd)
     table = format_table(rows, markdown=True)
     print(format_table(rows))
     body = (f"`python -m benchmarks.bench_classical` - default template (64 channels, 1284 "

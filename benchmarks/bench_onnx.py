@@ -106,8 +106,8 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
                       "float32": us.OnnxSBLRegressor(path, forward=fwd,
                                                      intra_op_num_threads=threads).fit()}
 
-            def kwargs(d, n=None):
-                return {} if net.learn_noise else {"noise_var": d.noise_var[:n]}
+            def kwargs(d):
+                return {} if net.learn_noise else {"noise_var": d.noise_var}
 
             timed = {"classical": (classical, {}), **{k: (g, kwargs(data)) for k, g in
                                                       graphs.items()}}
@@ -118,8 +118,8 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
             row = {"model": model, "batch": batch,
                    **{f"{k}_ms": statistics.median(v) for k, v in times.items()}}
             for snr, d in zip(FLOAT32_SNR_BINS, checks):
-                cb = us.rmse(d.sources, references[net.learn_noise].predict(
-                    d.sensors, **({} if net.learn_noise else {"noise_var": d.noise_var})))
+                cb = us.rmse(d.sources, references[net.learn_noise].predict(d.sensors,
+                                                                            **kwargs(d)))
                 out = {k: g.predict(d.sensors, **kwargs(d)) for k, g in graphs.items()}
                 row[f"{snr[0]}-{snr[1]} dB"] = {
                     k: us.rmse(d.sources, o) / cb for k, o in out.items()}

@@ -27,7 +27,7 @@ import torch
 
 import unfolded_sbl as us
 from benchmarks import _paper_figures as figures
-from benchmarks._results import HERE, write_section
+from benchmarks._results import HERE, matmul_peak, write_section
 from benchmarks.bench_onnx import per_sample
 from unfolded_sbl.evaluation import evaluate
 from unfolded_sbl.zoo import PRESETS, TRAIN_FORWARD, model_card
@@ -295,16 +295,6 @@ def _gain(rows, method, base="ClassicalCB joint"):
 
 
 # -- speed ------------------------------------------------------------------------------
-def matmul_peak(size=1024, repeats=5):
-    """Measured float32 matrix-multiply throughput (GFLOP/s) of this machine."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
-
-
 def network_flops(est, X):
     """FLOPs per sample of one network forward, counted by torch's FlopCounterMode
     (matrix products only; the Cholesky factorisations add ~N^3/3 per layer)."""
