@@ -30,18 +30,21 @@ def per_sample(est, X, repeats, **kwargs):
 
 #: (batch size, repeats)
 BATCHES = ((1, 5), (8, 3), (64, 3), (256, 1))
-#: the attention model is timed once at every batch size (about 10x the others' cost)
-SLOW = {"deep-attn-cb-joint"}
+
+
+#: the library's choice in the session-options table
+LIBRARY_DEFAULT = "library default (ORT_ENABLE_ALL, arena, sequential, memory reuse off)"
 
 
 def _variants():
     """onnxruntime session options tried against the library's choice
-    (``onnx_runtime._session``), one change at a time."""
+    (``onnx_runtime._session_options``), one change at a time."""
     import onnxruntime as ort
 
     level = ort.GraphOptimizationLevel
     return {
-        "library default (ORT_ENABLE_ALL, arena, sequential)": {},
+        LIBRARY_DEFAULT: {},
+        "memory reuse on (onnxruntime's default)": {"enable_mem_reuse": True},
         "graph optimisation ORT_ENABLE_BASIC": {"graph_optimization_level":
                                                 level.ORT_ENABLE_BASIC},
         "graph optimisation ORT_DISABLE_ALL": {"graph_optimization_level":
@@ -52,28 +55,32 @@ def _variants():
 
 
 def session_options(fwd, data, threads, model="deep-cb-joint", batch=64, rounds=3):
-    """ms/sample of ``model`` at ``batch`` under each session variant: the sessions
-    take turns for ``rounds`` rounds and the median is kept."""
+    """Seconds to open ``model`` and its ms/sample at ``batch`` under each session
+    variant: the sessions take turns for ``rounds`` rounds and the median is kept."""
     import statistics
 
     import onnxruntime as ort
 
+    from unfolded_sbl.onnx_runtime import _session_options
+
     est = us.load_pretrained(model, forward=fwd, backend="onnx", intra_op_num_threads=threads)
     X = data.sensors[:batch]
-    sessions = {}
+    sessions, opened = {}, {}
     for name, changes in _variants().items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options = _session_options(threads)
         for key, value in changes.items():
             setattr(options, key, value)
+        start = time.perf_counter()
         sessions[name] = ort.InferenceSession(str(est.path), sess_options=options,
                                               providers=[est.provider_])
+        opened[name] = time.perf_counter() - start
     times = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():
             est.session_ = session
             times[name].append(per_sample(est, X, 1))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: {"ms_per_sample": statistics.median(t), "open_s": opened[name]}
+            for name, t in times.items()}
 
 
 #: per-sensor SNR bins (dB) of the float32 accuracy check, 32 samples each
@@ -112,7 +119,7 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
             timed = {"classical": (classical, {}), **{k: (g, kwargs(data)) for k, g in
                                                       graphs.items()}}
             times = {k: [] for k in timed}
-            for _ in range(1 if model in SLOW else rounds):
+            for _ in range(rounds):
                 for key, (est, kw) in timed.items():
                     times[key].append(per_sample(est, data.sensors, 1, **kw))
             row = {"model": model, "batch": batch,
@@ -148,8 +155,7 @@ def _float32_body(rows, batch):
 
 `us.export_onnx(us.load_pretrained(name, dtype="float32"), path)` writes a graph whose products
 run in float32 (the N x N factorisation stays float64 inside it). Each shipped model
-exported that way, batch {batch}; the three take turns (median of 5 rounds, 1 for the
-attention model):
+exported that way, batch {batch}; the three take turns (median of 5 rounds):
 
 | model | ClassicalCB float32, ms/sample | shipped float64 graph | float32 graph | float64 / float32 | float32 graph / ClassicalCB float32 |
 |---|---|---|---|---|---|
@@ -192,7 +198,7 @@ def main(argv=None):
             onnx_est = us.load_pretrained(model, forward=fwd, backend="onnx",
                                           intra_op_num_threads=threads)
             kwargs = {} if torch_est.learn_noise else {"noise_var": noise}
-            n_repeats = 1 if model in SLOW and batch > 1 else repeats.get(batch, 1)
+            n_repeats = repeats.get(batch, 1)
             t_torch = per_sample(torch_est, X, n_repeats, **kwargs)
             t_onnx = per_sample(onnx_est, X, n_repeats, **kwargs)
             rows.append({"model": model, "batch": batch, "classical_f32_ms": t_cb,
@@ -202,9 +208,10 @@ def main(argv=None):
                   f"{t_torch:.1f} ms, onnxruntime ({onnx_est.provider_}) {t_onnx:.1f} ms "
                   "per sample", flush=True)
     options = {} if args.no_options else session_options(fwd, data, threads)
-    base = options.get("library default (ORT_ENABLE_ALL, arena, sequential)")
-    options_table = "\n".join(f"| {name} | {ms:.1f} | {ms / base:.2f} |"
-                              for name, ms in options.items())
+    base = options.get(LIBRARY_DEFAULT, {})
+    options_table = "\n".join(
+        f"| {name} | {o['open_s']:.1f} | {o['ms_per_sample']:.1f} | "
+        f"{o['ms_per_sample'] / base['ms_per_sample']:.2f} |" for name, o in options.items())
     reference = {r["batch"]: r for r in rows if r["model"] == "deep-cb-joint"}
     table = "\n".join(
         f"| {r['model']} | {r['batch']} | {r['classical_f32_ms']:.1f} | {r['torch_ms']:.1f} | "
@@ -214,8 +221,7 @@ def main(argv=None):
            if r["batch"] in reference else "-") + " |" for r in rows)
     body = f"""`python -m benchmarks.bench_onnx` - every shipped model, default template (64 x
 1284), T = 100, {threads} threads for torch and onnxruntime (`{rows[0]['provider']}`), one
-run: each cell is the median of 5 / 3 / 3 / 1 calls at batch 1 / 8 / 64 / 256 (one call for
-the attention model beyond batch 1) after a warm-up call at the same batch size. The networks run in float64 (their default since the numerical-safety work),
+run: each cell is the median of 5 / 3 / 3 / 1 calls at batch 1 / 8 / 64 / 256 after a warm-up call at the same batch size. The networks run in float64 (their default since the numerical-safety work),
 ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 
 | model | batch | ClassicalCB float32, ms/sample | torch eager, ms/sample | onnxruntime, ms/sample | torch / onnxruntime | time / deep-cb-joint's (torch / onnx) |
@@ -224,11 +230,12 @@ ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 """
     if options:
         body += f"""
-Session options (`onnx_runtime._session`), deep-cb-joint at batch 64, one change at a
-time, the sessions taking turns (median of 3 rounds):
+Session options (`onnx_runtime._session_options`), deep-cb-joint at batch 64, one change
+at a time: seconds to open the session (once each, in this order), and ms/sample with the
+sessions taking turns (median of 3 rounds):
 
-| session | ms/sample | time / library default's |
-|---|---|---|
+| session | open, s | ms/sample | time / library default's |
+|---|---|---|---|
 {options_table}
 """
     float32 = [] if args.no_float32 else float32_exports(fwd, threads, models)

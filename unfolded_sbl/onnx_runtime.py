@@ -15,18 +15,37 @@ from .forward import mesh_neighbourhoods
 logger = logging.getLogger("unfolded_sbl")
 
 
-def _session(path, providers, threads):
-    """An onnxruntime session with the library's defaults, kept on purpose: full
-    graph optimisation (``ORT_ENABLE_ALL``: the exported graphs' constant folding
-    and GEMM fusions), the CPU memory arena (the per-layer N x N buffers are
-    reused across calls), sequential execution (the layers are a chain), and
-    onnxruntime's thread count unless ``threads`` is given."""
+def _session_options(threads=None):
+    """The library's onnxruntime session options, kept on purpose.
+
+    * Full graph optimisation (``ORT_ENABLE_ALL``: the exported graphs' constant
+      folding and GEMM fusions), the CPU memory arena (the per-layer N x N buffers
+      are reused across calls) and sequential execution (the layers are a chain).
+    * Memory-pattern reuse off (``enable_mem_reuse = False``): with it on,
+      onnxruntime's allocation planner takes about 1 ms per node to plan the
+      buffer sharing, 11-20 s for the 17,000 nodes of a 25-layer network, paid by
+      every session that opens a model (``us.apply``, ``load_pretrained(...,
+      backend="onnx")``); off, 1-3 s.  The arena still recycles the buffers, and
+      inference speed and peak memory were the same within noise at batch 1, 64
+      and 256 (``python -m benchmarks.bench_onnx``, session-options table).
+    * onnxruntime's thread count unless ``threads`` is given.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
+    options.enable_mem_reuse = False
     options.log_severity_level = 3  # the CUDA probe on CPU-only machines is noisy
+    return options
+
+
+def _session(path, providers, threads):
+    """An onnxruntime session with :func:`_session_options`, CUDA first when
+    available; reports which provider really runs."""
+    import onnxruntime as ort
+
+    options = _session_options(threads)
     available = ort.get_available_providers()
     wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                            if p in available]
