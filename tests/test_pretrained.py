@@ -114,6 +114,9 @@ def test_low_snr_stage_adds_a_third_component_and_continuation_keeps_stages():
     two, three = zoo.robust_simulator_params(), zoo.robust_simulator_params(low_snr=True)
     assert len(two) == 2 and three[:2] == two
     assert three[2]["snr_db"] == zoo.LOW_SNR["snr_db"] and three[2]["head_models"] == "ensemble"
+    four = zoo.robust_simulator_params(low_snr=True, dense=True)
+    assert four[:3] == three and four[3] == {**zoo.DENSE, "head_models": "ensemble"}
+    assert len(zoo._mixture_labels(True, True)) == 4
     shipped = zoo.MODEL_DIR / "deep-cb-joint.pt"
     names = [st["name"] for st in zoo.model_card("deep-cb-joint")["training"]["stages"]]
     # fine-tuned again: stage 2 is replaced; continued: every earlier stage is kept

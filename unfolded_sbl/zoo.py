@@ -74,22 +74,42 @@ ROBUST_BUDGETS = {
 #: the paper's simulator at per-sensor SNR -10..10 dB, where the robustness
 #: matrix found the attention model losing to ClassicalCB.
 LOW_SNR = {"snr_db": (-10.0, 10.0)}
+#: Stage-2 component added by :func:`robust_simulator_params` with ``dense``: the
+#: paper's simulator with 20-40 patches, where the robustness matrix found Deep CB
+#: level with or just behind ClassicalCB (the robust simulator draws the patch
+#: count log-uniformly from 1-40, so it seldom shows 20 or more small patches).
+DENSE = {"n_patches": (20, 40)}
 
 
-def robust_simulator_params(low_snr=False):
+def robust_simulator_params(low_snr=False, dense=False):
     """Stage-2 training data: an even mixture of the paper's simulator and the robust
     one, both projected through the head-model ensemble (alone, the robust one made
     the corrections trade focal samples for extended ones: rMSE on paper-like
     samples went from 0.61 to 0.89, ClassicalCB 0.67).  ``low_snr`` adds the
     paper's simulator at ``LOW_SNR`` as a third component: a third of the batches,
     and a validation part of its own, so that the kept epoch (the best worst
-    part) does not lose there either."""
+    part) does not lose there either; ``dense`` adds the paper's simulator with
+    ``DENSE`` patches the same way.  Every part goes through the head-model
+    ensemble, and the batches are shared evenly between the parts."""
     from .simulate import ROBUST_SIMULATOR
 
     parts = [{"head_models": "ensemble"}, {**ROBUST_SIMULATOR, "head_models": "ensemble"}]
     if low_snr:
         parts.append({**LOW_SNR, "head_models": "ensemble"})
+    if dense:
+        parts.append({**DENSE, "head_models": "ensemble"})
     return parts
+
+
+def _mixture_labels(low_snr, dense):
+    """The stage-2 mixture as the model card records it."""
+    from .simulate import ROBUST_SIMULATOR
+
+    return (["paper defaults", ROBUST_SIMULATOR]
+            + ([f"paper defaults at {LOW_SNR['snr_db'][0]:g}..{LOW_SNR['snr_db'][1]:g} dB"]
+               if low_snr else [])
+            + ([f"paper defaults with {DENSE['n_patches'][0]}-{DENSE['n_patches'][1]} "
+                "patches"] if dense else []))
 
 
 def list_pretrained():
@@ -178,26 +198,26 @@ def _samples_seen(params, n_layers=25):
 
 def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overrides=None,
                      checkpoint_dir=None, verbose=True, init=None, robust_overrides=None,
-                     low_snr=False, continue_training=False):
+                     low_snr=False, continue_training=False, dense=False):
     """Train a preset in two stages, evaluate it, export it and write its card.
 
     Stage 1 (``PRESETS``) trains from scratch on the paper's simulator; stage 2
     (``ROBUST_STAGE`` with ``ROBUST_BUDGETS``) fine-tunes on the robust
-    distribution (with ``low_snr``, plus a low-SNR component: see
-    :func:`robust_simulator_params`).  ``init`` (a model file, e.g. the shipped
+    distribution (with ``low_snr`` and ``dense``, plus a low-SNR and a many-patch
+    component: see :func:`robust_simulator_params`).  ``init`` (a model file, e.g. the shipped
     ``.pt``) skips stage 1 and fine-tunes that model; its card's stage-1 record
     is kept when it is a shipped model, and with ``continue_training`` its
     stage-2 records too (the new stage is then recorded as one more stage).
     Both stages checkpoint into ``checkpoint_dir``.
     """
-    from .simulate import ROBUST_SIMULATOR, Simulator
+    from .simulate import Simulator
     from .unfolded import UnfoldedSBLRegressor
 
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     params = {**PRESETS[name], **(overrides or {})}
     robust = {**ROBUST_STAGE, **ROBUST_BUDGETS[name], **(robust_overrides or {}),
-              "simulator_params": robust_simulator_params(low_snr)}
+              "simulator_params": robust_simulator_params(low_snr, dense)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = {"paper": None, "robust": None}
@@ -228,9 +248,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     est.set_params(warm_start=True, checkpoint=checkpoints["robust"], verbose=verbose,
                    random_state=random_state, dtype="float64", **robust)
     est.fit_simulated()
-    mixture = ["paper defaults", ROBUST_SIMULATOR] + (
-        [f"paper defaults at {LOW_SNR['snr_db'][0]:g}..{LOW_SNR['snr_db'][1]:g} dB"]
-        if low_snr else [])
+    mixture = _mixture_labels(low_snr, dense)
     n_robust = sum(st["name"].startswith("robust") for st in stages)
     stages.append({"name": "robust" if not n_robust else f"robust-{n_robust + 1}",
                    "estimator_params": {k: v for k, v in robust.items()
