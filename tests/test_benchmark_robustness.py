@@ -1,0 +1,22 @@
+"""The robustness matrix's paired-bootstrap interval of a cell's rMSE ratio."""
+
+import numpy as np
+
+from benchmarks.robustness import ratio_interval
+
+
+def test_ratio_interval_is_exact_for_proportional_errors_and_covers_the_ratio():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.3, 1.0, 32)
+    assert ratio_interval(reference, reference, seed=1) == [1.0, 1.0]
+    lo, hi = ratio_interval(1.2 * reference, reference, seed=1)
+    assert abs(lo - 1.2) < 1e-12 and abs(hi - 1.2) < 1e-12
+    noisy = reference + rng.normal(0, 0.1, 32)
+    lo, hi = ratio_interval(noisy, reference, seed=1)
+    assert lo < noisy.mean() / reference.mean() < hi
+    assert ratio_interval(noisy, reference, seed=1) == [lo, hi]  # seeded
+    # more samples, narrower interval
+    many = rng.uniform(0.3, 1.0, 512)
+    wide = np.subtract(*ratio_interval(many[:16] + 0.1 * rng.normal(size=16), many[:16], 2)[::-1])
+    narrow = np.subtract(*ratio_interval(many + 0.1 * rng.normal(size=512), many, 2)[::-1])
+    assert narrow < wide
