@@ -91,25 +91,27 @@ def robust_simulator_params(low_snr=False, dense=False):
     part) does not lose there either; ``dense`` adds the paper's simulator with
     ``DENSE`` patches the same way.  Every part goes through the head-model
     ensemble, and the batches are shared evenly between the parts."""
+    return [{**params, "head_models": "ensemble"}
+            for _, params in _stage2_components(low_snr, dense)]
+
+
+def _stage2_components(low_snr, dense):
+    """(label for the model card, simulator parameters) of each stage-2 part."""
     from .simulate import ROBUST_SIMULATOR
 
-    parts = [{"head_models": "ensemble"}, {**ROBUST_SIMULATOR, "head_models": "ensemble"}]
+    parts = [("paper defaults", {}), (ROBUST_SIMULATOR, ROBUST_SIMULATOR)]
     if low_snr:
-        parts.append({**LOW_SNR, "head_models": "ensemble"})
+        low, high = LOW_SNR["snr_db"]
+        parts.append((f"paper defaults at {low:g}..{high:g} dB", LOW_SNR))
     if dense:
-        parts.append({**DENSE, "head_models": "ensemble"})
+        fewest, most = DENSE["n_patches"]
+        parts.append((f"paper defaults with {fewest}-{most} patches", DENSE))
     return parts
 
 
 def _mixture_labels(low_snr, dense):
     """The stage-2 mixture as the model card records it."""
-    from .simulate import ROBUST_SIMULATOR
-
-    return (["paper defaults", ROBUST_SIMULATOR]
-            + ([f"paper defaults at {LOW_SNR['snr_db'][0]:g}..{LOW_SNR['snr_db'][1]:g} dB"]
-               if low_snr else [])
-            + ([f"paper defaults with {DENSE['n_patches'][0]}-{DENSE['n_patches'][1]} "
-                "patches"] if dense else []))
+    return [label for label, _ in _stage2_components(low_snr, dense)]
 
 
 def list_pretrained():
