@@ -5,12 +5,18 @@ whitened by the true per-sensor noise so that MNE's scalar noise variance
 (alpha = 1) is exact.  MNE's solver core (``_gamma_map_opt``, one problem at a
 time) is timed without its wrapper's I/O; ClassicalCB solves the batch.
 
-    python -m benchmarks.bench_classical [--n-problems 32] [--n-mne 8]
+    python -m benchmarks.bench_classical [--n-problems 32] [--n-mne 8] [--rounds 3]
+
+MNE's time moves by up to 40 % between runs on a shared machine, so every solver is
+timed ``--rounds`` times, the solvers taking turns within a round; the table shows
+the median time and each speed-up is the median of the per-round ratios, with
+their range.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
@@ -80,39 +86,75 @@ def metrics_row(true, est, fwd, ms):
     return {**score_sources(true, est, fwd), "ms_per_sample": ms}
 
 
+def timed_rounds(data, fwd, k, n_problems, n_iter, tol, rounds):
+    """Estimates (of the first round; every solver is deterministic) and per-round
+    seconds per problem of MNE, ClassicalCB float64 / float32 at batch 64 and float64
+    at batch 1, the four taking turns in each round."""
+    runs = {"mne": lambda: run_mne(data, fwd, k, n_iter, tol),
+            "f64": lambda: run_ours(data, fwd, n_problems, n_iter, tol),
+            "f32": lambda: run_ours(data, fwd, n_problems, n_iter, tol, dtype="float32"),
+            "b1": lambda: run_ours(data, fwd, k, n_iter, tol, batch_size=1)}
+    estimates, seconds = {}, {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            out, t = run()
+            estimates.setdefault(key, out)
+            seconds[key].append(t)
+    return estimates, seconds
+
+
+def speedups(seconds, key):
+    """Median and range of the per-round ratios MNE time / ``key`` time."""
+    ratios = [m / t for m, t in zip(seconds["mne"], seconds[key])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def _ratio(speedup):
+    median, low, high = speedup
+    return f"x{median:.1f} [{low:.1f}, {high:.1f}]"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-problems", type=int, default=64)
     parser.add_argument("--n-mne", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times every solver is timed (median kept)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
     fwd = us.load_forward()
     data = us.simulate(fwd, args.n_problems, random_state=args.seed)
-    rows, payload = {}, {"n_problems": args.n_problems, "n_mne": args.n_mne, "seed": args.seed}
+    rows, payload = {}, {"n_problems": args.n_problems, "n_mne": args.n_mne, "seed": args.seed,
+                         "rounds": args.rounds}
     for label, n_iter, tol in (("25 iterations", 25, 0.0), ("to convergence (tol 1e-4)",
                                                              3000, 1e-4)):
         k = args.n_mne
-        x_mne, t_mne = run_mne(data, fwd, k, n_iter, tol)
-        x_ours, t_ours = run_ours(data, fwd, args.n_problems, n_iter, tol)
-        x_32, t_32 = run_ours(data, fwd, args.n_problems, n_iter, tol, dtype="float32")
-        x_b1, t_b1 = run_ours(data, fwd, k, n_iter, tol, batch_size=1)
+        estimates, seconds = timed_rounds(data, fwd, k, args.n_problems, n_iter, tol,
+                                          args.rounds)
+        ms = {key: 1e3 * statistics.median(t) for key, t in seconds.items()}
+        x_mne, x_ours = estimates["mne"], estimates["f64"]
         truth = data.sources
-        rows[f"MNE gamma_map, {label}"] = metrics_row(truth[:k], x_mne, fwd, 1e3 * t_mne)
-        rows[f"ClassicalCB f64 batch 1, {label}"] = metrics_row(truth[:k], x_b1, fwd,
-                                                                1e3 * t_b1)
+        rows[f"MNE gamma_map, {label}"] = metrics_row(truth[:k], x_mne, fwd, ms["mne"])
+        rows[f"ClassicalCB f64 batch 1, {label}"] = metrics_row(truth[:k], estimates["b1"],
+                                                                fwd, ms["b1"])
         # metrics on the same first k problems as MNE; times over the whole batch
         rows[f"ClassicalCB f64 batch 64, {label}"] = metrics_row(truth[:k], x_ours[:k], fwd,
-                                                                 1e3 * t_ours)
-        rows[f"ClassicalCB f32 batch 64, {label}"] = metrics_row(truth[:k], x_32[:k], fwd,
-                                                                 1e3 * t_32)
+                                                                 ms["f64"])
+        rows[f"ClassicalCB f32 batch 64, {label}"] = metrics_row(
+            truth[:k], estimates["f32"][:k], fwd, ms["f32"])
         agree = np.linalg.norm(x_ours[:k] - x_mne) / np.linalg.norm(x_mne)
-        payload[label] = {"speedup_f64": t_mne / t_ours, "speedup_f32": t_mne / t_32,
-                          "speedup_batch1": t_mne / t_b1, "relative_difference_to_mne": agree}
-        print(f"{label}: MNE {1e3 * t_mne:.1f} ms, ours {1e3 * t_ours:.1f} ms (f64), "
-              f"{1e3 * t_32:.1f} ms (f32): x{t_mne / t_ours:.1f} / x{t_mne / t_32:.1f}; "
-              f"estimates differ by {agree:.2e} relative")
+        payload[label] = {"speedup_f64": speedups(seconds, "f64"),
+                          "speedup_f32": speedups(seconds, "f32"),
+                          "speedup_batch1": speedups(seconds, "b1"),
+                          "ms_per_round": {key: [1e3 * x for x in t]
+                                           for key, t in seconds.items()},
+                          "relative_difference_to_mne": agree}
+        print(f"{label}: MNE {ms['mne']:.1f} ms, ours {ms['f64']:.1f} ms (f64), "
+              f"{ms['f32']:.1f} ms (f32): x{payload[label]['speedup_f64'][0]:.1f} / "
+              f"x{payload[label]['speedup_f32'][0]:.1f}; "
+              f"estimates differ by {agree:.2e} relative", flush=True)
     payload["rows"] = rows
     payload["matrix_products"] = rate = matrix_product_rate(data, fwd)
     table = format_table(rows, markdown=True)
@@ -120,13 +162,16 @@ def main(argv=None):
     body = (f"`python -m benchmarks.bench_classical` - default template (64 channels, 1284 "
             f"sources), T = 100, known noise, {args.n_problems} simulated problems "
             f"(MNE and batch 1: the first {args.n_mne}; every metric is over those first "
-            f"{args.n_mne} problems, batch-64 times over all of them). "
+            f"{args.n_mne} problems, batch-64 times over all of them). Each solver is "
+            f"timed {args.rounds} times, the solvers taking turns; times are medians, "
+            "speed-ups the median of the per-round ratios [lowest, highest]. "
             "MNE's `gamma_map` core runs the problems one by one; ClassicalCB batches them. "
             "MNE's final estimate mixes the last two iterations (gamma_K times the "
             "posterior of gamma_K-1), hence the small difference at 25 iterations.\n\n"
             + table + "\n\n" + "\n".join(
-                f"- {label}: speed-up x{v['speedup_f64']:.1f} (float64), "
-                f"x{v['speedup_f32']:.1f} (float32), x{v['speedup_batch1']:.1f} (batch 1); "
+                f"- {label}: speed-up {_ratio(v['speedup_f64'])} (float64), "
+                f"{_ratio(v['speedup_f32'])} (float32), {_ratio(v['speedup_batch1'])} "
+                "(batch 1); "
                 f"relative difference of the estimates {v['relative_difference_to_mne']:.1e}"
                 for label, v in payload.items() if isinstance(v, dict) and "speedup_f64" in v)
             + "\n\nWhere the time goes (25 iterations, batch 64): ClassicalCB's matrix products "

@@ -117,6 +117,9 @@ def test_low_snr_stage_adds_a_third_component_and_continuation_keeps_stages():
     four = zoo.robust_simulator_params(low_snr=True, dense=True)
     assert four[:3] == three and four[3] == {**zoo.DENSE, "head_models": "ensemble"}
     assert len(zoo._mixture_labels(True, True)) == 4
+    wide = zoo.robust_simulator_params(low_snr=True, wide=True)
+    assert wide[:3] == three and wide[3] == {**zoo.WIDE, "head_models": "ensemble"}
+    assert "6-15 mm" in zoo._mixture_labels(False, False, wide=True)[-1]
     shipped = zoo.MODEL_DIR / "deep-cb-joint.pt"
     names = [st["name"] for st in zoo.model_card("deep-cb-joint")["training"]["stages"]]
     # fine-tuned again: stage 2 is replaced; continued: every earlier stage is kept

@@ -159,7 +159,8 @@ def _cmd_train(args):
     card = train_pretrained(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
                             n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir, init=init,
                             robust_overrides=robust, low_snr=args.low_snr,
-                            dense=args.dense, continue_training=args.continue_)
+                            dense=args.dense, wide=args.wide,
+                            continue_training=args.continue_)
     from .evaluation import format_table
 
     print(format_table(card["validation"]["metrics"]))
@@ -279,6 +280,8 @@ def build_parser():
                        help="stage 2 with a third, low-SNR component (zoo.LOW_SNR)")
     train.add_argument("--dense", action="store_true",
                        help="stage 2 with a many-patch component (zoo.DENSE)")
+    train.add_argument("--wide", action="store_true",
+                       help="stage 2 with a wide-patch component (zoo.WIDE)")
     train.add_argument("--epochs", type=int, default=None,
                        help="stage-2 epochs (default: the preset's budget)")
     train.set_defaults(func=_cmd_train)

@@ -79,9 +79,14 @@ LOW_SNR = {"snr_db": (-10.0, 10.0)}
 #: level with or just behind ClassicalCB (the robust simulator draws the patch
 #: count log-uniformly from 1-40, so it seldom shows 20 or more small patches).
 DENSE = {"n_patches": (20, 40)}
+#: Stage-2 component added with ``wide``: the paper's simulator with patches of
+#: 6-15 mm spread along the mesh, where the robustness matrix found the graph model
+#: level with or behind ClassicalCB (the robust simulator draws spreads
+#: log-uniformly from 1-15 mm, so wide patches are its rarest).
+WIDE = {"spread": (0.006, 0.015), "patch_distance": "mesh"}
 
 
-def robust_simulator_params(low_snr=False, dense=False):
+def robust_simulator_params(low_snr=False, dense=False, wide=False):
     """Stage-2 training data: an even mixture of the paper's simulator and the robust
     one, both projected through the head-model ensemble (alone, the robust one made
     the corrections trade focal samples for extended ones: rMSE on paper-like
@@ -89,13 +94,14 @@ def robust_simulator_params(low_snr=False, dense=False):
     paper's simulator at ``LOW_SNR`` as a third component: a third of the batches,
     and a validation part of its own, so that the kept epoch (the best worst
     part) does not lose there either; ``dense`` adds the paper's simulator with
-    ``DENSE`` patches the same way.  Every part goes through the head-model
-    ensemble, and the batches are shared evenly between the parts."""
+    ``DENSE`` patches the same way, and ``wide`` the paper's simulator with
+    ``WIDE`` patches.  Every part goes through the head-model ensemble, and the
+    batches are shared evenly between the parts."""
     return [{**params, "head_models": "ensemble"}
-            for _, params in _stage2_components(low_snr, dense)]
+            for _, params in _stage2_components(low_snr, dense, wide)]
 
 
-def _stage2_components(low_snr, dense):
+def _stage2_components(low_snr, dense, wide=False):
     """(label for the model card, simulator parameters) of each stage-2 part."""
     from .simulate import ROBUST_SIMULATOR
 
@@ -106,12 +112,16 @@ def _stage2_components(low_snr, dense):
     if dense:
         fewest, most = DENSE["n_patches"]
         parts.append((f"paper defaults with {fewest}-{most} patches", DENSE))
+    if wide:
+        narrow, broad = (1e3 * s for s in WIDE["spread"])
+        parts.append((f"paper defaults with {narrow:g}-{broad:g} mm patches along the mesh",
+                       WIDE))
     return parts
 
 
-def _mixture_labels(low_snr, dense):
+def _mixture_labels(low_snr, dense, wide=False):
     """The stage-2 mixture as the model card records it."""
-    return [label for label, _ in _stage2_components(low_snr, dense)]
+    return [label for label, _ in _stage2_components(low_snr, dense, wide)]
 
 
 def list_pretrained():
@@ -200,13 +210,13 @@ def _samples_seen(params, n_layers=25):
 
 def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overrides=None,
                      checkpoint_dir=None, verbose=True, init=None, robust_overrides=None,
-                     low_snr=False, continue_training=False, dense=False):
+                     low_snr=False, continue_training=False, dense=False, wide=False):
     """Train a preset in two stages, evaluate it, export it and write its card.
 
     Stage 1 (``PRESETS``) trains from scratch on the paper's simulator; stage 2
     (``ROBUST_STAGE`` with ``ROBUST_BUDGETS``) fine-tunes on the robust
-    distribution (with ``low_snr`` and ``dense``, plus a low-SNR and a many-patch
-    component: see :func:`robust_simulator_params`).  ``init`` (a model file, e.g. the shipped
+    distribution (with ``low_snr``, ``dense`` and ``wide``, plus a low-SNR, a
+    many-patch and a wide-patch component: see :func:`robust_simulator_params`).  ``init`` (a model file, e.g. the shipped
     ``.pt``) skips stage 1 and fine-tunes that model; its card's stage-1 record
     is kept when it is a shipped model, and with ``continue_training`` its
     stage-2 records too (the new stage is then recorded as one more stage).
@@ -219,7 +229,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     params = {**PRESETS[name], **(overrides or {})}
     robust = {**ROBUST_STAGE, **ROBUST_BUDGETS[name], **(robust_overrides or {}),
-              "simulator_params": robust_simulator_params(low_snr, dense)}
+              "simulator_params": robust_simulator_params(low_snr, dense, wide)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = {"paper": None, "robust": None}
@@ -250,7 +260,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     est.set_params(warm_start=True, checkpoint=checkpoints["robust"], verbose=verbose,
                    random_state=random_state, dtype="float64", **robust)
     est.fit_simulated()
-    mixture = _mixture_labels(low_snr, dense)
+    mixture = _mixture_labels(low_snr, dense, wide)
     n_robust = sum(st["name"].startswith("robust") for st in stages)
     stages.append({"name": "robust" if not n_robust else f"robust-{n_robust + 1}",
                    "estimator_params": {k: v for k, v in robust.items()

@@ -1,0 +1,23 @@
+"""The MNE comparison takes turns and reports per-round speed-ups
+(benchmarks/bench_classical.py)."""
+
+import numpy as np
+
+import unfolded_sbl as us
+from benchmarks import bench_classical
+
+
+def test_rounds_time_every_solver_and_keep_deterministic_estimates():
+    fwd = us.load_forward()
+    data = us.simulate(fwd, 3, random_state=0, n_times=20)
+    estimates, seconds = bench_classical.timed_rounds(data, fwd, k=2, n_problems=3, n_iter=3,
+                                                      tol=0.0, rounds=2)
+    assert set(seconds) == {"mne", "f64", "f32", "b1"}
+    assert all(len(t) == 2 and min(t) > 0 for t in seconds.values())
+    assert estimates["mne"].shape == (2, fwd.n_sources, 20)
+    assert estimates["f64"].shape == (3, fwd.n_sources, 20)
+    # batch 1 and batch 64 are the same solver
+    np.testing.assert_allclose(estimates["b1"], estimates["f64"][:2], rtol=1e-8, atol=1e-20)
+    median, low, high = bench_classical.speedups(seconds, "f64")
+    ratios = [m / t for m, t in zip(seconds["mne"], seconds["f64"])]
+    assert low == min(ratios) and high == max(ratios) and low <= median <= high
