@@ -1,5 +1,6 @@
 """GPU timings: ClassicalCB vs MNE gamma_map, torch and onnxruntime-CUDA inference of
-every shipped model, training throughput.
+every shipped model, training throughput, and the training simulator on the host and
+on the device.
 
     python -m benchmarks.bench_gpu             # on a machine with a CUDA GPU (< 5 min)
     python -m benchmarks.bench_gpu --dry-run   # every path on the CPU, tiny sizes, no
@@ -88,7 +89,20 @@ def training(fwd, device, presets, steps, batch_size):
     return rows
 
 
-def markdown(device_name, classical, infer, train):
+def simulator(fwd, device, batch_size, repeat=3):
+    """Samples/s of the robust training simulator: assembled for the host (numpy)
+    and on ``device`` (torch tensors there, what ``fit_simulated`` draws)."""
+    from unfolded_sbl.simulate import ROBUST_SIMULATOR
+
+    rows = {}
+    for label, where in (("host (numpy)", None), (f"on the device ({device})", device)):
+        sim = us.Simulator(fwd, random_state=0, device=where, **ROBUST_SIMULATOR)
+        seconds = _timed(lambda: sim.draw(batch_size), repeat)
+        rows[label] = {"samples_per_s": batch_size / seconds, "batch_size": batch_size}
+    return rows
+
+
+def markdown(device_name, classical, infer, train, sim):
     lines = [f"Device: {device_name}.", "", "| ClassicalCB vs MNE gamma_map | ClassicalCB "
              "ms/sample | gamma_map ms/sample | speed-up |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['ClassicalCB_ms']:.2f} | {v['mne_gamma_map_ms']:.1f} | "
@@ -100,6 +114,9 @@ def markdown(device_name, classical, infer, train):
     lines += ["", "| training (float64 solver) | samples/s |", "|---|---|"]
     lines += [f"| {k}, batch {v['batch_size']} | {v['samples_per_s']:.1f} |"
               for k, v in train.items()]
+    lines += ["", "| robust training simulator | samples/s |", "|---|---|"]
+    lines += [f"| {k}, batch {v['batch_size']} | {v['samples_per_s']:.1f} |"
+              for k, v in sim.items()]
     return "\n".join(lines)
 
 
@@ -128,7 +145,8 @@ def main(argv=None):
                                                (10, 1e-2, "to tol 1e-2")))
         infer = inference(fwd, device, (1, 2), ["deep-cb-joint"], providers)
         train = training(fwd, device, {"mlp": "mlp"}, steps=1, batch_size=2)
-        print(markdown("CPU (dry run)", classical, infer, train))
+        sim = simulator(fwd, device, batch_size=2, repeat=1)
+        print(markdown("CPU (dry run)", classical, infer, train, sim))
         return
     data = us.simulate(fwd, 64, random_state=0)
     classical = classical_vs_mne(fwd, data, device, n_mne=4)
@@ -136,11 +154,12 @@ def main(argv=None):
     train = training(fwd, device, {"Deep CB (mlp)": "mlp", "Deep Graph CB (graph)": "graph",
                                    "Deep Attn CB (attention)": "attention"},
                      steps=5, batch_size=32)
+    sim = simulator(fwd, device, batch_size=32)
     name = torch.cuda.get_device_name(0)
-    body = markdown(name, classical, infer, train)
+    body = markdown(name, classical, infer, train, sim)
     write_section("gpu", "GPU timings (benchmarks/bench_gpu.py)", body,
                   {"device": name, "classical": classical, "inference": infer,
-                   "training": train})
+                   "training": train, "simulator": sim})
     print(body)
 
 

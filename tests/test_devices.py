@@ -28,7 +28,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(small_fwd, device):
               lambda: us.UnfoldedSBLRegressor(small_fwd, max_epochs=0,
                                               device=device).fit_simulated(),
               lambda: us.EndToEndRegressor(small_fwd, hidden=4, max_epochs=0,
-                                           device=device).fit(data.sensors, data.sources)]
+                                           device=device).fit(data.sensors, data.sources),
+              lambda: us.Simulator(small_fwd, device=device)]
     for make in makers:
         with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
             make()
@@ -62,6 +63,55 @@ def test_cuda_matches_cpu(small_fwd):  # runs on a GPU machine only
     np.testing.assert_allclose(net.fit_simulated().predict(data.sensors), us.ClassicalCB(
         small_fwd, n_iter=5).fit().predict(data.sensors), rtol=1e-5,
         atol=1e-10 * np.abs(ref).max())
+    params = dict(n_times=(5, 30), noise_color="mixed", bad_channel_prob=0.5)
+    on_gpu = us.Simulator(small_fwd, random_state=3, device="cuda", **params).draw(4)
+    on_host = us.Simulator(small_fwd, random_state=3, **params).draw(4)
+    assert on_gpu.sensors.is_cuda
+    np.testing.assert_allclose(on_gpu.numpy().sensors, on_host.sensors, rtol=1e-10,
+                               atol=1e-12 * np.abs(on_host.sensors).max())
+
+
+def _small_ensemble(fwd, n_members=3):
+    from unfolded_sbl.head_models import HeadModelEnsemble
+
+    rng = np.random.default_rng(1)
+    members = rng.normal(size=(n_members,) + fwd.lead_field.shape + (3,)) * 50.0
+    return HeadModelEnsemble(members.astype(np.float32), [{}] * n_members, "small", 20.0)
+
+
+def test_simulator_on_a_device_draws_the_host_samples(small_fwd, tmp_path):
+    """The same seed gives the same samples whether they are assembled for the host
+    (numpy) or on a device (torch tensors there), through every optional feature."""
+    params = dict(n_patches=(1, 4), n_times=(5, 30), log_uniform=True, noise_color="mixed",
+                  noise_free_prob=0.3, bad_channel_prob=0.5,
+                  head_models=_small_ensemble(small_fwd))
+    host = us.Simulator(small_fwd, random_state=3, **params)
+    device = us.Simulator(small_fwd, random_state=3, device="cpu", **params)
+    for _ in range(3):
+        a, b = host.draw(5), device.draw(5)
+        assert isinstance(a.sensors, np.ndarray)
+        assert torch.is_tensor(b.sensors) and b.sensors.device.type == "cpu"
+        for field in ("sensors", "sources", "noise_var"):
+            np.testing.assert_array_equal(getattr(b, field).numpy(), getattr(a, field))
+        np.testing.assert_array_equal(b.n_active, a.n_active)
+    b.save(tmp_path / "device.npz")
+    np.testing.assert_allclose(us.SimulatedData.load(tmp_path / "device.npz").sensors,
+                               a.sensors, rtol=1e-6)
+
+
+def test_device_batches_are_normalised_like_host_ones(small_fwd):
+    net = us.UnfoldedSBLRegressor(small_fwd, n_layers=3, max_epochs=0, learn_noise=False,
+                                  simulator_params={"n_times": 6}).fit_simulated()
+    data = us.Simulator(small_fwd, random_state=0, device="cpu", n_times=6).draw(3)
+    tensors = (data.sensors, data.sources, data.noise_var)
+    on_host = net._normalise(*(t.numpy() for t in tensors))
+    on_device = net._normalise(*tensors)
+    for a, b in zip(on_host, on_device):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="all-zero"):
+        net._normalise(torch.zeros(1, small_fwd.n_channels, 4))
+    with pytest.raises(ValueError, match="shape"):
+        net._normalise(torch.ones(1, small_fwd.n_channels + 1, 4))
 
 
 def test_bench_gpu_dry_run_exercises_every_path(capsys):
@@ -70,3 +120,20 @@ def test_bench_gpu_dry_run_exercises_every_path(capsys):
     bench_gpu.main(["--dry-run"])
     out = capsys.readouterr().out
     assert "CPU (dry run)" in out and "speed-up" in out and "samples/s" in out
+    assert "robust training simulator" in out and "on the device (cpu)" in out
+
+
+def test_padded_patch_products_equal_the_per_sample_ones():
+    """The GPU assembly of the simulator's sources (one batched product over patches
+    zero-padded per sample) is the per-sample sum the CPU path computes."""
+    from unfolded_sbl.simulate import padded_patches
+
+    rng = np.random.default_rng(0)
+    n_active = np.array([1, 4, 2])
+    kernels, courses = rng.random((7, 30)), rng.normal(size=(7, 9))
+    batched = np.swapaxes(padded_patches(kernels, n_active), 1, 2) @ padded_patches(
+        courses, n_active)
+    bounds = np.concatenate([[0], np.cumsum(n_active)])
+    for i in range(3):
+        patch = slice(bounds[i], bounds[i + 1])
+        np.testing.assert_allclose(batched[i], kernels[patch].T @ courses[patch], rtol=1e-12)

@@ -169,7 +169,8 @@ class EndToEndRegressor(_SourceEstimator):
         """Train on fresh simulated batches of the forward model."""
         self._build()
         params = {**(self.simulator_params or {}), **simulator_params}
-        simulator = Simulator(self.forward_, random_state=self.random_state, **params)
+        simulator = Simulator(self.forward_, random_state=self.random_state,
+                              device=self.device_, **params)
 
         def draw_batch(batch_size, rng):
             data = simulator.draw(batch_size)

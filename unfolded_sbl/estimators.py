@@ -169,6 +169,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
 
     def _normalise(self, X, y=None, noise_var=None):
         """Referenced, scaled tensors (Y, X, noise) as the network sees them."""
+        if torch.is_tensor(X):
+            return self._normalise_tensors(X, y, noise_var)
         Y, scale = self._prepare(X)
         if np.any(scale == 0):
             raise ValueError("X contains all-zero samples; training needs signal")
@@ -178,6 +180,27 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         out.append(None if y is None else self._tensor(y / source_scale[:, None, None]))
         out.append(None if noise_var is None else self._tensor(noise_var / scale[:, None] ** 2))
         return out
+
+    def _normalise_tensors(self, X, y=None, noise_var=None):
+        """:meth:`_normalise` of tensors (batches a ``Simulator(device=...)`` built on
+        the device): the same arithmetic, in float64, without a host round trip."""
+        check_is_fitted(self, "lead_field_")
+        if X.dim() != 3 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must have shape (n_samples, {self.n_features_in_}, n_times), "
+                             f"got {tuple(X.shape)}")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("X contains NaN or infinite values")
+        Y = X.to(device=self.device_, dtype=torch.float64)
+        if self.average_reference_:
+            Y = Y - Y.mean(dim=1, keepdim=True)
+        scale = Y.pow(2).mean(dim=(1, 2)).sqrt()
+        if bool((scale == 0).any()):
+            raise ValueError("X contains all-zero samples; training needs signal")
+        source_scale = scale / self.lead_field_scale_
+        out = [Y / scale[:, None, None],
+               None if y is None else y.to(Y) / source_scale[:, None, None],
+               None if noise_var is None else noise_var.to(Y) / scale[:, None] ** 2]
+        return [None if t is None else t.to(self.torch_dtype_) for t in out]
 
     @staticmethod
     def _squeeze(sources, X):

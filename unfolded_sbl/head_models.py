@@ -96,13 +96,19 @@ class HeadModelEnsemble:
     def draw_lead_field(self, rng):
         """A fixed-orientation lead field (n_channels, n_sources): a random member,
         each source tilted from the normal by up to ``max_tilt_deg`` degrees."""
-        member = self.lead_fields[rng.integers(len(self))].astype(np.float64)
-        n_sources = member.shape[1]
+        index, weights = self.draw_member(rng)
+        return np.einsum("nmk,mk->nm", self.lead_fields[index].astype(np.float64), weights)
+
+    def draw_member(self, rng):
+        """The draws of :meth:`draw_lead_field`: a member index and the (n_sources, 3)
+        unit orientation weights that combine its free-orientation lead field."""
+        index = rng.integers(len(self))
+        n_sources = self.lead_fields.shape[2]
         tilt = np.deg2rad(rng.uniform(0.0, self.max_tilt_deg, size=n_sources))
         azimuth = rng.uniform(0.0, 2 * np.pi, size=n_sources)
         weights = np.stack([np.sin(tilt) * np.cos(azimuth), np.sin(tilt) * np.sin(azimuth),
                             np.cos(tilt)], axis=-1)  # (M, 3), unit norm
-        return np.einsum("nmk,mk->nm", member, weights)
+        return index, weights
 
     def save(self, path):
         np.savez_compressed(path, lead_fields=self.lead_fields, name=self.name,

@@ -363,7 +363,9 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             if isinstance(params.get("head_models"), str):
                 params["head_models"] = _ensemble_for(self.forward_, params["head_models"],
                                                       self.verbose)
-            simulators.append(Simulator(self.forward_, random_state=rng, **params))
+            # batches are built on the network's device (no host round trip)
+            simulators.append(Simulator(self.forward_, random_state=rng, device=self.device_,
+                                        **params))
 
         def draw_batch(batch_size, batch_rng):
             simulator = simulators[batch_rng.integers(len(simulators))]
