@@ -1,6 +1,7 @@
 """The broader simulator and the head-model ensemble (training data of the shipped models)."""
 
 import numpy as np
+import torch
 import pytest
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
@@ -140,3 +141,28 @@ def test_select_best_keeps_the_best_validation_epoch(small_fwd):
     net.fit_simulated()
     ratios = [h["val_ratio"] for h in net.history_]
     assert net.best_epoch_ == int(np.argmin(ratios))
+
+
+def test_relative_selection_never_keeps_worse_weights_than_the_start(small_fwd):
+    """select_best="relative" keeps the epoch with the lowest worst-part error relative
+    to the network's own before the joint phase, or the starting weights (epoch -1)
+    when every epoch is worse than the start on some part."""
+    params = dict(n_layers=3, steps_per_epoch=2, progressive_steps=0, batch_size=4,
+                  n_val=8, loss="classical_relative", random_state=0,
+                  simulator_params=[{"n_patches": (1, 2), "n_times": 10},
+                                    {"n_patches": (3, 4), "n_times": 10}])
+    for rate in (0.005, 0.5):
+        start = us.UnfoldedSBLRegressor(small_fwd, max_epochs=2, learning_rate=0.01,
+                                        **params).fit_simulated()
+        before = {k: v.clone() for k, v in start.network_.state_dict().items()}
+        net = start.set_params(warm_start=True, max_epochs=3, learning_rate=rate,
+                               select_best="relative").fit_simulated()
+        parts = np.array([h["val_ratio_parts"] for h in net.history_[-3:]])
+        relative = (parts / np.array(net.start_validation_["val_ratio_parts"])).max(axis=1)
+        expected = int(np.argmin(relative)) if relative.min() < 1 else -1
+        assert net.best_epoch_ == expected, (rate, relative)
+        if expected == -1:
+            for k, v in net.network_.state_dict().items():
+                torch.testing.assert_close(v, before[k])
+    with pytest.raises(ValueError, match="select_best must be"):
+        us.UnfoldedSBLRegressor(small_fwd, select_best="worst").fit_simulated()

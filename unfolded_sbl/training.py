@@ -114,7 +114,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     loss: str = "relative"
     compress: bool = True
-    select_best: bool = False
+    select_best: bool | str = False
     checkpoint: str | None = None
     verbose: bool = True
 
@@ -309,6 +309,8 @@ class Trainer:
         if saved_scheduler is not None and self.state["phase"] == "joint":
             optimizer.load_state_dict(saved_optimizer)
             scheduler.load_state_dict(saved_scheduler)
+        if s.select_best == "relative" and "start_parts" not in self.state:
+            self._keep_start()
         bar = tqdm(range(self.state["epoch"], s.max_epochs),
                    desc=f"phase 2/2 joint ({s.steps_per_epoch} steps/epoch)", unit="epoch",
                    disable=not s.verbose)
@@ -328,12 +330,29 @@ class Trainer:
             self.state["best_epoch"] = self.best[1]
         return self.history
 
+    def _keep_start(self):
+        """``select_best="relative"``: validate the network before the joint phase and
+        keep it as the candidate to beat (score 1, epoch -1)."""
+        record = self.validate()
+        if "val_ratio" not in record:
+            return
+        self.state["start_parts"] = record.get("val_ratio_parts", [record["val_ratio"]])
+        self.state["start_validation"] = record
+        self.best = (1.0, -1, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
     def _keep_best(self, record):
         """Remember the weights of the epoch whose worst validation part (mixture
-        component) has the lowest error ratio to the classical solver."""
+        component) has the lowest error ratio to the classical solver; with
+        ``select_best="relative"``, the lowest ratio to the network's own error
+        before the joint phase, so that the kept weights are no worse than the
+        starting ones on any part (the start itself is kept otherwise)."""
         if not self.s.select_best or "val_ratio" not in record:
             return
-        score = max(record.get("val_ratio_parts", [record["val_ratio"]]))
+        parts = record.get("val_ratio_parts", [record["val_ratio"]])
+        start = self.state.get("start_parts")
+        if self.s.select_best == "relative" and start:
+            parts = [p / max(s, 1e-30) for p, s in zip(parts, start)]
+        score = max(parts)
         if self.best is None or score < self.best[0]:
             self.best = (score, record["epoch"],
                          {k: v.detach().clone() for k, v in self.model.state_dict().items()})

@@ -101,10 +101,14 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     loss : {"relative", "classical_relative"}
         Training loss: the relative squared error, or the same divided per
         sample by the classical solver's (see ``unfolded_sbl.training``).
-    select_best : bool
+    select_best : bool | "relative"
         Keep the weights of the joint epoch whose worst validation part (one
         per mixture component) has the lowest error ratio to the classical
         solver, instead of the last epoch's (``best_epoch_`` says which).
+        ``"relative"`` (for continuing a trained network): the lowest ratio to
+        the network's own error before the joint phase, the starting weights
+        being a candidate too (``best_epoch_ == -1``), so that no part gets
+        worse than where training started.
     warm_start : bool
         Continue training the current network (e.g. a loaded pretrained model)
         instead of building a new one.
@@ -242,6 +246,9 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             check_positive_int(self.attention_keys, "attention_keys")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.select_best not in (True, False, "relative"):
+            raise ValueError("select_best must be True, False or 'relative', got "
+                             f"{self.select_best!r}")
         for name in ("learning_rate", "init_source_var", "init_noise_var"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not value > 0:
@@ -321,6 +328,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         previous = list(self.history_) if self.warm_start else []
         self.history_ = previous + trainer.run()
         self.best_epoch_ = trainer.state.get("best_epoch")
+        # validation before the joint phase, with select_best="relative"
+        self.start_validation_ = trainer.state.get("start_validation")
         # training time summed over interrupted and resumed runs
         self.train_seconds_ = trainer.state.get("seconds", 0.0)
         self.network_.eval()

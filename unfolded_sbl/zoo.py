@@ -219,7 +219,10 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     many-patch and a wide-patch component: see :func:`robust_simulator_params`).  ``init`` (a model file, e.g. the shipped
     ``.pt``) skips stage 1 and fine-tunes that model; its card's stage-1 record
     is kept when it is a shipped model, and with ``continue_training`` its
-    stage-2 records too (the new stage is then recorded as one more stage).
+    stage-2 records too (the new stage is then recorded as one more stage), and
+    the new stage selects its epoch relative to the starting model
+    (``select_best="relative"``: the start is kept unless an epoch improves on
+    it in every validation part).
     Both stages checkpoint into ``checkpoint_dir``.
     """
     from .simulate import Simulator
@@ -228,7 +231,9 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     params = {**PRESETS[name], **(overrides or {})}
-    robust = {**ROBUST_STAGE, **ROBUST_BUDGETS[name], **(robust_overrides or {}),
+    # a continuation keeps its starting weights unless an epoch beats them on every part
+    relative = {"select_best": "relative"} if continue_training else {}
+    robust = {**ROBUST_STAGE, **ROBUST_BUDGETS[name], **relative, **(robust_overrides or {}),
               "simulator_params": robust_simulator_params(low_snr, dense, wide)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +273,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
                    "samples_seen": _samples_seen(robust),
                    "seconds": round(est.train_seconds_, 1),
                    "best_epoch": getattr(est, "best_epoch_", None),
+                   "start_validation": getattr(est, "start_validation_", None),
                    "machine": f"{platform.machine()}, CPU only",
                    "simulator": {"mixture": mixture,
                                  "head_models": _ensemble_record()},
