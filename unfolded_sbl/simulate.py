@@ -271,9 +271,10 @@ class Simulator:
     def _assemble(self, kernels, courses, n_active):
         """Sources (B, M, T): the sum over each sample's patches of kernel x course.
 
-        On the CPU numpy's per-sample products are the fastest (measured against
-        torch's batched ones for these shapes, 1.5x); on a GPU one batched product,
-        each sample's patches zero-padded to the largest count.
+        On the CPU with numpy, as before devices existed: doing this and the
+        projection with torch made a whole draw 1.5x slower here (measured in
+        turns); on a GPU one batched product, each sample's patches zero-padded
+        to the largest count.
         """
         if self._work.type != "cpu":
             return self._tensor(padded_patches(kernels, n_active)).transpose(1, 2) @ (
@@ -289,7 +290,7 @@ class Simulator:
         """Clean sensor signals (B, N, T), through the nominal or a perturbed head per
         sample."""
         if self.head_models is None:
-            if self._work.type == "cpu":  # numpy's einsum: one GEMM, 2x torch's matmul here
+            if self._work.type == "cpu":  # numpy on the CPU, see _assemble
                 return torch.from_numpy(np.einsum("cs,nst->nct", self.forward.lead_field,
                                                   sources.numpy(), optimize=True))
             return self._lead_field @ sources
