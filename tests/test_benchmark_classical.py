@@ -1,5 +1,5 @@
-"""The MNE comparison takes turns and reports per-round speed-ups
-(benchmarks/bench_classical.py)."""
+"""Timing benchmarks take turns and report medians over rounds
+(benchmarks/bench_classical.py, bench_simulator.py)."""
 
 import numpy as np
 
@@ -21,3 +21,15 @@ def test_rounds_time_every_solver_and_keep_deterministic_estimates():
     median, low, high = bench_classical.speedups(seconds, "f64")
     ratios = [m / t for m, t in zip(seconds["mne"], seconds["f64"])]
     assert low == min(ratios) and high == max(ratios) and low <= median <= high
+
+
+def test_simulator_benchmark_reports_medians_over_rounds(capsys):
+    from benchmarks import bench_simulator
+
+    bench_simulator.main(["--n-samples", "2", "--rounds", "2", "--no-write"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "samples/s" in line]
+    assert len(lines) == 3
+    for line in lines:  # "name T=...: median samples/s [lowest, highest]"
+        median = float(line.split(":")[1].split()[0])
+        low, high = (float(v) for v in line.split("[")[1].rstrip("]").split(","))
+        assert low <= median <= high
