@@ -106,8 +106,18 @@ def test_device_batches_are_normalised_like_host_ones(small_fwd):
     tensors = (data.sensors, data.sources, data.noise_var)
     on_host = net._normalise(*(t.numpy() for t in tensors))
     on_device = net._normalise(*tensors)
+    assert all(t.dtype == net.torch_dtype_ for t in on_device)
     for a, b in zip(on_host, on_device):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=0)
+    # what the network sees: average-referenced data at unit RMS, sources and noise
+    # in the same units (lead field scaled to trace(L L^T) = N - 1)
+    X, y, noise = (t.numpy() for t in tensors)
+    referenced = X - X.mean(axis=1, keepdims=True)
+    scale = np.sqrt(np.mean(referenced ** 2, axis=(1, 2)))
+    expected = (referenced / scale[:, None, None],
+                y / (scale / net.lead_field_scale_)[:, None, None], noise / scale[:, None] ** 2)
+    for value, reference in zip(on_device, expected):
+        np.testing.assert_allclose(value.numpy(), reference, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="all-zero"):
         net._normalise(torch.zeros(1, small_fwd.n_channels, 4))
     with pytest.raises(ValueError, match="shape"):

@@ -168,29 +168,29 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
                                device=getattr(self, "device_", None))
 
     def _normalise(self, X, y=None, noise_var=None):
-        """Referenced, scaled tensors (Y, X, noise) as the network sees them."""
-        if torch.is_tensor(X):
-            return self._normalise_tensors(X, y, noise_var)
-        Y, scale = self._prepare(X)
-        if np.any(scale == 0):
-            raise ValueError("X contains all-zero samples; training needs signal")
-        Y = Y / scale[:, None, None]
-        out = [self._tensor(Y)]
-        source_scale = scale / self.lead_field_scale_
-        out.append(None if y is None else self._tensor(y / source_scale[:, None, None]))
-        out.append(None if noise_var is None else self._tensor(noise_var / scale[:, None] ** 2))
-        return out
+        """Referenced, scaled tensors (Y, X, noise) as the network sees them.
 
-    def _normalise_tensors(self, X, y=None, noise_var=None):
-        """:meth:`_normalise` of tensors (batches a ``Simulator(device=...)`` built on
-        the device): the same arithmetic, in float64, without a host round trip."""
+        ``X`` is an array (validated like any input) or a tensor, e.g. a batch a
+        ``Simulator(device=...)`` built on the device, which stays there (no host
+        round trip).  The arithmetic runs in float64, then casts to the network's
+        dtype.
+        """
         check_is_fitted(self, "lead_field_")
-        if X.dim() != 3 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape (n_samples, {self.n_features_in_}, n_times), "
-                             f"got {tuple(X.shape)}")
-        if not bool(torch.isfinite(X).all()):
-            raise ValueError("X contains NaN or infinite values")
-        Y = X.to(device=self.device_, dtype=torch.float64)
+        if torch.is_tensor(X):
+            if X.dim() != 3 or X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X must have shape (n_samples, {self.n_features_in_}, "
+                                 f"n_times), got {tuple(X.shape)}")
+            if not bool(torch.isfinite(X).all()):
+                raise ValueError("X contains NaN or infinite values")
+        else:
+            X = check_sensor_data(X, self.n_features_in_)
+        device = getattr(self, "device_", None)
+
+        def wide(value):
+            return torch.as_tensor(value if torch.is_tensor(value) else np.asarray(value),
+                                   dtype=torch.float64, device=device)
+
+        Y = wide(X)
         if self.average_reference_:
             Y = Y - Y.mean(dim=1, keepdim=True)
         scale = Y.pow(2).mean(dim=(1, 2)).sqrt()
@@ -198,8 +198,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
             raise ValueError("X contains all-zero samples; training needs signal")
         source_scale = scale / self.lead_field_scale_
         out = [Y / scale[:, None, None],
-               None if y is None else y.to(Y) / source_scale[:, None, None],
-               None if noise_var is None else noise_var.to(Y) / scale[:, None] ** 2]
+               None if y is None else wide(y) / source_scale[:, None, None],
+               None if noise_var is None else wide(noise_var) / scale[:, None] ** 2]
         return [None if t is None else t.to(self.torch_dtype_) for t in out]
 
     @staticmethod
