@@ -102,6 +102,11 @@ def relative_error(pred, target):
     return sample_errors(pred, target).mean()
 
 
+def _ratio_parts(record):
+    """Validation error ratios to the classical solver, one per mixture part."""
+    return record.get("val_ratio_parts", [record["val_ratio"]])
+
+
 @dataclass
 class TrainSettings:
     max_epochs: int = 10
@@ -309,7 +314,7 @@ class Trainer:
         if saved_scheduler is not None and self.state["phase"] == "joint":
             optimizer.load_state_dict(saved_optimizer)
             scheduler.load_state_dict(saved_scheduler)
-        if s.select_best == "relative" and "start_parts" not in self.state:
+        if s.select_best == "relative" and "start_validation" not in self.state:
             self._keep_start()
         bar = tqdm(range(self.state["epoch"], s.max_epochs),
                    desc=f"phase 2/2 joint ({s.steps_per_epoch} steps/epoch)", unit="epoch",
@@ -336,7 +341,6 @@ class Trainer:
         record = self.validate()
         if "val_ratio" not in record:
             return
-        self.state["start_parts"] = record.get("val_ratio_parts", [record["val_ratio"]])
         self.state["start_validation"] = record
         self.best = (1.0, -1, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
 
@@ -348,10 +352,10 @@ class Trainer:
         starting ones on any part (the start itself is kept otherwise)."""
         if not self.s.select_best or "val_ratio" not in record:
             return
-        parts = record.get("val_ratio_parts", [record["val_ratio"]])
-        start = self.state.get("start_parts")
+        parts = _ratio_parts(record)
+        start = self.state.get("start_validation")
         if self.s.select_best == "relative" and start:
-            parts = [p / max(s, 1e-30) for p, s in zip(parts, start)]
+            parts = [p / max(s, 1e-30) for p, s in zip(parts, _ratio_parts(start))]
         score = max(parts)
         if self.best is None or score < self.best[0]:
             self.best = (score, record["epoch"],
