@@ -75,7 +75,11 @@ class PointwiseMLP(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, features):  # (B, M, F) -> (B, M)
-        return self.out(nn.functional.gelu(self.hidden(features))).squeeze(-1)
+        # as one 2-D matrix of rows: the linear layers then export as Gemm, with
+        # the bias fused, instead of MatMul and a broadcast Add
+        rows = features.reshape(-1, features.shape[-1])
+        out = self.out(nn.functional.gelu(self.hidden(rows)))
+        return out.reshape(features.shape[:-1])
 
 
 class SourceAttention(nn.Module):
