@@ -279,3 +279,37 @@ def test_sklearn_conventions_and_gridsearch(tiny):
                           refit="f1", error_score="raise")
     search.fit(data.sensors, data.sources)
     assert search.best_estimator_.predict(data.sensors[:1]).shape == (1, 60, 20)
+
+
+@pytest.mark.parametrize("correction", ["mlp", "attention"])
+def test_widened_corrections_compute_the_same_function_and_learn(tiny, tmp_path, correction):
+    """``widen_corrections``: a trained network with more hidden units starts exactly
+    where the narrow one is, its new units get gradient, and the width survives
+    save/load."""
+    from unfolded_sbl.network import widen_corrections
+
+    fwd, data = tiny
+    net = us.UnfoldedSBLRegressor(fwd, correction=correction, n_layers=3, max_epochs=1,
+                                  steps_per_epoch=2, progressive_steps=1, batch_size=4,
+                                  n_val=0, random_state=0).fit(data.sensors, data.sources)
+    wide = clone(net).set_params(correction_units=48, max_epochs=0)
+    wide.fit(data.sensors, data.sources)
+    state = widen_corrections(net.network_.state_dict(), 48)
+    wide.network_.load_state_dict(state)
+    out, ref = wide.predict(data.sensors[:4]), net.predict(data.sensors[:4])
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-12
+    hidden = wide.network_.source_corrections[0]
+    hidden = (hidden.mlp if correction == "attention" else hidden).hidden
+    assert hidden.weight.shape[0] == 48 and hidden.weight[32:].abs().sum() > 0
+    Y = torch.as_tensor(data.sensors[:4] / data.sensors[:4].std())
+    lead_field = torch.as_tensor(net.lead_field_)
+    wide.network_(Y, lead_field)["sources"].square().sum().backward()
+    out_weight = (wide.network_.source_corrections[0].mlp if correction == "attention"
+                  else wide.network_.source_corrections[0]).out.weight
+    assert out_weight.grad[:, 32:].abs().sum() > 0  # the new units can learn
+    wide.save(tmp_path / "wide.pt")
+    back = us.UnfoldedSBLRegressor.load(tmp_path / "wide.pt", forward=fwd)
+    assert back.correction_units == 48
+    np.testing.assert_array_equal(back.predict(data.sensors[:4]), out)
+    with pytest.raises(ValueError, match="correction_units"):
+        clone(net).set_params(correction_units=0).fit(data.sensors, data.sources)

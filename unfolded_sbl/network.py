@@ -207,16 +207,16 @@ class BiasCorrection(nn.Module):
         return self.bias.expand(features.shape[0], -1)
 
 
-def _make_correction(kind, n_features, size, attention_keys=None):
+def _make_correction(kind, n_features, size, attention_keys=None, units=32):
     if kind == "none":
         return None
     if kind == "bias":
         return BiasCorrection(size)
     if kind == "mlp":
-        return PointwiseMLP(n_features)
+        return PointwiseMLP(n_features, units)
     if kind == "graph":
-        return GraphCorrection(n_features)
-    return SourceAttention(n_features, n_keys=attention_keys)
+        return GraphCorrection(n_features, units)
+    return SourceAttention(n_features, hidden=units, n_keys=attention_keys)
 
 
 #: Inputs of every correction: three centred local log-statistics and two
@@ -282,6 +282,34 @@ def upgrade_state_dict(state_dict, width=N_FEATURES, prefix=""):
     return upgraded
 
 
+def widen_corrections(state_dict, units, random_state=0):
+    """Weights of corrections with ``units`` hidden units that compute the same
+    function as ``state_dict``'s narrower ones: the added hidden units get
+    ``nn.Linear``'s random initialisation and zero output weights, so the wider
+    network starts exactly where the narrow one is and can learn with the new
+    units (zero input weights would leave them without gradient)."""
+    generator = torch.Generator().manual_seed(int(random_state))
+    widened = dict(state_dict)
+    for key, value in state_dict.items():
+        if not key.endswith("hidden.weight") or value.shape[0] >= units:
+            continue
+        prefix = key[:-len("hidden.weight")]
+        n_new, fan_in = units - value.shape[0], value.shape[1]
+        bound = 1.0 / fan_in ** 0.5
+
+        def uniform(*shape, like=value):
+            draw = torch.rand(*shape, generator=generator, dtype=torch.float64)
+            return ((2 * draw - 1) * bound).to(like.dtype)
+
+        widened[key] = torch.cat([value, uniform(n_new, fan_in)])
+        bias = state_dict[prefix + "hidden.bias"]
+        widened[prefix + "hidden.bias"] = torch.cat([bias, uniform(n_new, like=bias)])
+        out = state_dict[prefix + "out.weight"]
+        widened[prefix + "out.weight"] = torch.cat([out, out.new_zeros(out.shape[0], n_new)],
+                                                   dim=1)
+    return widened
+
+
 def _gram(SY, n_times):
     """``(S Y)(S Y)^T / T`` = ``S Cy S``."""
     return SY @ SY.transpose(-1, -2) / n_times
@@ -312,11 +340,14 @@ class UnfoldedChampagne(nn.Module):
     attention_keys : int | None
         Sources each source attends to in the attention correction: all of them
         (None, the paper's) or the ``attention_keys`` of largest classical update.
+    correction_units : int
+        Hidden units of every correction's MLP (source and noise branches).
     """
 
     def __init__(self, n_layers=25, correction="mlp", noise_correction="mlp",
                  learn_noise=True, n_sources=None, n_channels=None, init_source_var=1.0,
-                 init_noise_var=0.1, prune_threshold=None, attention_keys=None):
+                 init_noise_var=0.1, prune_threshold=None, attention_keys=None,
+                 correction_units=32):
         super().__init__()
         if correction not in CORRECTIONS:
             raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
@@ -335,10 +366,12 @@ class UnfoldedChampagne(nn.Module):
         self.prune_threshold = prune_threshold
         # The last layer stays classical: corrections for layers 0 .. K-2 only.
         self.source_corrections = nn.ModuleList(
-            [_make_correction(correction, N_FEATURES, n_sources, attention_keys)
-             or nn.Identity() for _ in range(n_layers - 1)])
+            [_make_correction(correction, N_FEATURES, n_sources, attention_keys,
+                              correction_units) or nn.Identity()
+             for _ in range(n_layers - 1)])
         self.noise_corrections = nn.ModuleList(
-            [_make_correction(self.noise_correction, N_FEATURES, n_channels) or nn.Identity()
+            [_make_correction(self.noise_correction, N_FEATURES, n_channels,
+                              units=correction_units) or nn.Identity()
              for _ in range(n_layers - 1)])
         self.use_inverse = False  # True while exporting (ONNX has no Cholesky)
         # products while exporting: pair (GEMM) form, or per sample (None: by batch size)

@@ -18,7 +18,8 @@ from .training import LOSSES, Trainer, TrainSettings
 MODEL_FORMAT = "unfolded_sbl.network"
 MODEL_FORMAT_VERSION = 1
 _CONFIG_KEYS = ("n_layers", "correction", "noise_correction", "learn_noise",
-                "init_source_var", "init_noise_var", "prune_threshold", "attention_keys")
+                "init_source_var", "init_noise_var", "prune_threshold", "attention_keys",
+                "correction_units")
 
 
 def _ensemble_for(forward, kind, verbose):
@@ -160,6 +161,9 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         (None: the paper's global attention, O(M^2) per layer) or to the
         ``attention_keys`` sources that each layer's classical update makes
         largest in its sample (O(M k): trainable on a CPU at the MLP's budget).
+    correction_units : int
+        Hidden units of each layer's correction MLPs (source and noise branches;
+        the attention correction's row-wise MLP).
 
     Attributes
     ----------
@@ -200,7 +204,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                  simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
                  regime_check=True, dtype="float64", device="cpu", checkpoint=None,
-                 random_state=None, verbose=False, attention_keys=None):
+                 random_state=None, verbose=False, attention_keys=None, correction_units=32):
         self.forward = forward
         self.correction = correction
         self.noise_correction = noise_correction
@@ -227,6 +231,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.attention_keys = attention_keys
+        self.correction_units = correction_units
 
     # -- set-up ------------------------------------------------------------------------
     def _check_params(self):
@@ -244,6 +249,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
         if self.attention_keys is not None:
             check_positive_int(self.attention_keys, "attention_keys")
+        check_positive_int(self.correction_units, "correction_units")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.select_best not in (True, False, "relative"):

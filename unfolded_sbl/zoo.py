@@ -379,18 +379,28 @@ def _ensemble_record():
 
 def _start_from(init, params):
     """The model file ``init`` as a float64 estimator with the preset's correction
-    (pointwise weights become graph weights of the same function)."""
-    from .network import pointwise_to_graph
+    (pointwise weights become graph weights of the same function) and correction
+    width (``correction_units`` above the file's: added units that start with zero
+    output weights, the same function again)."""
+    from .network import pointwise_to_graph, widen_corrections
     from .unfolded import UnfoldedSBLRegressor
 
     est = UnfoldedSBLRegressor.load(init, forward=TRAIN_FORWARD, dtype="float64")
-    if est.correction == params["correction"]:
+    correction = params["correction"]
+    units = params.get("correction_units", est.correction_units)
+    if (est.correction, est.correction_units) == (correction, units):
         return est
-    if (est.correction, params["correction"]) != ("mlp", "graph"):
-        raise ValueError(f"cannot start a {params['correction']!r} model from a "
+    if est.correction != correction and (est.correction, correction) != ("mlp", "graph"):
+        raise ValueError(f"cannot start a {correction!r} model from a "
                          f"{est.correction!r} one")
-    state = pointwise_to_graph(est.network_.state_dict())
-    est.set_params(correction="graph")._build()
+    if units < est.correction_units:
+        raise ValueError(f"cannot start a model of {units} correction units from one of "
+                         f"{est.correction_units}")
+    state = est.network_.state_dict()
+    if est.correction != correction:
+        state = pointwise_to_graph(state)
+    state = widen_corrections(state, units)
+    est.set_params(correction=correction, correction_units=units)._build()
     est.network_.load_state_dict(state)
     return est
 
