@@ -38,6 +38,17 @@ def matmul_peak(size=1024, repeats=5, dtype="float32"):
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def take_turns(runs, rounds):
+    """Call every function of ``runs`` (name -> no-argument callable) once per round,
+    in turn, for ``rounds`` rounds, so that a slow spell of a noisy machine hits all
+    of them alike; returns name -> list of what each call returned."""
+    values = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            values[name].append(run())
+    return values
+
+
 def write_section(key, title, body, payload=None, root=HERE):
     """Replace (or append) the section ``key`` of ``root``/RESULTS.md; dump ``payload`` JSON
     into ``root``/results/``key``.json."""

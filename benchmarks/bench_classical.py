@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 
 import unfolded_sbl as us
-from benchmarks._results import matmul_peak, write_section
+from benchmarks._results import matmul_peak, take_turns, write_section
 from unfolded_sbl.evaluation import format_table, score_sources
 
 
@@ -94,12 +94,9 @@ def timed_rounds(data, fwd, k, n_problems, n_iter, tol, rounds):
             "f64": lambda: run_ours(data, fwd, n_problems, n_iter, tol),
             "f32": lambda: run_ours(data, fwd, n_problems, n_iter, tol, dtype="float32"),
             "b1": lambda: run_ours(data, fwd, k, n_iter, tol, batch_size=1)}
-    estimates, seconds = {}, {key: [] for key in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
-            out, t = run()
-            estimates.setdefault(key, out)
-            seconds[key].append(t)
+    results = take_turns(runs, rounds)
+    estimates = {key: calls[0][0] for key, calls in results.items()}
+    seconds = {key: [t for _, t in calls] for key, calls in results.items()}
     return estimates, seconds
 
 

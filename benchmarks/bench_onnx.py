@@ -11,25 +11,31 @@ import time
 import torch
 
 import unfolded_sbl as us
-from benchmarks._results import write_section
+from benchmarks._results import take_turns, write_section
 
 
-def per_sample(est, X, repeats, **kwargs):
-    """Median ms/sample over ``repeats`` calls, after a warm-up call at the same batch
+def per_sample(est, X, **kwargs):
+    """ms/sample of one ``est.predict(X)`` call."""
+    start = time.perf_counter()
+    est.predict(X, **kwargs)
+    return 1e3 * (time.perf_counter() - start) / len(X)
+
+
+def median_per_sample(timed, X, rounds):
+    """Median ms/sample of each ``name -> (estimator, predict kwargs)`` over ``rounds``
+    calls, the estimators taking turns, after one warm-up call each at this batch
     size (the first call at a new size pays for memory that later calls reuse)."""
     import statistics
 
-    est.predict(X, **kwargs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for est, kwargs in timed.values():
         est.predict(X, **kwargs)
-        times.append(1e3 * (time.perf_counter() - start) / len(X))
-    return statistics.median(times)
+    times = take_turns({name: (lambda est=est, kw=kw: per_sample(est, X, **kw))
+                        for name, (est, kw) in timed.items()}, rounds)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-#: (batch size, repeats)
-BATCHES = ((1, 5), (8, 3), (64, 3), (256, 1))
+#: (batch size, rounds)
+BATCHES = ((1, 5), (8, 3), (64, 3), (256, 2))
 
 
 #: the library's choice in the session-options table
@@ -74,11 +80,14 @@ def session_options(fwd, data, threads, model="deep-cb-joint", batch=64, rounds=
         sessions[name] = ort.InferenceSession(str(est.path), sess_options=options,
                                               providers=[est.provider_])
         opened[name] = time.perf_counter() - start
-    times = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            est.session_ = session
-            times[name].append(per_sample(est, X, 1))
+    est.predict(X)  # warm-up
+
+    def timed(session):
+        est.session_ = session
+        return per_sample(est, X)
+
+    times = take_turns({name: (lambda s=session: timed(s)) for name, session in
+                        sessions.items()}, rounds)
     return {name: {"ms_per_sample": statistics.median(t), "open_s": opened[name]}
             for name, t in times.items()}
 
@@ -93,7 +102,6 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
     shipped float64 graph and ClassicalCB float32: ms/sample at ``batch`` (the three
     take turns for ``rounds`` rounds, median kept) and, per SNR bin, the rMSE of
     each graph relative to ClassicalCB float64 (same noise mode) on the same samples."""
-    import statistics
     import tempfile
 
     import numpy as np
@@ -118,12 +126,8 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
 
             timed = {"classical": (classical, {}), **{k: (g, kwargs(data)) for k, g in
                                                       graphs.items()}}
-            times = {k: [] for k in timed}
-            for _ in range(rounds):
-                for key, (est, kw) in timed.items():
-                    times[key].append(per_sample(est, data.sensors, 1, **kw))
-            row = {"model": model, "batch": batch,
-                   **{f"{k}_ms": statistics.median(v) for k, v in times.items()}}
+            times = median_per_sample(timed, data.sensors, rounds)
+            row = {"model": model, "batch": batch, **{f"{k}_ms": v for k, v in times.items()}}
             for snr, d in zip(FLOAT32_SNR_BINS, checks):
                 cb = us.rmse(d.sources, references[net.learn_noise].predict(d.sensors,
                                                                             **kwargs(d)))
@@ -187,20 +191,24 @@ def main(argv=None):
     data = us.simulate(fwd, max(args.batches), random_state=0)
     threads = torch.get_num_threads()
     classical = us.ClassicalCB(fwd, dtype="float32").fit()
-    repeats = dict(BATCHES)
+    rounds = dict(BATCHES)
+    estimators = {model: (us.load_pretrained(model, forward=fwd),
+                          us.load_pretrained(model, forward=fwd, backend="onnx",
+                                             intra_op_num_threads=threads))
+                  for model in models}
     rows = []
     for batch in args.batches:
         X = data.sensors[:batch]
         noise = data.noise_var[:batch]
-        t_cb = per_sample(classical, X, repeats.get(batch, 1))
-        for model in models:
-            torch_est = us.load_pretrained(model, forward=fwd)
-            onnx_est = us.load_pretrained(model, forward=fwd, backend="onnx",
-                                          intra_op_num_threads=threads)
+        timed = {"classical": (classical, {})}
+        for model, (torch_est, onnx_est) in estimators.items():
             kwargs = {} if torch_est.learn_noise else {"noise_var": noise}
-            n_repeats = repeats.get(batch, 1)
-            t_torch = per_sample(torch_est, X, n_repeats, **kwargs)
-            t_onnx = per_sample(onnx_est, X, n_repeats, **kwargs)
+            timed[model, "torch"] = (torch_est, kwargs)
+            timed[model, "onnx"] = (onnx_est, kwargs)
+        times = median_per_sample(timed, X, rounds.get(batch, 1))
+        t_cb = times["classical"]
+        for model, (torch_est, onnx_est) in estimators.items():
+            t_torch, t_onnx = times[model, "torch"], times[model, "onnx"]
             rows.append({"model": model, "batch": batch, "classical_f32_ms": t_cb,
                          "torch_ms": t_torch, "onnx_ms": t_onnx,
                          "provider": onnx_est.provider_, "dtype": torch_est.dtype})
@@ -221,7 +229,9 @@ def main(argv=None):
            if r["batch"] in reference else "-") + " |" for r in rows)
     body = f"""`python -m benchmarks.bench_onnx` - every shipped model, default template (64 x
 1284), T = 100, {threads} threads for torch and onnxruntime (`{rows[0]['provider']}`), one
-run: each cell is the median of 5 / 3 / 3 / 1 calls at batch 1 / 8 / 64 / 256 after a warm-up call at the same batch size. The networks run in float64 (their default since the numerical-safety work),
+run: at each batch size every estimator makes one warm-up call, then all of them take turns
+for {' / '.join(str(rounds.get(b, 1)) for b in args.batches)} rounds at batch
+{' / '.join(str(b) for b in args.batches)}; each cell is the median. The networks run in float64 (their default since the numerical-safety work),
 ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 
 | model | batch | ClassicalCB float32, ms/sample | torch eager, ms/sample | onnxruntime, ms/sample | torch / onnxruntime | time / deep-cb-joint's (torch / onnx) |

@@ -13,7 +13,7 @@ import statistics
 import time
 
 import unfolded_sbl as us
-from benchmarks._results import write_section
+from benchmarks._results import take_turns, write_section
 
 
 def main(argv=None):
@@ -28,12 +28,14 @@ def main(argv=None):
     for name, n_times in templates:
         simulators[name] = us.Simulator(name, n_times=n_times, random_state=0)
         simulators[name].draw(8)  # warm-up
-    rates = {name: [] for name, _ in templates}
-    for _ in range(args.rounds):
-        for name, sim in simulators.items():
-            start = time.perf_counter()
-            sim.draw(args.n_samples)
-            rates[name].append(args.n_samples / (time.perf_counter() - start))
+
+    def samples_per_second(sim):
+        start = time.perf_counter()
+        sim.draw(args.n_samples)
+        return args.n_samples / (time.perf_counter() - start)
+
+    rates = take_turns({name: (lambda sim=sim: samples_per_second(sim)) for name, sim in simulators.items()},
+                       args.rounds)
     rows = []
     for name, n_times in templates:
         rate = statistics.median(rates[name])

@@ -33,3 +33,32 @@ def test_simulator_benchmark_reports_medians_over_rounds(capsys):
         median = float(line.split(":")[1].split()[0])
         low, high = (float(v) for v in line.split("[")[1].rstrip("]").split(","))
         assert low <= median <= high
+
+
+def test_take_turns_interleaves_the_runs():
+    from benchmarks._results import take_turns
+
+    calls = []
+    values = take_turns({name: (lambda name=name: calls.append(name) or len(calls))
+                         for name in ("a", "b", "c")}, rounds=3)
+    assert calls == ["a", "b", "c"] * 3  # one call each per round, in turn
+    assert values == {"a": [1, 4, 7], "b": [2, 5, 8], "c": [3, 6, 9]}
+
+
+def test_onnx_benchmark_medians_take_turns_after_a_warm_up():
+    from benchmarks import bench_onnx
+
+    class Recorder:
+        def __init__(self, name, log):
+            self.name, self.log = name, log
+
+        def predict(self, X, **kwargs):
+            self.log.append((self.name, len(X), kwargs.get("noise_var")))
+
+    log = []
+    X = np.zeros((4, 2, 3))
+    timed = {"a": (Recorder("a", log), {}), "b": (Recorder("b", log), {"noise_var": 1})}
+    medians = bench_onnx.median_per_sample(timed, X, rounds=2)
+    assert [name for name, _, _ in log] == ["a", "b"] + ["a", "b"] * 2  # warm-up, 2 rounds
+    assert all(n == 4 for _, n, _ in log) and log[1][2] == 1
+    assert set(medians) == {"a", "b"} and all(t >= 0 for t in medians.values())
