@@ -153,11 +153,16 @@ def ratio_interval(errors, reference, seed, level=0.95):
     reference on the same samples; the samples are resampled together, so the
     interval reflects how much the cell's ratio depends on which samples were drawn.
     """
-    errors, reference = np.asarray(errors), np.asarray(reference)
-    idx = np.random.default_rng(seed).integers(0, len(errors), (N_BOOTSTRAP, len(errors)))
-    ratios = errors[idx].mean(1) / reference[idx].mean(1)
-    tail = (1 - level) / 2
-    return [float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))]
+    from scipy.stats import bootstrap
+
+    def ratio(e, r, axis=-1):
+        return e.mean(axis) / r.mean(axis)
+
+    result = bootstrap((np.asarray(errors), np.asarray(reference)), ratio, paired=True,
+                       vectorized=True, n_resamples=N_BOOTSTRAP, confidence_level=level,
+                       method="percentile", rng=np.random.default_rng(seed))
+    interval = result.confidence_interval
+    return [float(interval.low), float(interval.high)]
 
 
 def run(n_samples, quick=False, verbose=True):
