@@ -313,3 +313,33 @@ def test_widened_corrections_compute_the_same_function_and_learn(tiny, tmp_path,
     np.testing.assert_array_equal(back.predict(data.sensors[:4]), out)
     with pytest.raises(ValueError, match="correction_units"):
         clone(net).set_params(correction_units=0).fit(data.sensors, data.sources)
+
+
+def test_mixture_focus_draws_the_worst_component_more_often(tiny):
+    """``mixture_focus``: component probabilities ~ exp(focus * validation ratio), to the
+    starting network's ratios under ``select_best="relative"``; even draws at 0."""
+    from unfolded_sbl.training import Trainer, TrainSettings
+
+    def trainer(**settings):
+        return Trainer(None, None, None, None, TrainSettings(**settings), random_state=0)
+
+    record = {"val_ratio": 1.05, "val_ratio_parts": [1.0, 1.1]}
+    assert trainer().mixture_weights(record) is None
+    weights = trainer(mixture_focus=10.0).mixture_weights(record)
+    np.testing.assert_allclose(weights, np.exp([-1.0, 0.0]) / np.exp([-1.0, 0.0]).sum())
+    relative = trainer(mixture_focus=10.0, select_best="relative")
+    relative.state["start_validation"] = {"val_ratio": 1.1, "val_ratio_parts": [0.9, 1.2]}
+    low, high = relative.mixture_weights(record)  # 1.0 / 0.9 > 1.1 / 1.2
+    assert low > high and abs(low + high - 1) < 1e-12
+
+    fwd, _ = tiny
+    components = [{"n_patches": (1, 2), "n_times": 20}, {"n_patches": (3, 4), "n_times": 20}]
+    net = us.UnfoldedSBLRegressor(fwd, n_layers=3, max_epochs=2, steps_per_epoch=2,
+                                  progressive_steps=0, batch_size=4, n_val=8, random_state=0,
+                                  simulator_params=components, mixture_focus=5.0)
+    net.fit_simulated()
+    for record in net.history_:
+        assert len(record["mixture_weights"]) == 2
+        assert abs(sum(record["mixture_weights"]) - 1) < 1e-3
+    with pytest.raises(ValueError, match="mixture_focus"):
+        clone(net).set_params(mixture_focus=-1.0).fit_simulated()

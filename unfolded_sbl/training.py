@@ -120,6 +120,7 @@ class TrainSettings:
     loss: str = "relative"
     compress: bool = True
     select_best: bool | str = False
+    mixture_focus: float = 0.0
     checkpoint: str | None = None
     verbose: bool = True
 
@@ -133,6 +134,10 @@ class Trainer:
     lead_field : tensor (N, M), normalised
     draw_batch : callable(batch_size, rng) -> (Y, X, noise_var or None) tensors
         Normalised training batches (fresh samples each call when streaming).
+        With ``settings.mixture_focus`` and a validation set per mixture
+        component, it is called as ``draw_batch(batch_size, rng, weights)``:
+        ``weights`` (one per component, summing to 1) are the probabilities of
+        drawing the batch from each component (:meth:`Trainer.mixture_weights`).
     validation : tuple of tensors | list of tuples | None
         Fixed normalised validation set ``(Y, X, noise_var or None)``, or one
         per mixture component (metrics are averaged over them).
@@ -186,7 +191,9 @@ class Trainer:
 
     # -- steps -----------------------------------------------------------------------
     def _loss(self, n_layers_active=None, deep=True):
-        Y, X, noise = self.draw_batch(self.s.batch_size, self.rng)
+        weights = self.state.get("mixture_weights")
+        Y, X, noise = (self.draw_batch(self.s.batch_size, self.rng) if weights is None
+                       else self.draw_batch(self.s.batch_size, self.rng, weights))
         compressed = None
         # the network reads T only to fade its corrections below TRAINED_N_TIMES windows:
         # compressing T > N to N changes nothing when N is above that range
@@ -326,6 +333,7 @@ class Trainer:
                       "loss": float(np.nanmean(losses)), **self.validate()}
             self.history.append(record)
             self._keep_best(record)
+            self._refocus(record)
             bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else str(v)
                              for k, v in record.items() if k not in ("epoch", "phase", "steps")})
             self.state["epoch"] = epoch + 1
@@ -343,6 +351,30 @@ class Trainer:
             return
         self.state["start_validation"] = record
         self.best = (1.0, -1, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+    def _refocus(self, record):
+        """``mixture_focus``: draw the next epoch's batches from each mixture component
+        with a probability that grows with its validation ratio (to the starting
+        network's under ``select_best="relative"``, else to the classical solver's):
+        ``p ~ exp(mixture_focus * ratio)``, a group-DRO reweighting that spends the
+        steps where the network is worst instead of evenly, so that improving one
+        component at another's expense does not pay."""
+        weights = self.mixture_weights(record)
+        if weights is not None:
+            self.state["mixture_weights"] = weights
+            record["mixture_weights"] = [round(w, 4) for w in weights]
+
+    def mixture_weights(self, record):
+        """Component probabilities for ``record`` (None: even draws)."""
+        if not self.s.mixture_focus or "val_ratio_parts" not in record:
+            return None
+        parts = np.asarray(_ratio_parts(record), dtype=float)
+        start = self.state.get("start_validation")
+        if self.s.select_best == "relative" and start:
+            parts = parts / np.maximum(_ratio_parts(start), 1e-30)
+        logits = self.s.mixture_focus * (parts - parts.max())
+        weights = np.exp(logits) / np.exp(logits).sum()
+        return [float(w) for w in weights]
 
     def _keep_best(self, record):
         """Remember the weights of the epoch whose worst validation part (mixture

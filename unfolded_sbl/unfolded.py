@@ -164,6 +164,13 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     correction_units : int
         Hidden units of each layer's correction MLPs (source and noise branches;
         the attention correction's row-wise MLP).
+    mixture_focus : float
+        With a mixture of ``simulator_params``: 0 draws each batch from a component
+        chosen evenly; above 0, after every epoch the components are drawn with
+        probabilities ``~ exp(mixture_focus * validation ratio)`` (ratio to the
+        classical solver, or to the starting network with
+        ``select_best="relative"``), so that the steps go where the network is
+        worst (group-DRO reweighting).
 
     Attributes
     ----------
@@ -204,7 +211,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                  simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
                  regime_check=True, dtype="float64", device="cpu", checkpoint=None,
-                 random_state=None, verbose=False, attention_keys=None, correction_units=32):
+                 random_state=None, verbose=False, attention_keys=None, correction_units=32,
+                 mixture_focus=0.0):
         self.forward = forward
         self.correction = correction
         self.noise_correction = noise_correction
@@ -232,6 +240,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.verbose = verbose
         self.attention_keys = attention_keys
         self.correction_units = correction_units
+        self.mixture_focus = mixture_focus
 
     # -- set-up ------------------------------------------------------------------------
     def _check_params(self):
@@ -250,6 +259,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         if self.attention_keys is not None:
             check_positive_int(self.attention_keys, "attention_keys")
         check_positive_int(self.correction_units, "correction_units")
+        if not isinstance(self.mixture_focus, numbers.Real) or not self.mixture_focus >= 0:
+            raise ValueError(f"mixture_focus must be a number >= 0, got {self.mixture_focus!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.select_best not in (True, False, "relative"):
@@ -325,7 +336,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             max_epochs=self.max_epochs, steps_per_epoch=self.steps_per_epoch,
             progressive_steps=self.progressive_steps, batch_size=self.batch_size,
             learning_rate=self.learning_rate, deep_supervision=self.deep_supervision,
-            loss=self.loss, select_best=self.select_best, checkpoint=self.checkpoint,
+            loss=self.loss, select_best=self.select_best,
+            mixture_focus=float(self.mixture_focus), checkpoint=self.checkpoint,
             verbose=self.verbose)
         validation = self._validation_set(rng) if self.max_epochs else None
         trainer = Trainer(self.network_, self._tensor(self.lead_field_), draw_batch,
@@ -382,8 +394,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             simulators.append(Simulator(self.forward_, random_state=rng, device=self.device_,
                                         **params))
 
-        def draw_batch(batch_size, batch_rng):
-            simulator = simulators[batch_rng.integers(len(simulators))]
+        def draw_batch(batch_size, batch_rng, weights=None):
+            simulator = simulators[batch_rng.choice(len(simulators), p=weights)]
             data = simulator.draw(batch_size)
             return tuple(self._normalise(data.sensors, data.sources,
                                          None if self.learn_noise else data.noise_var))
