@@ -56,3 +56,24 @@ def test_help_is_plain_text_and_every_option_is_described():
                 stack.extend(action.choices.items())
             elif not isinstance(action, argparse._HelpAction):
                 assert action.help, f"{name}: {action.dest} has no help text"
+
+
+def test_train_passes_units_focus_and_continuation(monkeypatch):
+    from unfolded_sbl import zoo
+
+    calls = []
+
+    def fake_train(name, **kwargs):
+        calls.append((name, kwargs))
+        return {"validation": {"metrics": {"m": {"rmse": 1.0}}}}
+
+    monkeypatch.setattr(zoo, "train_pretrained", fake_train)
+    assert main(["train", "deep-cb-joint", "--continue", "--wide", "--epochs", "3",
+                 "--units", "64", "--focus", "20", "--out", "somewhere"]) == 0
+    name, kwargs = calls[-1]
+    assert name == "deep-cb-joint" and kwargs["continue_training"] and kwargs["wide"]
+    assert kwargs["init"] == zoo.MODEL_DIR / "deep-cb-joint.pt"
+    assert kwargs["overrides"] == {"correction_units": 64}
+    assert kwargs["robust_overrides"] == {"max_epochs": 3, "mixture_focus": 20.0}
+    main(["train", "deep-cb-joint", "--out", "somewhere"])
+    assert calls[-1][1]["overrides"] is None and calls[-1][1]["robust_overrides"] is None

@@ -155,10 +155,14 @@ def _cmd_train(args):
     from .zoo import MODEL_DIR, train_pretrained
 
     init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
-    robust = {"max_epochs": args.epochs} if args.epochs else None
+    robust = {"max_epochs": args.epochs} if args.epochs else {}
+    if args.focus:
+        robust["mixture_focus"] = args.focus
+    overrides = {"correction_units": args.units} if args.units else None
     card = train_pretrained(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
                             n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir, init=init,
-                            robust_overrides=robust, low_snr=args.low_snr,
+                            overrides=overrides,
+                            robust_overrides=robust or None, low_snr=args.low_snr,
                             dense=args.dense, wide=args.wide,
                             continue_training=args.continue_)
     from .evaluation import format_table
@@ -284,6 +288,13 @@ def build_parser():
                        help="stage 2 with a wide-patch component (zoo.WIDE)")
     train.add_argument("--epochs", type=int, default=None,
                        help="stage-2 epochs (default: the preset's budget)")
+    train.add_argument("--units", type=int, default=None,
+                       help="hidden units of the corrections (default: the preset's, 32); "
+                            "with --continue/--from-shipped the shipped weights are widened "
+                            "to the same function")
+    train.add_argument("--focus", type=float, default=None,
+                       help="stage-2 mixture_focus: draw the worst validation components "
+                            "more often (default: 0, even draws)")
     train.set_defaults(func=_cmd_train)
 
     fwd = sub.add_parser("forward", help="list, inspect or build template forward models")
