@@ -20,3 +20,18 @@ def test_ratio_interval_is_exact_for_proportional_errors_and_covers_the_ratio():
     wide = np.subtract(*ratio_interval(many[:16] + 0.1 * rng.normal(size=16), many[:16], 2)[::-1])
     narrow = np.subtract(*ratio_interval(many + 0.1 * rng.normal(size=512), many, 2)[::-1])
     assert narrow < wide
+
+
+def test_above_one_lists_losses_but_not_round_off_ties():
+    from benchmarks.robustness import above_one
+
+    def cell(ratio):
+        return {"ratio": ratio, "ratio_95": [ratio - 0.01, ratio + 0.01]}
+
+    rows = {"tie": {"cells": {"m": cell(1.0 + 2e-16)}},
+            "loss": {"cells": {"m": cell(1.02)}},
+            "win": {"cells": {"m": cell(0.97)}}}
+    text = above_one(rows, names=("m",))
+    assert "loss 1.020 [1.010, 1.030]" in text and "tie" not in text and "win" not in text
+    assert "(1 of 1 with the whole interval above 1)" in text
+    assert above_one({"tie": rows["tie"]}, names=("m",)) == "- m: none"
