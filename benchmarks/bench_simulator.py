@@ -34,8 +34,8 @@ def main(argv=None):
         sim.draw(args.n_samples)
         return args.n_samples / (time.perf_counter() - start)
 
-    rates = take_turns({name: (lambda sim=sim: samples_per_second(sim)) for name, sim in simulators.items()},
-                       args.rounds)
+    rates = take_turns({name: (lambda sim=sim: samples_per_second(sim))
+                        for name, sim in simulators.items()}, args.rounds)
     rows = []
     for name, n_times in templates:
         rate = statistics.median(rates[name])

@@ -352,6 +352,15 @@ class Trainer:
         self.state["start_validation"] = record
         self.best = (1.0, -1, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
 
+    def _scored_parts(self, record):
+        """``record``'s validation ratios per mixture part, to the classical solver,
+        or with ``select_best="relative"`` to the starting network's ratios."""
+        parts = _ratio_parts(record)
+        start = self.state.get("start_validation")
+        if self.s.select_best == "relative" and start:
+            parts = [p / max(s, 1e-30) for p, s in zip(parts, _ratio_parts(start))]
+        return [float(p) for p in parts]
+
     def _refocus(self, record):
         """``mixture_focus``: draw the next epoch's batches from each mixture component
         with a probability that grows with its validation ratio (to the starting
@@ -369,10 +378,7 @@ class Trainer:
         """Component probabilities for ``record`` (None: even draws)."""
         if not self.s.mixture_focus or "val_ratio_parts" not in record:
             return None
-        parts = np.asarray(_ratio_parts(record), dtype=float)
-        start = self.state.get("start_validation")
-        if self.s.select_best == "relative" and start:
-            parts = parts / np.maximum(_ratio_parts(start), 1e-30)
+        parts = np.asarray(self._scored_parts(record))
         logits = self.s.mixture_focus * (parts - parts.max())
         weights = np.exp(logits) / np.exp(logits).sum()
         return [float(w) for w in weights]
@@ -385,11 +391,7 @@ class Trainer:
         starting ones on any part (the start itself is kept otherwise)."""
         if not self.s.select_best or "val_ratio" not in record:
             return
-        parts = _ratio_parts(record)
-        start = self.state.get("start_validation")
-        if self.s.select_best == "relative" and start:
-            parts = [p / max(s, 1e-30) for p, s in zip(parts, _ratio_parts(start))]
-        score = max(parts)
+        score = max(self._scored_parts(record))
         if self.best is None or score < self.best[0]:
             self.best = (score, record["epoch"],
                          {k: v.detach().clone() for k, v in self.model.state_dict().items()})
