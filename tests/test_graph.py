@@ -7,7 +7,7 @@ import torch
 
 import unfolded_sbl as us
 from unfolded_sbl.forward import GRAPH_RADIUS, GRAPH_SIGMA, mesh_neighbourhoods
-from unfolded_sbl.network import pointwise_to_graph
+from unfolded_sbl.network import _smooth_rows, neighbour_matrix, pointwise_to_graph
 
 
 def _kernel_radius(fwd):
@@ -98,3 +98,20 @@ def test_graph_network_without_neighbours_says_what_it_needs(small_fwd):
     Y, _, _ = net._normalise(us.simulate(small_fwd, 1, random_state=0, n_times=5).sensors)
     with pytest.raises(ValueError, match="neighbours"):
         net.network_(Y, net._tensor(net.lead_field_))
+
+
+def test_sparse_smoothing_equals_the_gathered_one_with_its_gradient():
+    """torch smooths by a sparse product, exported graphs by a gather: same values
+    and gradients, padding entries (weight 0, the source's own index) included."""
+    index, weight, _ = mesh_neighbourhoods(us.load_forward("biosemi64-ico3"))
+    assert (weight == 0).any()  # the padding is exercised
+    index, weight = torch.as_tensor(index), torch.as_tensor(weight)
+    rows = torch.randn(index.shape[0], 6, dtype=torch.float64, requires_grad=True)
+    matrix = neighbour_matrix(index, weight, torch.float64)
+    sparse = _smooth_rows(rows, (index, weight, matrix))
+    gathered = _smooth_rows(rows, (index, weight))
+    torch.testing.assert_close(sparse, gathered, rtol=1e-12, atol=1e-14)
+    probe = torch.randn_like(sparse)
+    (grad_sparse,) = torch.autograd.grad((sparse * probe).sum(), rows)
+    (grad_gathered,) = torch.autograd.grad((gathered * probe).sum(), rows)
+    torch.testing.assert_close(grad_sparse, grad_gathered, rtol=1e-12, atol=1e-14)
