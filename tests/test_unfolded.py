@@ -253,6 +253,16 @@ def test_bad_inputs(tiny):
     bad[0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="X contains NaN or infinite"):
         net.predict(bad)
+    # tensors (batches simulated on a device) get the same checks where they lie
+    sensors = torch.as_tensor(data.sensors[:2])
+    with pytest.raises(ValueError, match="X has 3 channels"):
+        net._normalise(torch.ones(1, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"X must have shape \(n_samples, \d+, n_times\)"):
+        net._normalise(sensors[0])
+    with pytest.raises(ValueError, match="X contains NaN or infinite"):
+        net._normalise(sensors * float("nan"))
+    with pytest.raises(ValueError, match="at least one sample"):
+        net._normalise(sensors[:0])
     with pytest.raises(ValueError, match=r"y must have shape \(24, 60, 20\)"):
         us.UnfoldedSBLRegressor(fwd, max_epochs=0).fit(data.sensors, data.sources[:, :5])
     with pytest.raises(ValueError, match="correction must be one of"):

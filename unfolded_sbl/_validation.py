@@ -58,13 +58,31 @@ def check_sensor_data(X, n_channels, name="X"):
                 f"channels. For one sample of {n_channels} channels x {X.shape[1]} times, "
                 f"pass {name}[np.newaxis], of shape (1, {n_channels}, {X.shape[1]})")
         X = X[:, :, None]
-    if X.shape[1] != n_channels:
-        raise ValueError(f"{name} has {X.shape[1]} channels but the forward model has "
-                         f"{n_channels}; expected shape (n_samples, {n_channels}, n_times)")
-    if X.shape[0] < 1 or X.shape[2] < 1:
-        raise ValueError(f"{name} must have at least one sample and one time point, "
-                         f"got shape {X.shape}")
+    _check_sensor_shape(X.shape, n_channels, name)
     return X
+
+
+def check_sensor_tensor(X, n_channels, name="X"):
+    """Sensor data already in a torch tensor (e.g. a batch simulated on a GPU),
+    checked like :func:`check_sensor_data` where it lies (3-D only)."""
+    import torch
+
+    if X.dim() != 3:
+        raise ValueError(f"{name} must have shape (n_samples, {n_channels}, n_times), got "
+                         f"{tuple(X.shape)}")
+    _check_sensor_shape(tuple(X.shape), n_channels, name)
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def _check_sensor_shape(shape, n_channels, name):
+    if shape[1] != n_channels:
+        raise ValueError(f"{name} has {shape[1]} channels but the forward model has "
+                         f"{n_channels}; expected shape (n_samples, {n_channels}, n_times)")
+    if shape[0] < 1 or shape[2] < 1:
+        raise ValueError(f"{name} must have at least one sample and one time point, "
+                         f"got shape {shape}")
 
 
 def check_noise_var(noise_var, shape, name="noise_var"):

@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._champagne import champagne
 from ._validation import (check_device, check_finite_array, check_noise_var,
-                          check_positive_int, check_sensor_data)
+                          check_positive_int, check_sensor_data, check_sensor_tensor)
 from .forward import as_forward, source_spacing
 from .metrics import rmse
 
@@ -176,14 +176,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         dtype.
         """
         check_is_fitted(self, "lead_field_")
-        if torch.is_tensor(X):
-            if X.dim() != 3 or X.shape[1] != self.n_features_in_:
-                raise ValueError(f"X must have shape (n_samples, {self.n_features_in_}, "
-                                 f"n_times), got {tuple(X.shape)}")
-            if not bool(torch.isfinite(X).all()):
-                raise ValueError("X contains NaN or infinite values")
-        else:
-            X = check_sensor_data(X, self.n_features_in_)
+        X = (check_sensor_tensor(X, self.n_features_in_) if torch.is_tensor(X)
+             else check_sensor_data(X, self.n_features_in_))
         device = getattr(self, "device_", None)
 
         def wide(value):
