@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import unfolded_sbl as us
-from unfolded_sbl._champagne import reference_projector, safe_cholesky
+from unfolded_sbl._champagne import _PairOps, reference_projector, safe_cholesky
 from unfolded_sbl.network import MAX_CORRECTION
 
 
@@ -171,3 +171,22 @@ def test_legacy_three_input_weights_load_with_the_same_function(correction):
     expected = net.predict(X)
     net.network_.load_state_dict(upgrade_state_dict(legacy))
     np.testing.assert_array_equal(net.predict(X), expected)
+
+
+@pytest.mark.parametrize("entries_first", [False, True])
+def test_pair_products_in_either_layout_equal_the_direct_products(entries_first):
+    """Both layouts of the pair products (batch first: torch and float64 graphs;
+    entries first: float32 graphs) compute L diag(g) L^T and diag(L^T A L)."""
+    gen = torch.Generator().manual_seed(0)
+    lead_field = torch.randn(7, 30, dtype=torch.float64, generator=gen)
+    source_var = torch.rand(9, 30, dtype=torch.float64, generator=gen)
+    half = torch.randn(9, 7, 7, dtype=torch.float64, generator=gen)
+    sym = half + half.transpose(-1, -2)
+    ops = _PairOps(lead_field, batch_size=9, paired=True)
+    ops.entries_first = entries_first
+    expected_cov = (lead_field * source_var.unsqueeze(-2)) @ lead_field.T
+    torch.testing.assert_close(ops.signal_cov(source_var), expected_cov)
+    first, second = ops.quad_diag(sym, 2 * sym)
+    expected = ((sym @ lead_field) * lead_field).sum(-2)
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, 2 * expected)

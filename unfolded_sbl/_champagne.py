@@ -123,12 +123,17 @@ class _PairOps:
         n = self.n = lead_field.shape[0]
         self.lead_field = lead_field
         self.paired = batch_size >= PAIR_BATCH_MIN if paired is None else paired
-        # Exported graphs gather the upper triangle with the matrix entries on the
+        # float32 graphs gather the upper triangle with the matrix entries on the
         # first axis, so that each index copies a whole row of batch values:
-        # onnxruntime's Gather along the last axis copies one value at a time and
-        # took 10 % of a float32 Deep CB graph at batch 64.  torch is faster the
-        # other way round (float64: 15 % of an inference), so it keeps that one.
-        self.entries_first = torch.onnx.is_in_onnx_export()
+        # onnxruntime's float32 Gather along the last axis copies one value at a
+        # time and took 10 % of a float32 Deep CB graph at batch 64 (7.7x slower
+        # than a transpose and a gather of rows on (128, 4096), one-off).  Its
+        # float64 Gather along the last axis is fast (1.08 vs 1.20 ms there), and
+        # the float64 shipped graphs ran 5 % faster without the transposes
+        # (one-off, batch 64, taking turns).  torch is faster with the batch first
+        # too (float64: 15 % of an inference), so only float32 exports change it.
+        self.entries_first = (torch.onnx.is_in_onnx_export()
+                              and lead_field.dtype == torch.float32)
         if not self.paired:
             return
         self.products, rows, cols = pair_products(lead_field)
