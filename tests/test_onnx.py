@@ -186,6 +186,21 @@ def test_attention_model_export_matches_torch(tmp_path, attention_keys):
     assert np.abs(layers[0]["source_correction"]).max() > 1e-3
 
 
+@pytest.mark.parametrize("exporting", [False, True])
+def test_attention_written_out_equals_torch_multihead_attention(monkeypatch, exporting):
+    """SourceAttention's batch-first attention (fused kernel in torch; products and
+    a softmax while exporting) computes nn.MultiheadAttention with the same weights."""
+    from unfolded_sbl.network import SourceAttention
+
+    torch.manual_seed(0)
+    module = SourceAttention(5).double()
+    h = torch.randn(3, 40, module.attn.embed_dim, dtype=torch.float64)
+    keys = h[:, :7]
+    expected, _ = module.attn(h, keys, keys, need_weights=False)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)
+    torch.testing.assert_close(module._attend(h, keys), expected, rtol=1e-10, atol=1e-12)
+
+
 def test_predict_before_fit_says_what_to_do(onnx_file):
     from sklearn.exceptions import NotFittedError
 
