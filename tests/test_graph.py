@@ -111,6 +111,9 @@ def test_sparse_smoothing_equals_the_gathered_one_with_its_gradient():
     sparse = _smooth_rows(rows, (index, weight, matrix))
     gathered = _smooth_rows(rows, (index, weight))
     torch.testing.assert_close(sparse, gathered, rtol=1e-12, atol=1e-14)
+    # mesh_neighbourhoods' own triple (index, weight, distance) smooths by the gather
+    distance = torch.ones_like(weight)
+    torch.testing.assert_close(_smooth_rows(rows, (index, weight, distance)), gathered)
     probe = torch.randn_like(sparse)
     (grad_sparse,) = torch.autograd.grad((sparse * probe).sum(), rows)
     (grad_gathered,) = torch.autograd.grad((gathered * probe).sum(), rows)

@@ -202,8 +202,9 @@ def _smooth_rows(rows, neighbours):
     matrix when ``neighbours`` carries one (torch), by a gather of whole rows
     otherwise (exported graphs: ONNX has no sparse product; a gather along the
     middle axis would copy 3 values at a time, slow in onnxruntime)."""
-    if len(neighbours) == 3:
-        return torch.sparse.mm(neighbours[2].to(rows.dtype), rows)
+    matrix = neighbours[2] if len(neighbours) == 3 else None
+    if matrix is not None and matrix.is_sparse:
+        return torch.sparse.mm(matrix.to(rows.dtype), rows)
     index, weight = neighbours[:2]
     n_sources, n_neighbours = index.shape
     gathered = rows[index.reshape(-1)].reshape(n_sources, n_neighbours, -1)
