@@ -34,8 +34,8 @@ def median_per_sample(timed, X, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-#: (batch size, rounds)
-BATCHES = ((1, 5), (8, 3), (64, 3), (256, 2))
+#: (batch size, rounds); batch 64 gets 5, since the issue's criteria are read there
+BATCHES = ((1, 5), (8, 3), (64, 5), (256, 2))
 
 
 #: the library's choice in the session-options table
