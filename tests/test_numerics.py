@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import unfolded_sbl as us
-from unfolded_sbl._champagne import _PairOps, reference_projector, safe_cholesky
+from unfolded_sbl._champagne import (_PairOps, reference_projector, referenced_model_cov,
+                                     safe_cholesky, subtract_reference)
 from unfolded_sbl.network import MAX_CORRECTION
 
 
@@ -190,3 +191,33 @@ def test_pair_products_in_either_layout_equal_the_direct_products(entries_first)
     expected = ((sym @ lead_field) * lead_field).sum(-2)
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, 2 * expected)
+
+
+@pytest.mark.parametrize("referenced", [True, False])
+@pytest.mark.parametrize("exporting", [False, True])
+def test_referenced_model_cov_equals_the_matrix_formula(monkeypatch, referenced, exporting):
+    """The element-wise assembly equals H (signal + diag(d)) H + c R with
+    c = mean diag(signal + H diag(d) H), the jitter on the diagonal, and the
+    precision subtraction equals inverse - R / c."""
+    gen = torch.Generator().manual_seed(0)
+    n, batch = 6, 4
+    lead_field = torch.randn(n, 20, dtype=torch.float64, generator=gen)
+    if referenced:
+        lead_field = lead_field - lead_field.mean(0, keepdim=True)
+    ref = reference_projector(lead_field)
+    assert bool((ref != 0).any()) == referenced
+    eye = torch.eye(n, dtype=torch.float64)
+    proj = eye - ref
+    half = torch.randn(batch, n, n, dtype=torch.float64, generator=gen)
+    signal = proj @ (half @ half.mT) @ proj
+    noise = torch.rand(batch, n, dtype=torch.float64, generator=gen) + 0.1
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)
+    model_cov, scale = referenced_model_cov(signal, noise, ref, eye, jitter=1e-3)
+    full = signal + proj @ torch.diag_embed(noise) @ proj
+    expected_scale = torch.diagonal(full, dim1=-2, dim2=-1).mean(-1).reshape(-1, 1, 1)
+    expected = full + expected_scale * ref + 1e-3 * expected_scale * eye
+    torch.testing.assert_close(scale, expected_scale, rtol=1e-12, atol=0)
+    torch.testing.assert_close(model_cov, expected, rtol=1e-12, atol=1e-12)
+    inverse = torch.linalg.inv(model_cov)
+    torch.testing.assert_close(subtract_reference(inverse, ref, scale), inverse - ref / scale,
+                               rtol=1e-12, atol=1e-14)

@@ -203,25 +203,43 @@ def reference_projector(lead_field):
     return referenced * (u @ u.T)
 
 
-def referenced_model_cov(signal_cov, noise_cov, ref, eye):
+def referenced_model_cov(signal_cov, noise_cov, ref, eye, jitter=0.0):
     """Matrix to factorise, ``H (signal + noise) H + c w u u^T``, and ``c`` (B, 1, 1).
 
     ``noise_cov`` is (B, N) (diagonal) or (B, N, N); ``ref = w u u^T``.  The
     signal covariance is already in the referenced subspace.  The precision of
-    the referenced model is ``inverse(result) - ref / c``.
+    the referenced model is ``inverse(result) - ref / c`` (:func:`subtract_reference`).
+    ``jitter`` adds ``jitter * c`` to the diagonal.
     """
     if noise_cov.dim() == 2:
-        # H D H for diagonal D = diag(d), element-wise (no N x N products): with
-        # R = w u u^T (every entry w / N), R D R = mean(d) R.
-        row, col = noise_cov.unsqueeze(-2), noise_cov.unsqueeze(-1)
-        noise = (col * eye - ref * (row + col)
-                 + ref * noise_cov.mean(-1).reshape(-1, 1, 1))
-    else:
-        proj = eye - ref
-        noise = proj @ noise_cov @ proj
-    model_cov = signal_cov + noise
+        # H D H for diagonal D = diag(d), element-wise (no N x N products): every
+        # entry of R = w u u^T is r = w / N, R D R = mean(d) R, so
+        #   H D H + c R = diag(d) - R o (d 1^T + 1 d^T - (mean(d) + c))
+        # with c = mean(diag(signal)) + (1 - r) mean(d) computed from diagonals:
+        # three element-wise passes over the (B, N, N) batch instead of nine (they
+        # took a quarter of ClassicalCB's time at batch 64).
+        mean_d = noise_cov.mean(-1).reshape(-1, 1, 1)
+        scale = (diagonal(signal_cov).mean(-1).reshape(-1, 1, 1)
+                 + (1 - ref[..., :1, :1]) * mean_d)
+        offset = noise_cov.unsqueeze(-2) + noise_cov.unsqueeze(-1) - (mean_d + scale)
+        model_cov = torch.addcmul(signal_cov, offset, ref, value=-1.0)
+        on_diagonal = noise_cov + jitter * scale.reshape(-1, 1) if jitter else noise_cov
+        if torch.onnx.is_in_onnx_export():  # no in-place views in graphs
+            return model_cov + eye * on_diagonal.unsqueeze(-1), scale
+        model_cov.diagonal(dim1=-2, dim2=-1).add_(on_diagonal)
+        return model_cov, scale
+    proj = eye - ref
+    model_cov = signal_cov + proj @ noise_cov @ proj
     scale = diagonal(model_cov).mean(-1).reshape(-1, 1, 1)
-    return model_cov + scale * ref, scale
+    model_cov = model_cov + scale * ref
+    return (model_cov + jitter * scale * eye if jitter else model_cov), scale
+
+
+def subtract_reference(inverse, ref, scale):
+    """``inverse - ref / c``: the precision of the referenced model.  Every entry of
+    ``ref`` is the same (``w / N``), so this is one pass with a per-sample scalar
+    instead of building ``ref / c`` as a (B, N, N) tensor first."""
+    return inverse - ref[..., :1, :1] / scale
 
 
 #: Jitters (relative to the mean diagonal) tried, in turn, on the samples whose
@@ -349,7 +367,7 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         """Cholesky factor, its inverse, the precision S and the log of ``c`` (B,)."""
         model_cov, scale = referenced_model_cov(signal_cov, noise, ref, eye)
         chol, inv_chol = _precision_factor(model_cov)
-        precision = inv_chol.transpose(-1, -2) @ inv_chol - ref / scale
+        precision = subtract_reference(inv_chol.transpose(-1, -2) @ inv_chol, ref, scale)
         return chol, inv_chol, precision, torch.log(scale.reshape(-1)) * ref.trace()
 
     def finish(rows, precision_rows):

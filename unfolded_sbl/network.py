@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ._champagne import (FACTOR_JITTER, NOISE_FLOOR, _PairOps, diagonal, identity_like,
-                         reference_projector, referenced_model_cov, safe_cholesky)
+                         reference_projector, referenced_model_cov, safe_cholesky,
+                         subtract_reference)
 
 CORRECTIONS = ("none", "bias", "mlp", "graph", "attention")
 NOISE_CORRECTIONS = ("none", "bias", "mlp")
@@ -414,16 +415,14 @@ class UnfoldedChampagne(nn.Module):
         factorises by Cholesky, exported graphs by onnxruntime's ``Inverse``,
         and both then agree to float64 round-off.
         """
-        model_cov, scale = referenced_model_cov(signal_cov, noise, ref, eye)
-        jitter = FACTOR_JITTER.get(model_cov.dtype, 1e-5)
-        if jitter:
-            model_cov = model_cov + jitter * scale * eye
+        model_cov, scale = referenced_model_cov(
+            signal_cov, noise, ref, eye, jitter=FACTOR_JITTER.get(signal_cov.dtype, 1e-5))
         wide = model_cov.double()
         if self.use_inverse:
             inverse = torch.linalg.inv(wide)
         else:
             inverse = torch.cholesky_inverse(safe_cholesky(wide))
-        return (inverse - ref.double() / scale.double()).to(signal_cov.dtype)
+        return subtract_reference(inverse, ref.double(), scale.double()).to(signal_cov.dtype)
 
     def _correct(self, modules, k, features, validity, neighbours=None):
         if (not self._use_corrections or k >= len(modules)
