@@ -108,7 +108,7 @@ def test_sparse_smoothing_equals_the_gathered_one_with_its_gradient():
     index, weight = torch.as_tensor(index), torch.as_tensor(weight)
     rows = torch.randn(index.shape[0], 6, dtype=torch.float64, requires_grad=True)
     matrix = neighbour_matrix(index, weight, torch.float64)
-    sparse = _smooth_rows(rows, (index, weight, matrix))
+    sparse = _smooth_rows(rows, matrix)
     gathered = _smooth_rows(rows, (index, weight))
     torch.testing.assert_close(sparse, gathered, rtol=1e-12, atol=1e-14)
     # mesh_neighbourhoods' own triple (index, weight, distance) smooths by the gather

@@ -199,13 +199,13 @@ def neighbour_matrix(index, weight, dtype):
 
 
 def _smooth_rows(rows, neighbours):
-    """Kernel-weighted neighbourhood means of ``rows`` (M, C): by the sparse
-    matrix when ``neighbours`` carries one (torch), by a gather of whole rows
-    otherwise (exported graphs: ONNX has no sparse product; a gather along the
-    middle axis would copy 3 values at a time, slow in onnxruntime)."""
-    matrix = neighbours[2] if len(neighbours) == 3 else None
-    if matrix is not None and matrix.is_sparse:
-        return torch.sparse.mm(matrix.to(rows.dtype), rows)
+    """Kernel-weighted neighbourhood means of ``rows`` (M, C): by one sparse
+    product when ``neighbours`` is the :func:`neighbour_matrix` (torch), by a
+    gather of whole rows when it is ``(index, weight[, distance])`` (exported
+    graphs: ONNX has no sparse product; a gather along the middle axis would copy
+    3 values at a time, slow in onnxruntime)."""
+    if torch.is_tensor(neighbours):
+        return torch.sparse.mm(neighbours.to(rows.dtype), rows)
     index, weight = neighbours[:2]
     n_sources, n_neighbours = index.shape
     gathered = rows[index.reshape(-1)].reshape(n_sources, n_neighbours, -1)
@@ -477,7 +477,7 @@ class UnfoldedChampagne(nn.Module):
             # built once for the K layers (the graph correction's sparse product),
             # in the precision the corrections run in
             weight_dtype = next(self.source_corrections.parameters(), Y).dtype
-            neighbours = (*neighbours[:2], neighbour_matrix(*neighbours[:2], weight_dtype))
+            neighbours = neighbour_matrix(*neighbours[:2], weight_dtype)
         # Exported graphs hold both forms of the products (``export``): the pair
         # (GEMM) form and the per-sample one, chosen by batch size in the graph.
         ops = _PairOps(lead_field, n_batch, paired=self.export_paired if self.use_inverse
