@@ -126,10 +126,12 @@ def markdown(table, explanation, n_samples):
              "simulator: 5-20 patches of 2-4 mm, 5-20 dB, T = 100, seeds 7000 + row); "
              "methods invert with the nominal template. Cells: rMSE ratio to "
              f"{REFERENCE}-joint (F1 difference). Every learned model was trained on "
-             f"{TRAIN_FORWARD} only. At ico4 the regime check solves classically (the "
-             "source spacing differs from the training one by more than "
-             "`SPACING_TOLERANCE`); `(corrections forced)` is the same model with "
-             "`regime_check=False`.", "",
+             f"{TRAIN_FORWARD} only. Where a model's source spacing differs from the "
+             "one it was trained for by more than `SPACING_TOLERANCE` the regime check "
+             "solves classically: the ico3 models at ico4, and the other way round "
+             "`deep-graph-cb-joint-ico4` (trained at ico3 on 2x wider patches for a 2x "
+             "denser source space, `zoo.DENSER`) at ico3; `(corrections forced)` is the "
+             "same model with `regime_check=False`.", "",
              "| target | sources | " + " | ".join(columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for name, row in table.items():

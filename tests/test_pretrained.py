@@ -126,3 +126,44 @@ def test_low_snr_stage_adds_a_third_component_and_continuation_keeps_stages():
     assert [st["name"] for st in zoo._previous_stages("deep-cb-joint", shipped)] == ["paper"]
     assert [st["name"] for st in zoo._previous_stages("deep-cb-joint", shipped,
                                                       continue_training=True)] == names
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_denser_model_acts_on_its_source_spacing_and_falls_back_elsewhere(backend):
+    """``deep-graph-cb-joint-ico4`` was trained at ico3 on 2x wider patches for a
+    source space about 2x denser: its corrections act at ico4 and the classical
+    updates solve at ico3."""
+    name = "deep-graph-cb-joint-ico4"
+    start, factor = zoo.DENSER[name]
+    card = zoo.model_card(name)
+    assert card["training"]["forward"] == "biosemi64-ico3"
+    assert card["validation"]["forward"] == "biosemi64-ico4-perturbed"
+    assert card["training"]["stages"][-1]["simulator"]["mixture"][0].startswith(
+        f"paper defaults with {factor:g}x wider patches")
+    assert zoo.suits(name, "things63-ico4") and not zoo.suits(name, "things63-ico3")
+    assert zoo.suits(start, "things63-ico3") and not zoo.suits(start, "things63-ico4")
+    ico4 = us.load_forward("things63-ico4")
+    data = us.simulate(ico4, 2, random_state=0, n_times=20)
+    est = us.load_pretrained(name, forward=ico4, backend=backend)
+    out = est.predict(data.sensors)
+    assert not est.classical_fallback_.any() and np.all(np.isfinite(out))
+    ref = us.ClassicalCB(ico4).fit().predict(data.sensors)
+    assert np.linalg.norm(out - ref) > 1e-3 * np.linalg.norm(ref)
+    if backend == "onnx":  # the same network as torch
+        torch_out = us.load_pretrained(name, forward=ico4).predict(data.sensors)
+        assert np.linalg.norm(out - torch_out) / np.linalg.norm(torch_out) < 1e-5
+    ico3 = us.load_forward("things63-ico3")
+    data = us.simulate(ico3, 2, random_state=0, n_times=20)
+    est = us.load_pretrained(name, forward=ico3, backend=backend)
+    out = est.predict(data.sensors)
+    assert est.classical_fallback_.all()
+    ref = us.ClassicalCB(ico3).fit().predict(data.sensors)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_default_forward_of_a_denser_model_is_its_source_space():
+    assert zoo.default_forward("deep-graph-cb-joint-ico4") == zoo.DENSER_FORWARD
+    assert zoo.default_forward("deep-cb-joint") == zoo.TRAIN_FORWARD
+    params = zoo.denser_simulator_params(2.0)
+    assert params[0]["spread"] == pytest.approx((0.004, 0.008))
+    assert params[0]["patch_distance"] == "mesh" and params[1]["head_models"] == "ensemble"

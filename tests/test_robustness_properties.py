@@ -89,6 +89,11 @@ problems = st.one_of(
 
 #: Also checked as a float32 graph (loaded with ``dtype="float32"``, then exported).
 FLOAT32 = "deep-cb-joint"
+#: Trained for a denser source space (ico4): on the ico3 fixture its regime check would
+#: solve classically, so its corrections are forced on (``regime_check=False``, which
+#: also lets them act on the noise-free and rank-deficient families) for the
+#: no-exception test.
+DENSER = "deep-graph-cb-joint-ico4"
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +103,10 @@ def solvers(fwd, tmp_path_factory):
     for name in SHIPPED:
         out[f"{name}/torch"] = us.load_pretrained(name, forward=fwd)
         out[f"{name}/onnx"] = us.load_pretrained(name, forward=fwd, backend="onnx")
+    out[f"{DENSER}/torch (forced)"] = us.load_pretrained(DENSER, forward=fwd,
+                                                        regime_check=False)
+    out[f"{DENSER}/onnx (forced)"] = us.load_pretrained(DENSER, forward=fwd, backend="onnx",
+                                                       regime_check=False)
     net = us.load_pretrained(FLOAT32, forward=fwd, dtype="float32")
     path = us.export_onnx(net, tmp_path_factory.mktemp("float32") / f"{FLOAT32}.onnx")
     out[f"{FLOAT32}/onnx-float32"] = us.OnnxSBLRegressor(path, forward=fwd).fit()
@@ -124,6 +133,7 @@ ESTIMATORS = ["ClassicalCB", "ClassicalCB-known"] + [f"{name}/{backend}" for nam
                                                       for backend in ("torch", "onnx")] + [
     f"{FLOAT32}/onnx-float32"]
 LEARNED = ESTIMATORS[2:]
+ESTIMATORS += [f"{DENSER}/{backend} (forced)" for backend in ("torch", "onnx")]
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])

@@ -57,9 +57,10 @@ def _cmd_demo(args):
         "ClassicalCB (known noise)": ClassicalCB(fwd, noise="known").fit(),
     }
     known_noise_models = ["ClassicalCB (known noise)"]
-    from .zoo import list_pretrained, load_pretrained
+    from .zoo import list_pretrained, load_pretrained, suits
 
-    for name in list_pretrained():
+    # models for another source spacing (e.g. ico4) would only repeat ClassicalCB here
+    for name in [n for n in list_pretrained() if suits(n, fwd)]:
         model = load_pretrained(name, forward=fwd, backend="onnx")
         estimators[f"{name} (onnx, {model.provider_.replace('ExecutionProvider', '')})"] = model
         if not model.learn_noise_:
@@ -152,7 +153,15 @@ def _cmd_export(args):
 
 
 def _cmd_train(args):
-    from .zoo import MODEL_DIR, train_pretrained
+    from .zoo import DENSER, MODEL_DIR, train_denser, train_pretrained
+
+    if args.name in DENSER:
+        card = train_denser(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
+                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir)
+        from .evaluation import format_table
+
+        print(format_table(card["validation"]["metrics"]))
+        return 0
 
     init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
     robust = {"max_epochs": args.epochs} if args.epochs else {}
@@ -184,7 +193,7 @@ EPILOG = """examples:
 
 
 def build_parser():
-    from .zoo import PRESETS
+    from .zoo import DENSER, PRESETS
 
     parser = argparse.ArgumentParser(
         prog="unfolded-sbl", description=DESCRIPTION, epilog=EPILOG,
@@ -267,7 +276,7 @@ def build_parser():
     exp.set_defaults(func=_cmd_export)
 
     train = sub.add_parser("train", help="train a pretrained-model preset on the simulator")
-    train.add_argument("name", help="preset: " + ", ".join(sorted(PRESETS)))
+    train.add_argument("name", help="preset: " + ", ".join(sorted({**PRESETS, **DENSER})))
     train.add_argument("--out", default=None, help="output folder (default: package models)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     train.add_argument("--n-eval", type=int, default=256,

@@ -49,6 +49,8 @@ DESCRIPTIONS = {
     "deep-attn-cb-joint": "Deep Attn CB: attention corrections, joint noise",
     "deep-graph-cb-joint": "Deep Graph CB: MLP corrections that also see each source's "
                            "cortical neighbourhood (8 mm kernel along the mesh), joint noise",
+    "deep-graph-cb-joint-ico4": "Deep Graph CB for source spaces about 2x denser than "
+                                "ico3 (ico4): trained at ico3 on patches 2x wider",
 }
 
 #: Stage 2 of every shipped model: joint fine-tuning on the robust distribution
@@ -84,6 +86,39 @@ DENSE = {"n_patches": (20, 40)}
 #: level with or behind ClassicalCB (the robust simulator draws spreads
 #: log-uniformly from 1-15 mm, so wide patches are its rarest).
 WIDE = {"spread": (0.006, 0.015), "patch_distance": "mesh"}
+
+
+#: Models for source spaces denser than the training one: name -> (the shipped model it
+#: starts from, density factor s).  They are trained at ico3, like every shipped model, on
+#: patches s times wider than the paper's, along the mesh: the ico3 picture of the
+#: paper's patches on a source space with s times finer spacing (at ico4, about 1.9x
+#: finer, the paper's 2-4 mm patches cover several sources, as 4-8 mm patches do at ico3,
+#: and ClassicalCB's own error grows with its iterations in both).  Their
+#: ``train_spacing_`` is the training source space's divided by s, so the regime check
+#: lets their corrections act on such source spaces and solves coarser ones classically.
+DENSER = {"deep-graph-cb-joint-ico4": ("deep-graph-cb-joint", 2.0)}
+#: Their stage (on top of the starting model's stages): the wider paper patches and the
+#: robust simulator, through the head-model ensemble; the kept epoch is the one whose
+#: worse part (ratio to ClassicalCB) is best.
+DENSER_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rate=5e-4,
+                    deep_supervision=0.3, n_val=256, select_best=True, mixture_focus=10.0,
+                    max_epochs=24, steps_per_epoch=15, batch_size=32)
+#: The source space their card validates on (perturbed template of the same cap).
+DENSER_FORWARD = "biosemi64-ico4"
+
+
+def denser_simulator_params(factor):
+    """Stage data of a :data:`DENSER` model: the paper's simulator with patches
+    ``factor`` times wider (along the mesh) and the robust simulator, both through the
+    head-model ensemble."""
+    import inspect
+
+    from .simulate import ROBUST_SIMULATOR, Simulator
+
+    paper_spread = inspect.signature(Simulator).parameters["spread"].default
+    spread = tuple(factor * s for s in paper_spread)
+    return [{"spread": spread, "patch_distance": "mesh", "head_models": "ensemble"},
+            {**ROBUST_SIMULATOR, "head_models": "ensemble"}]
 
 
 def robust_simulator_params(low_snr=False, dense=False, wide=False):
@@ -173,8 +208,11 @@ def load_pretrained(name, forward=None, backend="torch", **kwargs):
     name : str
         One of :func:`list_pretrained`, e.g. ``"deep-cb-joint"``.
     forward : str | ForwardModel | mne.Forward | None
-        Forward model to run on (default: the training template).  MLP and
-        attention models run on any cap and source space.
+        Forward model to run on (default: the training template, or
+        :data:`DENSER_FORWARD` for a :data:`DENSER` model).  MLP and attention
+        models run on any cap and source space; their corrections act where the
+        source spacing is near the one they were trained for (:func:`suits`),
+        elsewhere the classical updates solve.
     backend : {"torch", "onnx"}
         ``"torch"`` returns an :class:`UnfoldedSBLRegressor` (fine-tunable),
         ``"onnx"`` a fitted :class:`OnnxSBLRegressor`.
@@ -183,17 +221,36 @@ def load_pretrained(name, forward=None, backend="torch", **kwargs):
         ``device``) and to :class:`OnnxSBLRegressor` for onnx (``providers``,
         ``intra_op_num_threads``, ...).
     """
+    forward = forward or default_forward(name)
     if backend == "torch":
         from .unfolded import UnfoldedSBLRegressor
 
-        return UnfoldedSBLRegressor.load(pretrained_path(name, "pt"),
-                                         forward=forward or TRAIN_FORWARD, **kwargs)
+        return UnfoldedSBLRegressor.load(pretrained_path(name, "pt"), forward=forward,
+                                         **kwargs)
     if backend == "onnx":
         from .onnx_runtime import OnnxSBLRegressor
 
-        return OnnxSBLRegressor(pretrained_path(name, "onnx"), forward=forward or TRAIN_FORWARD,
+        return OnnxSBLRegressor(pretrained_path(name, "onnx"), forward=forward,
                                 **kwargs).fit()
     raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+
+
+def default_forward(name):
+    """The template a shipped model runs on unless told otherwise."""
+    return DENSER_FORWARD if name in DENSER else TRAIN_FORWARD
+
+
+def suits(name, forward):
+    """Whether the corrections of the shipped model ``name`` act on ``forward``'s
+    source space: its spacing within ``estimators.SPACING_TOLERANCE`` of the one
+    the model was trained for (elsewhere the classical updates solve)."""
+    from .estimators import SPACING_TOLERANCE
+    from .forward import as_forward, load_forward, source_spacing
+
+    trained = model_card(name).get("train_spacing_m") or source_spacing(
+        load_forward(TRAIN_FORWARD))
+    spacing = source_spacing(as_forward(forward))
+    return max(spacing / trained, trained / spacing) <= SPACING_TOLERANCE
 
 
 def _evaluate(estimators, data, forward, known):
@@ -283,6 +340,50 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     return write_card(name, out_dir, stages, params, random_state, n_eval)
 
 
+def train_denser(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, checkpoint_dir=None,
+                 verbose=True):
+    """Train a :data:`DENSER` model from its shipped starting model (one stage,
+    :data:`DENSER_STAGE`, checkpointed into ``checkpoint_dir``), set its
+    ``train_spacing_``, export it and write its card (validated on
+    :data:`DENSER_FORWARD`)."""
+    from .forward import load_forward, source_spacing
+
+    start_name, factor = DENSER[name]
+    params = PRESETS[start_name]
+    init = MODEL_DIR / f"{start_name}.pt"
+    est = _start_from(init, params)
+    stage = {**DENSER_STAGE, "simulator_params": denser_simulator_params(factor)}
+    checkpoint = None
+    if checkpoint_dir:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        checkpoint = str(Path(checkpoint_dir) / f"{name}.ckpt")
+    est.set_params(warm_start=True, checkpoint=checkpoint, verbose=verbose,
+                   random_state=random_state, dtype="float64", **stage)
+    est.fit_simulated()
+    est.set_params(warm_start=False, checkpoint=None)
+    est.train_spacing_ = source_spacing(load_forward(TRAIN_FORWARD)) / factor
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    est.save(out_dir / f"{name}.pt")
+    label = (f"paper defaults with {factor:g}x wider patches along the mesh "
+             f"({1e3 * stage['simulator_params'][0]['spread'][0]:g}-"
+             f"{1e3 * stage['simulator_params'][0]['spread'][1]:g} mm)")
+    stages = [{**st, "name": f"{start_name}: {st['name']}"}
+              for st in model_card(start_name)["training"]["stages"]]
+    stages.append({"name": f"denser x{factor:g}",
+                   "estimator_params": {k: v for k, v in stage.items()
+                                        if k != "simulator_params"},
+                   "samples_seen": _samples_seen(stage),
+                   "seconds": round(est.train_seconds_, 1),
+                   "best_epoch": getattr(est, "best_epoch_", None),
+                   "train_spacing_m": est.train_spacing_,
+                   "machine": f"{platform.machine()}, CPU only",
+                   "simulator": {"mixture": [label, "ROBUST_SIMULATOR"],
+                                 "head_models": _ensemble_record()},
+                   "history": est.history_})
+    return write_card(name, out_dir, stages, params, random_state, n_eval)
+
+
 def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0, n_eval=256):
     """Export ``NAME.pt`` (in ``out_dir``) to ONNX, validate both files against
     ClassicalCB and write the model card.
@@ -311,8 +412,11 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
     files = {f"{name}.pt": out_dir / f"{name}.pt", f"{name}.onnx": out_dir / f"{name}.onnx"}
     est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=TRAIN_FORWARD)
     export_onnx(est, files[f"{name}.onnx"])
-    fwd = load_forward(TRAIN_FORWARD)
-    val_forward = load_forward(f"{TRAIN_FORWARD}-perturbed")
+    # validated where its corrections act: the training source space, or the denser one
+    val_name = DENSER_FORWARD if name in DENSER else TRAIN_FORWARD
+    fwd = load_forward(val_name)
+    est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=fwd)
+    val_forward = load_forward(f"{val_name}-perturbed")
     noise = "learn" if params["learn_noise"] else "known"
     classical = {f"ClassicalCB ({noise}), 25 it.": ClassicalCB(fwd, noise=noise).fit(),
                  f"ClassicalCB ({noise}), 100 it.": ClassicalCB(fwd, noise=noise,
@@ -322,13 +426,14 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
     for label, sim_params in (("paper", {}), ("robust", ROBUST_SIMULATOR)):
         seed = 10_000 + random_state
         data = simulate(val_forward, n_eval, random_state=seed, **sim_params)
-        validation[label] = {"forward": f"{TRAIN_FORWARD}-perturbed", "n_samples": n_eval,
+        validation[label] = {"forward": f"{val_name}-perturbed", "n_samples": n_eval,
                              "seed": seed, "simulator": label,
                              "metrics": _evaluate({**classical, name: est}, data, fwd, known)}
     card = {
         "name": name, "format_version": 2,
         "description": DESCRIPTIONS.get(name, name),
         "estimator_params": params, "seed": random_state, "dtype": est.dtype,
+        "train_spacing_m": est.train_spacing_,
         "training": {"forward": TRAIN_FORWARD, "data": "streamed from the simulator, fresh "
                      "samples every step", "stages": stages,
                      "samples_seen": sum(st["samples_seen"] for st in stages),
