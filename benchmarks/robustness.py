@@ -33,7 +33,8 @@ from unfolded_sbl.simulate import ROBUST_SIMULATOR
 from unfolded_sbl.zoo import ROBUST_BUDGETS, TRAIN_FORWARD
 
 WORK = HERE / "_work" / "robustness"
-SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint")
+SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint",
+           "deep-graph-cb-joint-ico4")
 REFERENCE = "ClassicalCB-25"
 
 #: single head-model errors: label -> member parameters (others nominal)
@@ -298,7 +299,9 @@ noise variances. The end-to-end baseline is trained from scratch on the robust s
 through the head-model ensemble (not the paper/robust mixture of Deep CB's stage 2) with Deep
 CB's stage-2 sample budget (24,000 samples); it is tied to the training cap, hence n/a
 elsewhere. deep-attn-cb-joint attends over the 64 sources of largest classical update and
-went through both stages at Deep CB's budget.
+went through both stages at Deep CB's budget. deep-graph-cb-joint-ico4 is made for source
+spaces about 2x denser than ico3: its regime check solves the ico3 rows classically (ties),
+and its corrections act in the ico4 row.
 
 {table}
 
