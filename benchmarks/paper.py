@@ -254,6 +254,12 @@ def evaluate_setting(setting, models, budget, verbose=True):
                                                   data, fwd, known)]
         if verbose:
             print(f"{setting.key}: {method} done")
+    if budget.shipped_rows:
+        # shipped models made for this source density (e.g. ico4), trained at ico3 only
+        for name in us.zoo.DENSER:
+            if us.zoo.suits(name, fwd):
+                rows[f"{name} (shipped)"] = [_score(us.load_pretrained(name, fwd), data, fwd,
+                                                    False)]
     return rows, skipped, n_eval
 
 
