@@ -318,26 +318,32 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     else:
         est = _start_from(init, params)
         stages.extend(_previous_stages(name, init, continue_training))
-        est.history_ = []
-    est.set_params(warm_start=True, checkpoint=checkpoints["robust"], verbose=verbose,
-                   random_state=random_state, dtype="float64", **robust)
-    est.fit_simulated()
-    mixture = _mixture_labels(low_snr, dense, wide)
     n_robust = sum(st["name"].startswith("robust") for st in stages)
-    stages.append({"name": "robust" if not n_robust else f"robust-{n_robust + 1}",
-                   "estimator_params": {k: v for k, v in robust.items()
-                                        if k != "simulator_params"},
-                   "samples_seen": _samples_seen(robust),
-                   "seconds": round(est.train_seconds_, 1),
-                   "best_epoch": getattr(est, "best_epoch_", None),
-                   "start_validation": getattr(est, "start_validation_", None),
-                   "machine": f"{platform.machine()}, CPU only",
-                   "simulator": {"mixture": mixture,
-                                 "head_models": _ensemble_record()},
-                   "history": est.history_})
-    est.set_params(warm_start=False, checkpoint=None)
+    stages.append(_fine_tune(est, "robust" if not n_robust else f"robust-{n_robust + 1}",
+                             robust, _mixture_labels(low_snr, dense, wide),
+                             checkpoints["robust"], random_state, verbose))
     est.save(out_dir / f"{name}.pt")
     return write_card(name, out_dir, stages, params, random_state, n_eval)
+
+
+def _fine_tune(est, label, stage, mixture, checkpoint, random_state, verbose):
+    """Run one fine-tuning stage of ``est`` (float64, from its current weights,
+    checkpointed into ``checkpoint``) and return the stage's record for the
+    model card, its ``history`` holding this stage's epochs only."""
+    est.history_ = []
+    est.set_params(warm_start=True, checkpoint=checkpoint, verbose=verbose,
+                   random_state=random_state, dtype="float64", **stage)
+    est.fit_simulated()
+    est.set_params(warm_start=False, checkpoint=None)
+    return {"name": label,
+            "estimator_params": {k: v for k, v in stage.items() if k != "simulator_params"},
+            "samples_seen": _samples_seen(stage),
+            "seconds": round(est.train_seconds_, 1),
+            "best_epoch": getattr(est, "best_epoch_", None),
+            "start_validation": getattr(est, "start_validation_", None),
+            "machine": f"{platform.machine()}, CPU only",
+            "simulator": {"mixture": mixture, "head_models": _ensemble_record()},
+            "history": est.history_}
 
 
 def train_denser(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, checkpoint_dir=None,
@@ -357,30 +363,18 @@ def train_denser(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, checkpoint
     if checkpoint_dir:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         checkpoint = str(Path(checkpoint_dir) / f"{name}.ckpt")
-    est.set_params(warm_start=True, checkpoint=checkpoint, verbose=verbose,
-                   random_state=random_state, dtype="float64", **stage)
-    est.fit_simulated()
-    est.set_params(warm_start=False, checkpoint=None)
+    wide, _ = stage["simulator_params"]
+    label = (f"paper defaults with {factor:g}x wider patches along the mesh "
+             f"({1e3 * wide['spread'][0]:g}-{1e3 * wide['spread'][1]:g} mm)")
+    stages = [{**st, "name": f"{start_name}: {st['name']}"}
+              for st in model_card(start_name)["training"]["stages"]]
+    stages.append(_fine_tune(est, f"denser x{factor:g}", stage, [label, "ROBUST_SIMULATOR"],
+                             checkpoint, random_state, verbose))
+    # the card records it too (write_card), from the saved file
     est.train_spacing_ = source_spacing(load_forward(TRAIN_FORWARD)) / factor
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     est.save(out_dir / f"{name}.pt")
-    label = (f"paper defaults with {factor:g}x wider patches along the mesh "
-             f"({1e3 * stage['simulator_params'][0]['spread'][0]:g}-"
-             f"{1e3 * stage['simulator_params'][0]['spread'][1]:g} mm)")
-    stages = [{**st, "name": f"{start_name}: {st['name']}"}
-              for st in model_card(start_name)["training"]["stages"]]
-    stages.append({"name": f"denser x{factor:g}",
-                   "estimator_params": {k: v for k, v in stage.items()
-                                        if k != "simulator_params"},
-                   "samples_seen": _samples_seen(stage),
-                   "seconds": round(est.train_seconds_, 1),
-                   "best_epoch": getattr(est, "best_epoch_", None),
-                   "train_spacing_m": est.train_spacing_,
-                   "machine": f"{platform.machine()}, CPU only",
-                   "simulator": {"mixture": [label, "ROBUST_SIMULATOR"],
-                                 "head_models": _ensemble_record()},
-                   "history": est.history_})
     return write_card(name, out_dir, stages, params, random_state, n_eval)
 
 
