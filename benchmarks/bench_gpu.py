@@ -21,7 +21,6 @@ import torch
 
 import unfolded_sbl as us
 from benchmarks._results import write_section
-from unfolded_sbl.zoo import suits
 
 
 def _timed(fn, repeat=1):
@@ -138,7 +137,7 @@ def main(argv=None):
     device = "cuda" if has_gpu and not args.dry_run else "cpu"
     providers = None if device == "cuda" else ["CPUExecutionProvider"]
     fwd = us.load_forward()
-    models = [n for n in us.list_pretrained() if suits(n, fwd)]
+    models = us.list_pretrained(fwd)
     if args.dry_run:
         data = us.simulate(fwd, 2, random_state=0, n_times=10)
         classical = classical_vs_mne(fwd, data, device, n_mne=1,

@@ -12,7 +12,6 @@ import torch
 
 import unfolded_sbl as us
 from benchmarks._results import take_turns, write_section
-from unfolded_sbl.zoo import suits
 
 
 def per_sample(est, X, **kwargs):
@@ -189,7 +188,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     fwd = us.load_forward()
     # models for another source spacing (ico4) would time the classical fallback here
-    models = args.models or [n for n in us.list_pretrained() if suits(n, fwd)]
+    models = args.models or us.list_pretrained(fwd)
     data = us.simulate(fwd, max(args.batches), random_state=0)
     threads = torch.get_num_threads()
     classical = us.ClassicalCB(fwd, dtype="float32").fit()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import unfolded_sbl as us
 from unfolded_sbl import cli
@@ -77,3 +78,20 @@ def test_train_passes_units_focus_and_continuation(monkeypatch):
     assert kwargs["robust_overrides"] == {"max_epochs": 3, "mixture_focus": 20.0}
     main(["train", "deep-cb-joint", "--out", "somewhere"])
     assert calls[-1][1]["overrides"] is None and calls[-1][1]["robust_overrides"] is None
+
+
+def test_train_of_a_denser_model_runs_its_own_stage(monkeypatch):
+    from unfolded_sbl import zoo
+
+    calls = []
+
+    def fake_train(name, **kwargs):
+        calls.append((name, kwargs))
+        return {"validation": {"metrics": {"m": {"rmse": 1.0}}}}
+
+    monkeypatch.setattr(zoo, "train_denser", fake_train)
+    monkeypatch.setattr(zoo, "train_pretrained", lambda *a, **k: pytest.fail("preset path"))
+    assert main(["train", "deep-graph-cb-joint-ico4", "--seed", "2", "--out", "somewhere"]) == 0
+    name, kwargs = calls[-1]
+    assert name == "deep-graph-cb-joint-ico4"
+    assert kwargs["random_state"] == 2 and str(kwargs["out_dir"]) == "somewhere"

@@ -164,6 +164,9 @@ def test_denser_model_acts_on_its_source_spacing_and_falls_back_elsewhere(backen
 def test_default_forward_of_a_denser_model_is_its_source_space():
     assert zoo.default_forward("deep-graph-cb-joint-ico4") == zoo.DENSER_FORWARD
     assert zoo.default_forward("deep-cb-joint") == zoo.TRAIN_FORWARD
+    assert us.list_pretrained("things63-ico4") == ["deep-graph-cb-joint-ico4"]
+    assert set(us.list_pretrained("things63-ico3")) == set(us.list_pretrained()) - {
+        "deep-graph-cb-joint-ico4"}
     params = zoo.denser_simulator_params(2.0)
     assert params[0]["spread"] == pytest.approx((0.004, 0.008))
     assert params[0]["patch_distance"] == "mesh" and params[1]["head_models"] == "ensemble"

@@ -57,10 +57,10 @@ def _cmd_demo(args):
         "ClassicalCB (known noise)": ClassicalCB(fwd, noise="known").fit(),
     }
     known_noise_models = ["ClassicalCB (known noise)"]
-    from .zoo import list_pretrained, load_pretrained, suits
+    from .zoo import list_pretrained, load_pretrained
 
     # models for another source spacing (e.g. ico4) would only repeat ClassicalCB here
-    for name in [n for n in list_pretrained() if suits(n, fwd)]:
+    for name in list_pretrained(fwd):
         model = load_pretrained(name, forward=fwd, backend="onnx")
         estimators[f"{name} (onnx, {model.provider_.replace('ExecutionProvider', '')})"] = model
         if not model.learn_noise_:
@@ -153,29 +153,23 @@ def _cmd_export(args):
 
 
 def _cmd_train(args):
+    from .evaluation import format_table
     from .zoo import DENSER, MODEL_DIR, train_denser, train_pretrained
 
+    common = dict(out_dir=args.out or MODEL_DIR, random_state=args.seed, n_eval=args.n_eval,
+                  checkpoint_dir=args.checkpoint_dir)
     if args.name in DENSER:
-        card = train_denser(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
-                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir)
-        from .evaluation import format_table
-
-        print(format_table(card["validation"]["metrics"]))
-        return 0
-
-    init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
-    robust = {"max_epochs": args.epochs} if args.epochs else {}
-    if args.focus:
-        robust["mixture_focus"] = args.focus
-    overrides = {"correction_units": args.units} if args.units else None
-    card = train_pretrained(args.name, out_dir=args.out or MODEL_DIR, random_state=args.seed,
-                            n_eval=args.n_eval, checkpoint_dir=args.checkpoint_dir, init=init,
-                            overrides=overrides,
-                            robust_overrides=robust or None, low_snr=args.low_snr,
-                            dense=args.dense, wide=args.wide,
-                            continue_training=args.continue_)
-    from .evaluation import format_table
-
+        card = train_denser(args.name, **common)
+    else:
+        init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
+        robust = {"max_epochs": args.epochs} if args.epochs else {}
+        if args.focus:
+            robust["mixture_focus"] = args.focus
+        overrides = {"correction_units": args.units} if args.units else None
+        card = train_pretrained(args.name, init=init, overrides=overrides,
+                                robust_overrides=robust or None, low_snr=args.low_snr,
+                                dense=args.dense, wide=args.wide,
+                                continue_training=args.continue_, **common)
     print(format_table(card["validation"]["metrics"]))
     return 0
 

@@ -159,9 +159,11 @@ def _mixture_labels(low_snr, dense, wide=False):
     return [label for label, _ in _stage2_components(low_snr, dense, wide)]
 
 
-def list_pretrained():
-    """Names of the shipped models (those with a model card)."""
-    return sorted(p.stem for p in MODEL_DIR.glob("*.json"))
+def list_pretrained(forward=None):
+    """Names of the shipped models (those with a model card); with ``forward``, only
+    those whose corrections act on its source space (:func:`suits`)."""
+    names = sorted(p.stem for p in MODEL_DIR.glob("*.json"))
+    return names if forward is None else [n for n in names if suits(n, forward)]
 
 
 def _file_records(paths):
