@@ -59,7 +59,8 @@ def test_help_is_plain_text_and_every_option_is_described():
                 assert action.help, f"{name}: {action.dest} has no help text"
 
 
-def test_train_passes_units_focus_and_continuation(monkeypatch):
+def _record_training(monkeypatch, function):
+    """Replace ``zoo.<function>`` by a stub that records its calls (name, kwargs)."""
     from unfolded_sbl import zoo
 
     calls = []
@@ -68,7 +69,14 @@ def test_train_passes_units_focus_and_continuation(monkeypatch):
         calls.append((name, kwargs))
         return {"validation": {"metrics": {"m": {"rmse": 1.0}}}}
 
-    monkeypatch.setattr(zoo, "train_pretrained", fake_train)
+    monkeypatch.setattr(zoo, function, fake_train)
+    return calls
+
+
+def test_train_passes_units_focus_and_continuation(monkeypatch):
+    from unfolded_sbl import zoo
+
+    calls = _record_training(monkeypatch, "train_pretrained")
     assert main(["train", "deep-cb-joint", "--continue", "--wide", "--epochs", "3",
                  "--units", "64", "--focus", "20", "--out", "somewhere"]) == 0
     name, kwargs = calls[-1]
@@ -83,13 +91,7 @@ def test_train_passes_units_focus_and_continuation(monkeypatch):
 def test_train_of_a_denser_model_runs_its_own_stage(monkeypatch):
     from unfolded_sbl import zoo
 
-    calls = []
-
-    def fake_train(name, **kwargs):
-        calls.append((name, kwargs))
-        return {"validation": {"metrics": {"m": {"rmse": 1.0}}}}
-
-    monkeypatch.setattr(zoo, "train_denser", fake_train)
+    calls = _record_training(monkeypatch, "train_denser")
     monkeypatch.setattr(zoo, "train_pretrained", lambda *a, **k: pytest.fail("preset path"))
     assert main(["train", "deep-graph-cb-joint-ico4", "--seed", "2", "--out", "somewhere"]) == 0
     name, kwargs = calls[-1]
