@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import unfolded_sbl as us
-from unfolded_sbl._champagne import (_PairOps, reference_projector, referenced_model_cov,
-                                     safe_cholesky, subtract_reference)
+from unfolded_sbl._champagne import (_PairOps, covariance_factor, reference_projector,
+                                     referenced_model_cov, safe_cholesky, subtract_reference)
 from unfolded_sbl.network import MAX_CORRECTION
 
 
@@ -174,10 +174,13 @@ def test_legacy_three_input_weights_load_with_the_same_function(correction):
     np.testing.assert_array_equal(net.predict(X), expected)
 
 
-@pytest.mark.parametrize("entries_first", [False, True])
-def test_pair_products_in_either_layout_equal_the_direct_products(entries_first):
-    """Both layouts of the pair products (batch first: torch and float64 graphs;
-    entries first: float32 graphs) compute L diag(g) L^T and diag(L^T A L)."""
+@pytest.mark.parametrize("exporting, entries_first", [(False, False), (True, False),
+                                                      (True, True)])
+def test_pair_products_in_either_layout_equal_the_direct_products(monkeypatch, exporting,
+                                                                  entries_first):
+    """Every path of the pair products (eager torch; graphs batch first: float64;
+    graphs entries first: float32) computes L diag(g) L^T and diag(L^T A L)."""
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)
     gen = torch.Generator().manual_seed(0)
     lead_field = torch.randn(7, 30, dtype=torch.float64, generator=gen)
     source_var = torch.rand(9, 30, dtype=torch.float64, generator=gen)
@@ -191,6 +194,17 @@ def test_pair_products_in_either_layout_equal_the_direct_products(entries_first)
     expected = ((sym @ lead_field) * lead_field).sum(-2)
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, 2 * expected)
+
+
+@pytest.mark.parametrize("n_times, rank", [(3, 3), (40, 7), (40, 2), (40, 0)])
+def test_covariance_factor_reproduces_the_data_covariance(n_times, rank):
+    """``V V^T = Y Y^T / T`` for short and long windows, rank-deficient and zero data."""
+    gen = torch.Generator().manual_seed(0)
+    Y = (torch.randn(3, 7, rank, dtype=torch.float64, generator=gen)
+         @ torch.randn(3, rank, n_times, dtype=torch.float64, generator=gen))
+    V = covariance_factor(Y)
+    assert V.shape == (3, 7, min(n_times, 7))
+    torch.testing.assert_close(V @ V.mT, Y @ Y.mT / n_times, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("referenced", [True, False])

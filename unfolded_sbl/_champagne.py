@@ -71,13 +71,19 @@ class ChampagneResult:
 
 
 def covariance_factor(Y):
-    """``V`` with ``V V^T = Y Y^T / T``: ``Y / sqrt(T)`` when T <= N, else an eigen-factor."""
+    """``V`` with ``V V^T = Y Y^T / T``: ``Y / sqrt(T)`` when T <= N, else the
+    triangular factor ``R^T / sqrt(T)`` of ``Y^T = Q R``.
+
+    The solver sees the data only through ``V V^T``.  QR needs no positive
+    definiteness (rank-deficient data are fine) and costs a fraction of an
+    eigendecomposition of ``Y Y^T`` (4.6-5.7 vs 16-24 ms for 64 problems of
+    64 x 100, one-off).
+    """
     n_channels, n_times = Y.shape[-2:]
     if n_times <= n_channels:
         return Y / n_times ** 0.5
-    cov = Y @ Y.transpose(-1, -2) / n_times
-    evals, evecs = torch.linalg.eigh(cov)
-    return evecs * evals.clamp(min=0).sqrt().unsqueeze(-2)
+    triangular = torch.linalg.qr(Y.transpose(-1, -2), mode="r")[1]  # (B, N, N)
+    return triangular.transpose(-1, -2) / n_times ** 0.5
 
 
 def pair_products(lead_field):
@@ -162,14 +168,19 @@ class _PairOps:
         """``diag(L^T A L)`` for each symmetric (B, N, N) A -> (B, M) each."""
         if not self.paired:
             return tuple(((a @ self.lead_field) * self.lead_field).sum(-2) for a in syms)
-        # stacked on a leading axis of static size (not concatenated along the batch
-        # and split by its size, which an exported graph would freeze)
-        stacked = torch.stack(syms)
-        if self.entries_first:
-            flat = stacked.reshape(-1, self.n * self.n).T[self.flat_upper]  # (P, len(syms) B)
-            products = flat.T @ self.weighted_products
-            return tuple(products.reshape(len(syms), -1, products.shape[-1]).unbind(0))
-        flat = stacked.reshape(len(syms), stacked.shape[1], -1)[..., self.flat_upper]
+        if torch.onnx.is_in_onnx_export():
+            # stacked on a leading axis of static size (not concatenated along the
+            # batch and split by its size, which an exported graph would freeze)
+            stacked = torch.stack(syms)
+            if self.entries_first:
+                flat = stacked.reshape(-1, self.n * self.n).T[self.flat_upper]  # (P, k B)
+                products = flat.T @ self.weighted_products
+                return tuple(products.reshape(len(syms), -1, products.shape[-1]).unbind(0))
+            flat = stacked.reshape(len(syms), stacked.shape[1], -1)[..., self.flat_upper]
+            return tuple((flat @ self.weighted_products).unbind(0))
+        # eager: each upper triangle gathered straight into one (k, B, P) operand,
+        # without first stacking the (k, B, N, N) matrices
+        flat = torch.stack([a.reshape(a.shape[0], -1)[:, self.flat_upper] for a in syms])
         return tuple((flat @ self.weighted_products).unbind(0))
 
 
@@ -350,7 +361,7 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     history = {"cost": [], "source_var": [], "noise_var": []}
     per_sample_stop = bool(tol) and not keep_history
     # outputs of finished samples, written as they stop
-    out_sources = Y.new_zeros((n_batch, n_sources, Y.shape[-1]))
+    out_sources = Y.new_empty((n_batch, n_sources, Y.shape[-1]))  # every row is written
     out_source_var = Y.new_zeros((n_batch, n_sources))
     out_noise = torch.zeros_like(noise)
     running = torch.arange(n_batch, device=Y.device)  # batch rows still iterating
@@ -371,9 +382,19 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     def finish(rows, precision_rows):
         """Write the posterior mean ``Gamma L^T S Y`` of the batch rows ``rows``."""
         idx = running[rows]
-        sub = lead_field[:, columns]
-        out_sources[idx.unsqueeze(-1), columns] = source_var[rows].unsqueeze(-1) * (
-            sub.T @ (precision_rows @ Y[idx]))
+        SY = precision_rows @ Y[idx]
+        if len(idx) == n_batch and len(columns) == n_sources:
+            # The whole batch at once (always, without per-sample stopping): into the
+            # output in place.  A fresh (B, M, T) product and a fresh scaled copy of
+            # it spent most of their time faulting in new pages (one-off, batch 64
+            # of 1284 x 100: 24-29 ms in place against 64-70 ms).
+            torch.matmul(lead_field.T, SY, out=out_sources)
+            out_sources.mul_(source_var.unsqueeze(-1))
+        else:
+            sub = lead_field[:, columns]
+            out_sources[idx] = 0
+            out_sources[idx.unsqueeze(-1), columns] = source_var[rows].unsqueeze(-1) * (
+                sub.T @ SY)
         out_source_var[idx.unsqueeze(-1), columns] = source_var[rows]
         out_noise[idx] = noise[rows]
 
@@ -381,22 +402,22 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     chol, precision, log_scale = factorise(signal_cov, noise)
     iteration = 0
     for iteration in range(1, n_iter + 1):
-        Vr = V[running]
+        # (a copy of the batch's factors only once some sample has stopped)
+        Vr = V if len(running) == n_batch else V[running]
         if keep_history:
             _record(history, type2_cost(chol, Vr, log_scale), source_var, noise)
         # Source update: S Cy S = (S V)(S V)^T.
         SV = precision @ Vr
         # l^T S l and l^T S Cy S l
         gain, fit = ops.quad_diag(precision, SV @ SV.transpose(-1, -2))
-        ratio = torch.where(has_gain, fit.clamp(min=0) / gain.clamp(min=tiny),
-                            torch.zeros_like(gain))
+        ratio = torch.where(has_gain, fit.clamp(min=0) / gain.clamp(min=tiny), 0.0)
         new_source_var = source_var * ratio.sqrt()
         peak = new_source_var.amax(-1, keepdim=True)
         threshold = max(prune_threshold or 0.0, COLLAPSED)
-        new_source_var = torch.where(new_source_var < threshold * peak,
-                                     torch.zeros_like(new_source_var), new_source_var)
-        change = ((new_source_var - source_var).abs().sum(-1)
-                  / source_var.abs().sum(-1).clamp(min=tiny))
+        new_source_var = torch.where(new_source_var < threshold * peak, 0.0, new_source_var)
+        if tol:
+            change = ((new_source_var - source_var).abs().sum(-1)
+                      / source_var.abs().sum(-1).clamp(min=tiny))
         source_var = new_source_var
         signal_cov = ops.signal_cov(source_var)
         if noise_mode != "fixed":

@@ -384,7 +384,15 @@ class ClassicalCB(_SourceEstimator):
             result = self._solve(Y[idx] / scale[idx, None, None], batch_noise)
             # Undo the normalisation: X ~ s_y / s_L, variances ~ (s_y / s_L)^2, s_y^2.
             source_scale = scale[idx] / self.lead_field_scale_
-            sources[idx] = result.sources.double().cpu().numpy() * source_scale[:, None, None]
+            # scaled in place: (B, M, T) outputs are large, and every fresh copy of
+            # one costs its page faults
+            batch_sources = result.sources.double().cpu()
+            batch_sources.mul_(torch.as_tensor(source_scale, dtype=batch_sources.dtype)
+                               .reshape(-1, 1, 1))
+            if len(idx) == n_samples:
+                sources = batch_sources.numpy()
+            else:
+                sources[idx] = batch_sources.numpy()
             self.source_var_[idx] = result.source_var.double().cpu().numpy() * (
                 source_scale[:, None] ** 2)
             noise_out = result.noise_var.double().cpu().numpy()
