@@ -353,3 +353,54 @@ def test_mixture_focus_draws_the_worst_component_more_often(tiny):
         assert abs(sum(record["mixture_weights"]) - 1) < 1e-3
     with pytest.raises(ValueError, match="mixture_focus"):
         clone(net).set_params(mixture_focus=-1.0).fit_simulated()
+
+
+def _briefly_trained(fwd, data):
+    """A float64 MLP model with non-zero corrections (one short epoch)."""
+    return us.UnfoldedSBLRegressor(fwd, correction="mlp", n_layers=3, max_epochs=1,
+                                   steps_per_epoch=2, progressive_steps=1, batch_size=4,
+                                   n_val=0, random_state=0, dtype="float64").fit(
+        data.sensors, data.sources)
+
+
+def test_inference_on_the_row_space_equals_inference_on_the_data(tiny, tmp_path, monkeypatch):
+    """With T > N the networks run on the data's row space (torch and onnxruntime);
+    the estimates, the per-layer ones included, are those of the full data."""
+    fwd, data = tiny
+    assert data.sensors.shape[2] > data.sensors.shape[1]
+    net = _briefly_trained(fwd, data)
+    path = tmp_path / "m.onnx"
+    us.export_onnx(net, path)
+    graph = us.OnnxSBLRegressor(path, forward=fwd).fit()
+    X = data.sensors[:5]
+    compressed = [net.predict(X), graph.predict(X),
+                  *(layer["sources"] for layer in net.predict_trajectory(X))]
+    assert np.abs(compressed[0]).max() > 0
+    monkeypatch.setattr(us.estimators._SourceEstimator, "_on_row_space",
+                        staticmethod(lambda Y: (Y, lambda sources: sources)))
+    full = [net.predict(X), graph.predict(X),
+            *(layer["sources"] for layer in net.predict_trajectory(X))]
+    for a, b in zip(compressed, full):
+        assert a.shape == b.shape == X.shape[:1] + (fwd.n_sources, X.shape[2])
+        # (float32 corrections: round-off of the solver may move a feature by an ulp)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-6
+
+
+def test_float64_networks_run_their_corrections_in_float32(tiny, tmp_path):
+    fwd, data = tiny
+    net = _briefly_trained(fwd, data)
+
+    def dtypes(estimator):
+        network = estimator.network_
+        corrections = [*network.source_corrections.parameters(),
+                       *network.noise_corrections.parameters()]
+        assert corrections
+        return {p.dtype for p in corrections}
+
+    assert dtypes(net) == {torch.float32}
+    net.save(tmp_path / "m.pt")
+    back = us.UnfoldedSBLRegressor.load(tmp_path / "m.pt", forward=fwd)
+    assert dtypes(back) == {torch.float32} and back.torch_dtype_ == torch.float64
+    np.testing.assert_array_equal(back.predict(data.sensors[:3]), net.predict(data.sensors[:3]))
+    net.set_params(warm_start=True, max_epochs=1).fit(data.sensors, data.sources)
+    assert dtypes(net) == {torch.float32}

@@ -86,6 +86,20 @@ def covariance_factor(Y):
     return triangular.transpose(-1, -2) / n_times ** 0.5
 
 
+def row_space(Y):
+    """The data on their row space: ``(Yc, Q, shrink)`` for T > N.
+
+    With the thin QR ``Y^T = Q R`` (Q: (B, T, N) orthonormal columns) and
+    ``shrink = sqrt(N / T)``, ``Yc = shrink R^T`` (B, N, N) has
+    ``Yc Yc^T / N = Y Y^T / T``, and an estimate linear in the data maps back as
+    ``W Y = (W Yc) Q^T / shrink``.
+    """
+    n_channels, n_times = Y.shape[-2:]
+    Q, R = torch.linalg.qr(Y.transpose(-1, -2))
+    shrink = (n_channels / n_times) ** 0.5
+    return shrink * R.transpose(-1, -2), Q, shrink
+
+
 def pair_products(lead_field):
     """Per-source outer products ``l_m l_m^T``, upper triangle only: (N(N+1)/2, M).
 

@@ -24,11 +24,12 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._champagne import champagne
+from ._champagne import champagne, row_space
 from ._validation import (check_device, check_finite_array, check_noise_var,
                           check_positive_int, check_sensor_data, check_sensor_tensor)
 from .forward import as_forward, source_spacing
 from .metrics import rmse
+from .network import TRAINED_N_TIMES
 
 logger = logging.getLogger("unfolded_sbl")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -155,6 +156,31 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
                 1e3 * trained, 1e3 * spacing)
             self._warned_spacing = True
         return True
+
+    @staticmethod
+    def _on_row_space(Y):
+        """``(Yc, expand)``: networks run on the data's row space when it is shorter.
+
+        A network sees the data only through ``S Y`` and statistics of
+        ``Y Y^T / T``, so its layers on ``Yc`` (:func:`row_space`, (n, N, N))
+        are those on ``Y`` (n, N, T) while their products hold N instead of T
+        columns (training compresses its batches the same way);
+        ``expand`` maps the estimate back to the T time samples.  Only for
+        T > N >= ``TRAINED_N_TIMES[1]``, so that the corrections' window-length
+        weight sees the same (full) length either way.
+        """
+        n_channels, n_times = Y.shape[-2:]
+        if n_times <= n_channels or n_channels < TRAINED_N_TIMES[1]:
+            return Y, lambda sources: sources
+        Yc, Q, shrink = row_space(torch.as_tensor(Y, dtype=torch.float64))
+        back = Q.transpose(-1, -2) / shrink  # (n, N, T)
+
+        def expand(sources):
+            if torch.is_tensor(sources):
+                return sources @ back.to(sources.device, sources.dtype)
+            return np.matmul(sources, back.numpy().astype(sources.dtype, copy=False))
+
+        return Yc.numpy(), expand
 
     def _physical(self, sources, source_var, noise_var, safe, nonzero):
         """Undo the normalisation of network outputs (numpy arrays)."""

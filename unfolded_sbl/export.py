@@ -116,11 +116,9 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
     import copy
 
     dtype = _DTYPES[estimator.dtype]
-    network = copy.deepcopy(estimator.network_).to(dtype)
-    # The corrections stay float32 in the graph (onnxruntime has no float64
-    # GELU/Erf kernel); the solver around them runs in ``dtype``.
-    network.source_corrections.float()
-    network.noise_corrections.float()
+    # the corrections in float32 as in torch (onnxruntime has no float64 GELU/Erf
+    # kernel either); the solver around them runs in ``dtype``
+    network = copy.deepcopy(estimator.network_).cast(dtype)
     config = estimator._config()
     n_channels = n_channels or estimator.n_features_in_
     n_sources = n_sources or estimator.n_sources_

@@ -188,16 +188,18 @@ class OnnxSBLRegressor(_SourceEstimator):
     def _predict_network(self, X, Y, noise, safe, nonzero):
         dtype = self.input_dtype_
         fixed = {"lead_field": self.lead_field_.astype(dtype), **self._geometry_feeds()}
+        data, expand = self._on_row_space(Y)
         outputs = []
         for start in range(0, len(Y), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            feeds = {"sensors": Y[sl].astype(dtype), **fixed}
+            feeds = {"sensors": data[sl].astype(dtype), **fixed}
             if noise is not None:
                 feeds["noise_var_in"] = noise[sl].astype(dtype)
             outputs.append(self.session_.run(None, feeds))
+        sources = expand(np.concatenate([o[0] for o in outputs]).astype(np.float64))
         sources, self.source_var_, self.noise_var_ = self._physical(
-            *(np.concatenate([o[i] for o in outputs]).astype(np.float64) for i in range(3)),
-            safe, nonzero)
+            sources, *(np.concatenate([o[i] for o in outputs]).astype(np.float64)
+                       for i in (1, 2)), safe, nonzero)
         return self._squeeze(sources, X)
 
     def _geometry_feeds(self):

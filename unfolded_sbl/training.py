@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._champagne import row_space
 from .metrics import f1 as f1_score
 from .network import TRAINED_N_TIMES
 
@@ -88,13 +89,11 @@ def compress_batch(Y, X):
     n_channels, n_times = Y.shape[-2:]
     if n_times <= n_channels:
         return Y, X, None
-    Q, R = torch.linalg.qr(Y.transpose(-1, -2))
-    shrink = (n_channels / n_times) ** 0.5
+    Yc, Q, shrink = row_space(Y)
     Xq = X @ Q
     total = (X * X).sum(dim=(1, 2))
     unreachable = (total - (Xq * Xq).sum(dim=(1, 2))).clamp(min=0)
-    return (shrink * R.transpose(-1, -2), shrink * Xq,
-            (n_times / n_channels, unreachable, total))
+    return Yc, shrink * Xq, (n_times / n_channels, unreachable, total)
 
 
 def relative_error(pred, target):

@@ -62,6 +62,16 @@ def _merge_outputs(parts, n_samples):
     return out
 
 
+def _expanded(out, expand):
+    """Network outputs with every posterior mean mapped back by ``expand``
+    (:meth:`_SourceEstimator._on_row_space`)."""
+    out["sources"] = expand(out["sources"])
+    out["intermediate"] = {k: expand(v) for k, v in out["intermediate"].items()}
+    for state in out.get("trajectory", ()):
+        state["sources"] = expand(state["sources"])
+    return out
+
+
 class UnfoldedSBLRegressor(_SourceEstimator):
     """Unfolded Champagne with learned corrections (Bias / Deep / Deep Attn CB).
 
@@ -280,7 +290,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         if self.warm_start and hasattr(self, "network_"):
             self._fit_forward(None)
             self.torch_dtype_ = _DTYPES[self.dtype]
-            self.network_.to(self.torch_dtype_).to(self.device_)
+            self.network_.cast(self.torch_dtype_, self.device_)
             self.history_ = list(getattr(self, "history_", []))
             return self
         self._fit_forward(None)
@@ -288,8 +298,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         torch.manual_seed(0 if self.random_state is None else int(self.random_state))
         self.network_ = UnfoldedChampagne(n_sources=self.n_sources_,
                                           n_channels=self.n_features_in_,
-                                          **self._config()).to(self.torch_dtype_)
-        self.network_.to(self.device_)
+                                          **self._config()).cast(self.torch_dtype_, self.device_)
         # the corrections are learned for this source spacing (see regime_check)
         self.train_spacing_ = source_spacing(self.forward_)
         self.history_ = []
@@ -417,9 +426,10 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             for mask, classical in ((~outside, False), (outside, True)):
                 if mask.any():
                     part_noise = None if noise is None else self._tensor(noise[mask])
-                    parts.append((mask, self.network_(self._tensor(Y[mask]), lead_field,
-                                                      part_noise, classical=classical,
-                                                      **kwargs)))
+                    data, expand = self._on_row_space(Y[mask])
+                    out = self.network_(self._tensor(data), lead_field, part_noise,
+                                        classical=classical, **kwargs)
+                    parts.append((mask, _expanded(out, expand)))
         return _merge_outputs(parts, len(Y)), safe, nonzero
 
     def predict(self, X, noise_var=None):
@@ -523,7 +533,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             est.network_.load_state_dict(upgrade_state_dict(blob["state_dict"]))
         except RuntimeError as err:
             raise ValueError(f"{path}: weights do not match the stored config: {err}") from None
-        est.network_.to(est.torch_dtype_).to(est.device_).eval()
+        est.network_.cast(est.torch_dtype_, est.device_).eval()
         est.history_ = blob.get("history", [])
         est.train_spacing_ = blob.get("train_spacing")
         if est.train_spacing_ is None and blob.get("forward_name"):
