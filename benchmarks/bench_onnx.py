@@ -232,7 +232,8 @@ def main(argv=None):
 1284), T = 100, {threads} threads for torch and onnxruntime (`{rows[0]['provider']}`), one
 run: at each batch size every estimator makes one warm-up call, then all of them take turns
 for {' / '.join(str(rounds.get(b, 1)) for b in args.batches)} rounds at batch
-{' / '.join(str(b) for b in args.batches)}; each cell is the median. The networks run in float64 (their default since the numerical-safety work),
+{' / '.join(str(b) for b in args.batches)}; each cell is the median. The networks' solvers run in float64 (their default since the numerical-safety work)
+and their corrections in float32, on the data's row space (T > N) in both backends;
 ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 
 | model | batch | ClassicalCB float32, ms/sample | torch eager, ms/sample | onnxruntime, ms/sample | torch / onnxruntime | time / deep-cb-joint's (torch / onnx) |
