@@ -183,9 +183,11 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         return Yc.numpy(), expand
 
     def _physical(self, sources, source_var, noise_var, safe, nonzero):
-        """Undo the normalisation of network outputs (numpy arrays)."""
+        """Undo the normalisation of network outputs (numpy arrays).  ``sources`` is
+        scaled in place (callers pass arrays of their own): it is the large one."""
         source_scale = safe / self.lead_field_scale_ * nonzero
-        return (sources * source_scale[:, None, None], source_var * source_scale[:, None] ** 2,
+        sources *= source_scale[:, None, None]
+        return (sources, source_var * source_scale[:, None] ** 2,
                 noise_var * (safe * nonzero)[:, None] ** 2)
 
     # Networks: float tensors in the units they are trained in (self.torch_dtype_).

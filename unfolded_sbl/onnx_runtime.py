@@ -196,10 +196,12 @@ class OnnxSBLRegressor(_SourceEstimator):
             if noise is not None:
                 feeds["noise_var_in"] = noise[sl].astype(dtype)
             outputs.append(self.session_.run(None, feeds))
-        sources = expand(np.concatenate([o[0] for o in outputs]).astype(np.float64))
+        def joined(i):  # one batch: its output as it is (the sources are 66 MB at 64 x 1284 x 100)
+            part = outputs[0][i] if len(outputs) == 1 else np.concatenate([o[i] for o in outputs])
+            return part.astype(np.float64, copy=False)
+
         sources, self.source_var_, self.noise_var_ = self._physical(
-            sources, *(np.concatenate([o[i] for o in outputs]).astype(np.float64)
-                       for i in (1, 2)), safe, nonzero)
+            expand(joined(0)), joined(1), joined(2), safe, nonzero)
         return self._squeeze(sources, X)
 
     def _geometry_feeds(self):
