@@ -38,13 +38,15 @@ def matmul_peak(size=1024, repeats=5, dtype="float32"):
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def take_turns(runs, rounds):
+def take_turns(runs, rounds, settle=0.0):
     """Call every function of ``runs`` (name -> no-argument callable) once per round,
     in turn, for ``rounds`` rounds, so that a slow spell of a noisy machine hits all
-    of them alike; returns name -> list of what each call returned."""
+    of them alike; returns name -> list of what each call returned.  ``settle``
+    seconds of sleep before each call let the previous one's threads go idle."""
     values = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
+            time.sleep(settle)
             values[name].append(run())
     return values
 

@@ -30,8 +30,15 @@ def median_per_sample(timed, X, rounds):
     for est, kwargs in timed.values():
         est.predict(X, **kwargs)
     times = take_turns({name: (lambda est=est, kw=kw: per_sample(est, X, **kw))
-                        for name, (est, kw) in timed.items()}, rounds)
+                        for name, (est, kw) in timed.items()}, rounds, settle=SETTLE_S)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+#: Sleep before each timed call.  onnxruntime's intra-op threads spin for about
+#: 0.1-0.2 s after a run and take the cores from whatever runs next: ClassicalCB
+#: float32 at batch 1 took 130 ms right after a Deep CB onnxruntime call and 37 ms
+#: after 0.2 s of sleep (one-off), so without it every torch time was inflated.
+SETTLE_S = 0.3
 
 
 #: (batch size, rounds); batch 64 gets 5, since the issue's criteria are read there
@@ -87,7 +94,7 @@ def session_options(fwd, data, threads, model="deep-cb-joint", batch=64, rounds=
         return per_sample(est, X)
 
     times = take_turns({name: (lambda s=session: timed(s)) for name, session in
-                        sessions.items()}, rounds)
+                        sessions.items()}, rounds, settle=SETTLE_S)
     return {name: {"ms_per_sample": statistics.median(t), "open_s": opened[name]}
             for name, t in times.items()}
 
@@ -232,7 +239,9 @@ def main(argv=None):
 1284), T = 100, {threads} threads for torch and onnxruntime (`{rows[0]['provider']}`), one
 run: at each batch size every estimator makes one warm-up call, then all of them take turns
 for {' / '.join(str(rounds.get(b, 1)) for b in args.batches)} rounds at batch
-{' / '.join(str(b) for b in args.batches)}; each cell is the median. The networks' solvers run in float64 (their default since the numerical-safety work)
+{' / '.join(str(b) for b in args.batches)}, each call after {SETTLE_S} s of sleep (onnxruntime's threads spin
+for 0.1-0.2 s after a run and slowed whatever ran next: earlier tables, without the
+pause, inflated the torch and ClassicalCB times, most at batch 1); each cell is the median. The networks' solvers run in float64 (their default since the numerical-safety work)
 and their corrections in float32, on the data's row space (T > N) in both backends;
 ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 
