@@ -296,10 +296,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
               "simulator_params": robust_simulator_params(low_snr, dense, wide)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = {"paper": None, "robust": None}
-    if checkpoint_dir:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        checkpoints = {k: str(Path(checkpoint_dir) / f"{name}-{k}.ckpt") for k in checkpoints}
+    checkpoints = {k: _checkpoint_path(checkpoint_dir, f"{name}-{k}") for k in ("paper", "robust")}
     stages = []
     if init is None and name in STARTS:
         init = MODEL_DIR / f"{STARTS[name]}.pt"
@@ -326,6 +323,14 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
                              checkpoints["robust"], random_state, verbose))
     est.save(out_dir / f"{name}.pt")
     return write_card(name, out_dir, stages, params, random_state, n_eval)
+
+
+def _checkpoint_path(checkpoint_dir, stem):
+    """``<checkpoint_dir>/<stem>.ckpt`` (the folder created), or None without a folder."""
+    if not checkpoint_dir:
+        return None
+    Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    return str(Path(checkpoint_dir) / f"{stem}.ckpt")
 
 
 def _fine_tune(est, label, stage, mixture, checkpoint, random_state, verbose):
@@ -361,10 +366,7 @@ def train_denser(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, checkpoint
     init = MODEL_DIR / f"{start_name}.pt"
     est = _start_from(init, params)
     stage = {**DENSER_STAGE, "simulator_params": denser_simulator_params(factor)}
-    checkpoint = None
-    if checkpoint_dir:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        checkpoint = str(Path(checkpoint_dir) / f"{name}.ckpt")
+    checkpoint = _checkpoint_path(checkpoint_dir, name)
     wide, _ = stage["simulator_params"]
     label = (f"paper defaults with {factor:g}x wider patches along the mesh "
              f"({1e3 * wide['spread'][0]:g}-{1e3 * wide['spread'][1]:g} mm)")
@@ -409,7 +411,7 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
     est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=TRAIN_FORWARD)
     export_onnx(est, files[f"{name}.onnx"])
     # validated where its corrections act: the training source space, or the denser one
-    val_name = DENSER_FORWARD if name in DENSER else TRAIN_FORWARD
+    val_name = default_forward(name)
     fwd = load_forward(val_name)
     est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=fwd)
     val_forward = load_forward(f"{val_name}-perturbed")
