@@ -12,16 +12,31 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows:
+    timings from two machines of the same architecture are not comparable, and the
+    architecture alone does not tell them apart."""
+    try:
+        with open("/proc/cpuinfo") as fid:
+            for line in fid:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line():
     import numpy
+    import onnxruntime
     import torch
 
     import unfolded_sbl
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, numpy {numpy.__version__}, torch "
-            f"{torch.__version__} ({torch.get_num_threads()} threads), unfolded_sbl "
-            f"{unfolded_sbl.__version__}")
+            f"{torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
+            f"{onnxruntime.__version__}, unfolded_sbl {unfolded_sbl.__version__}")
 
 
 def matmul_peak(size=1024, repeats=5, dtype="float32"):

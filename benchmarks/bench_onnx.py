@@ -34,42 +34,59 @@ def median_per_sample(timed, X, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-#: Sleep before each timed call.  onnxruntime's intra-op threads spin for about
-#: 0.1-0.2 s after a run and take the cores from whatever runs next: ClassicalCB
-#: float32 at batch 1 took 130 ms right after a Deep CB onnxruntime call and 37 ms
-#: after 0.2 s of sleep (one-off), so without it every torch time was inflated.
+#: Sleep before each timed call, so that no call runs while the previous one's
+#: threads still spin.  onnxruntime's intra-op threads spun for about 0.1-0.2 s
+#: after a run (before the library parked them, ``onnx_runtime.STOP_SPINNING``):
+#: ClassicalCB float32 at batch 1 took 130 ms right after a Deep CB onnxruntime
+#: call and 37 ms after 0.2 s of sleep (one-off); torch's OpenMP threads spin
+#: after its calls too.
 SETTLE_S = 0.3
 
 
-#: (batch size, rounds); batch 64 gets 5, since the issue's criteria are read there
-BATCHES = ((1, 5), (8, 3), (64, 5), (256, 2))
+#: (batch size, rounds): batch 1 gets 11, since single calls there swing by up to 2x on
+#: a shared 2-core machine; batch 64 gets 5, since the issue's criteria are read there
+BATCHES = ((1, 11), (8, 5), (64, 5), (256, 2))
 
 
 #: the library's choice in the session-options table
-LIBRARY_DEFAULT = "library default (ORT_ENABLE_ALL, arena, sequential, memory reuse off)"
+LIBRARY_DEFAULT = ("library default (ORT_ENABLE_ALL, arena, sequential, memory reuse off, "
+                   "threads parked when a call returns)")
 
 
 def _variants():
     """onnxruntime session options tried against the library's choice
-    (``onnx_runtime._session_options``), one change at a time."""
+    (``onnx_runtime._session_options``), one change at a time: name ->
+    (attributes to set, session config entries to add)."""
     import onnxruntime as ort
+
+    from unfolded_sbl.onnx_runtime import STOP_SPINNING
 
     level = ort.GraphOptimizationLevel
     return {
-        LIBRARY_DEFAULT: {},
-        "memory reuse on (onnxruntime's default)": {"enable_mem_reuse": True},
-        "graph optimisation ORT_ENABLE_BASIC": {"graph_optimization_level":
-                                                level.ORT_ENABLE_BASIC},
-        "graph optimisation ORT_DISABLE_ALL": {"graph_optimization_level":
-                                               level.ORT_DISABLE_ALL},
-        "CPU memory arena off": {"enable_cpu_mem_arena": False},
-        "parallel execution mode": {"execution_mode": ort.ExecutionMode.ORT_PARALLEL},
+        LIBRARY_DEFAULT: ({}, {}),
+        "memory reuse on (onnxruntime's default)": ({"enable_mem_reuse": True}, {}),
+        "graph optimisation ORT_ENABLE_BASIC": ({"graph_optimization_level":
+                                                 level.ORT_ENABLE_BASIC}, {}),
+        "graph optimisation ORT_DISABLE_ALL": ({"graph_optimization_level":
+                                                level.ORT_DISABLE_ALL}, {}),
+        "CPU memory arena off": ({"enable_cpu_mem_arena": False}, {}),
+        "parallel execution mode": ({"execution_mode": ort.ExecutionMode.ORT_PARALLEL}, {}),
+        "threads spin on after a call (onnxruntime's default)": ({}, {STOP_SPINNING: "0"}),
+        "no spinning at all (session.intra_op.allow_spinning = 0)":
+            ({}, {"session.intra_op.allow_spinning": "0"}),
     }
 
 
-def session_options(fwd, data, threads, model="deep-cb-joint", batch=64, rounds=3):
-    """Seconds to open ``model`` and its ms/sample at ``batch`` under each session
-    variant: the sessions take turns for ``rounds`` rounds and the median is kept."""
+#: (batch size, rounds) of the session-options table: one sample (where
+#: onnxruntime's per-node dispatch and its spinning threads weigh most; single
+#: calls there swing by 2x on this machine, hence more rounds) and the issue's 64
+OPTION_BATCHES = ((1, 9), (64, 5))
+
+
+def session_options(fwd, data, threads, model="deep-cb-joint", batches=OPTION_BATCHES):
+    """Seconds to open ``model`` and its ms/sample (``predict``, wrapper included) at each
+    batch size of ``batches`` under each session variant: the sessions take turns for
+    that size's rounds and the median is kept."""
     import statistics
 
     import onnxruntime as ort
@@ -77,26 +94,32 @@ def session_options(fwd, data, threads, model="deep-cb-joint", batch=64, rounds=
     from unfolded_sbl.onnx_runtime import _session_options
 
     est = us.load_pretrained(model, forward=fwd, backend="onnx", intra_op_num_threads=threads)
-    X = data.sensors[:batch]
     sessions, opened = {}, {}
-    for name, changes in _variants().items():
+    for name, (attributes, config) in _variants().items():
         options = _session_options(threads)
-        for key, value in changes.items():
+        for key, value in attributes.items():
             setattr(options, key, value)
+        for key, value in config.items():
+            options.add_session_config_entry(key, value)
         start = time.perf_counter()
         sessions[name] = ort.InferenceSession(str(est.path), sess_options=options,
                                               providers=[est.provider_])
         opened[name] = time.perf_counter() - start
-    est.predict(X)  # warm-up
 
-    def timed(session):
+    def timed(session, X):
         est.session_ = session
         return per_sample(est, X)
 
-    times = take_turns({name: (lambda s=session: timed(s)) for name, session in
-                        sessions.items()}, rounds, settle=SETTLE_S)
-    return {name: {"ms_per_sample": statistics.median(t), "open_s": opened[name]}
-            for name, t in times.items()}
+    results = {name: {"open_s": opened[name]} for name in sessions}
+    for batch, rounds in batches:
+        X = data.sensors[:batch]
+        for session in sessions.values():  # warm-up at this size
+            timed(session, X)
+        times = take_turns({name: (lambda s=session: timed(s, X)) for name, session in
+                            sessions.items()}, rounds, settle=SETTLE_S)
+        for name, t in times.items():
+            results[name][f"ms_per_sample_b{batch}"] = statistics.median(t)
+    return results
 
 
 #: per-sensor SNR bins (dB) of the float32 accuracy check, 32 samples each
@@ -226,8 +249,10 @@ def main(argv=None):
     options = {} if args.no_options else session_options(fwd, data, threads)
     base = options.get(LIBRARY_DEFAULT, {})
     options_table = "\n".join(
-        f"| {name} | {o['open_s']:.1f} | {o['ms_per_sample']:.1f} | "
-        f"{o['ms_per_sample'] / base['ms_per_sample']:.2f} |" for name, o in options.items())
+        f"| {name} | {o['open_s']:.1f} | "
+        + " | ".join(f"{o[f'ms_per_sample_b{b}']:.1f} "
+                     f"({o[f'ms_per_sample_b{b}'] / base[f'ms_per_sample_b{b}']:.2f})"
+                     for b, _ in OPTION_BATCHES) + " |" for name, o in options.items())
     reference = {r["batch"]: r for r in rows if r["model"] == "deep-cb-joint"}
     table = "\n".join(
         f"| {r['model']} | {r['batch']} | {r['classical_f32_ms']:.1f} | {r['torch_ms']:.1f} | "
@@ -239,9 +264,10 @@ def main(argv=None):
 1284), T = 100, {threads} threads for torch and onnxruntime (`{rows[0]['provider']}`), one
 run: at each batch size every estimator makes one warm-up call, then all of them take turns
 for {' / '.join(str(rounds.get(b, 1)) for b in args.batches)} rounds at batch
-{' / '.join(str(b) for b in args.batches)}, each call after {SETTLE_S} s of sleep (onnxruntime's threads spin
-for 0.1-0.2 s after a run and slowed whatever ran next: earlier tables, without the
-pause, inflated the torch and ClassicalCB times, most at batch 1); each cell is the median. The networks' solvers run in float64 (their default since the numerical-safety work)
+{' / '.join(str(b) for b in args.batches)}, each call after {SETTLE_S} s of sleep (so that no call runs while the previous one's
+threads still spin); each cell is the median. onnxruntime runs with the library's session
+options: its threads are parked when a call returns (`session.force_spinning_stop`; see the
+session-options table). The networks' solvers run in float64 (their default since the numerical-safety work)
 and their corrections in float32, on the data's row space (T > N) in both backends;
 ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 
@@ -251,12 +277,14 @@ ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 """
     if options:
         body += f"""
-Session options (`onnx_runtime._session_options`), deep-cb-joint at batch 64, one change
-at a time: seconds to open the session (once each, in this order), and ms/sample with the
-sessions taking turns (median of 3 rounds):
+Session options (`onnx_runtime._session_options`), deep-cb-joint, one change at a time:
+seconds to open the session (once each, in this order), and ms/sample of `predict` (the
+wrapper's own work included, since spinning threads slow it) with the sessions taking turns
+(median of {' / '.join(f'{r} rounds at batch {b}' for b, r in OPTION_BATCHES)}), in brackets the ratio to the
+library default:
 
-| session | open, s | ms/sample | time / library default's |
-|---|---|---|---|
+| session | open, s | {' | '.join(f'batch {b}, ms/sample' for b, _ in OPTION_BATCHES)} |
+|---|---|{'---|' * len(OPTION_BATCHES)}
 {options_table}
 """
     float32 = [] if args.no_float32 else float32_exports(fwd, threads, models)

@@ -7,6 +7,7 @@ import torch
 
 import unfolded_sbl as us
 from unfolded_sbl.export import export_onnx
+from unfolded_sbl.onnx_runtime import STOP_SPINNING
 
 pytest.importorskip("onnxruntime")
 
@@ -77,8 +78,8 @@ def test_provider_fallback_is_reported(perturbed_net, onnx_file, caplog):
 
 def test_sessions_open_with_the_library_options(perturbed_net, onnx_file):
     """Memory-pattern reuse off (its planner costs ~1 ms per node when a session
-    opens: 11-20 s for a shipped 25-layer graph), threads as asked, and the
-    results unchanged against onnxruntime's own default."""
+    opens: 11-20 s for a shipped 25-layer graph), threads as asked and parked when
+    a call returns, and the results unchanged against onnxruntime's own default."""
     import onnxruntime as ort
 
     fwd, _ = perturbed_net
@@ -86,6 +87,7 @@ def test_sessions_open_with_the_library_options(perturbed_net, onnx_file):
     options = est.session_.get_session_options()
     assert options.enable_mem_reuse is False
     assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry(STOP_SPINNING) == "1"
     X = np.random.default_rng(5).normal(size=(9, 16, 6))
     ours = est.predict(X)
     est.session_ = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])

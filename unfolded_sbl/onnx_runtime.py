@@ -15,6 +15,10 @@ from .forward import mesh_neighbourhoods
 logger = logging.getLogger("unfolded_sbl")
 
 
+#: onnxruntime's session option that parks its threads when a call returns.
+STOP_SPINNING = "session.force_spinning_stop"
+
+
 def _session_options(threads=None):
     """The library's onnxruntime session options, kept on purpose.
 
@@ -28,6 +32,16 @@ def _session_options(threads=None):
       backend="onnx")``); off, 1-3 s.  The arena still recycles the buffers, and
       inference speed and peak memory were the same within noise at batch 1, 64
       and 256 (``python -m benchmarks.bench_onnx``, session-options table).
+    * Threads that stop spinning when a call returns
+      (``session.force_spinning_stop``).  onnxruntime's intra-op threads otherwise
+      keep spinning for 0.1-0.2 s after every ``run`` and take the cores from
+      whatever runs next: this wrapper's own mapping of the estimate back to the
+      time samples took 5-9 ms/sample more at batch 1 than in torch, and the
+      user's code after ``predict`` paid the same.  They still spin during a call,
+      where it speeds up the dispatch of the graph's many small nodes (turning
+      spinning off altogether, ``session.intra_op.allow_spinning = 0``, made the
+      graph itself about 19 % slower at batch 1).  Measured by
+      ``python -m benchmarks.bench_onnx`` (spinning table).
     * onnxruntime's thread count unless ``threads`` is given.
     """
     import onnxruntime as ort
@@ -36,6 +50,7 @@ def _session_options(threads=None):
     if threads:
         options.intra_op_num_threads = int(threads)
     options.enable_mem_reuse = False
+    options.add_session_config_entry(STOP_SPINNING, "1")
     options.log_severity_level = 3  # the CUDA probe on CPU-only machines is noisy
     return options
 
