@@ -377,13 +377,40 @@ def test_inference_on_the_row_space_equals_inference_on_the_data(tiny, tmp_path,
                   *(layer["sources"] for layer in net.predict_trajectory(X))]
     assert np.abs(compressed[0]).max() > 0
     monkeypatch.setattr(us.estimators._SourceEstimator, "_on_row_space",
-                        staticmethod(lambda Y: (Y, lambda sources: sources)))
+                        staticmethod(lambda Y: (Y, lambda sources, rows=None: sources)))
     full = [net.predict(X), graph.predict(X),
             *(layer["sources"] for layer in net.predict_trajectory(X))]
     for a, b in zip(compressed, full):
         assert a.shape == b.shape == X.shape[:1] + (fwd.n_sources, X.shape[2])
         # (float32 corrections: round-off of the solver may move a feature by an ulp)
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-6
+
+
+def test_regime_check_reads_the_row_space_and_mixed_batches_split_cleanly(tiny, tmp_path):
+    """The regime check runs on the row space (same levels as on the data), and a
+    batch mixing noise-free samples (left to the classical updates) with noisy ones
+    gives each sample the estimate it gets alone, in torch and onnxruntime."""
+    from unfolded_sbl.estimators import REGIME_FLOOR_DB, regime_level_db
+
+    fwd, data = tiny
+    net = _briefly_trained(fwd, data)
+    path = tmp_path / "m.onnx"
+    us.export_onnx(net, path)
+    graph = us.OnnxSBLRegressor(path, forward=fwd).fit()
+    noise_free = np.einsum("cs,nst->nct", fwd.lead_field, data.sources[:2])
+    X = np.concatenate([data.sensors[:2], noise_free, data.sensors[2:4]])
+    Y, _ = net._prepare(X)
+    rows, _ = net._on_row_space(Y)
+    assert rows.shape == Y.shape[:2] + (Y.shape[1],)
+    on_rows, on_data = regime_level_db(rows), regime_level_db(Y)
+    noisy = on_data > -100  # the noise-free levels are round-off (about -330 dB)
+    np.testing.assert_allclose(on_rows[noisy], on_data[noisy], atol=1e-6)
+    assert np.all(np.maximum(on_rows, on_data)[~noisy] < REGIME_FLOOR_DB)
+    for est in (net, graph):
+        together = est.predict(X)
+        np.testing.assert_array_equal(est.classical_fallback_, [0, 0, 1, 1, 0, 0])
+        alone = np.concatenate([est.predict(X[i:i + 1]) for i in range(len(X))])
+        assert np.linalg.norm(together - alone) / np.linalg.norm(alone) < 1e-6
 
 
 def test_float64_networks_run_their_corrections_in_float32(tiny, tmp_path):

@@ -130,7 +130,9 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
     def _outside_regime(self, Y):
         """Samples a learned model should leave to the classical solver (n,) bool:
         data outside the trained SNR regime, or every sample when the source space
-        is much finer or coarser than the training one (:data:`SPACING_TOLERANCE`)."""
+        is much finer or coarser than the training one (:data:`SPACING_TOLERANCE`).
+        ``Y`` (n, N, T) may be the data or their row space (:meth:`_on_row_space`):
+        :func:`regime_level_db` gives the same levels for both."""
         if not getattr(self, "regime_check", True):
             return np.zeros(len(Y), bool)
         outside = regime_level_db(Y, self.average_reference_) < REGIME_FLOOR_DB
@@ -165,20 +167,23 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         ``Y Y^T / T``, so its layers on ``Yc`` (:func:`row_space`, (n, N, N))
         are those on ``Y`` (n, N, T) while their products hold N instead of T
         columns (training compresses its batches the same way);
-        ``expand`` maps the estimate back to the T time samples.  Only for
-        T > N >= ``TRAINED_N_TIMES[1]``, so that the corrections' window-length
-        weight sees the same (full) length either way.
+        ``expand(sources, rows=None)`` maps the estimate of the samples ``rows``
+        (a boolean mask; default: all) back to the T time samples.  ``Yc`` has the
+        singular values of ``Y`` up to one factor, so the regime check reads it too.
+        Only for T > N >= ``TRAINED_N_TIMES[1]``, so that the corrections'
+        window-length weight sees the same (full) length either way.
         """
         n_channels, n_times = Y.shape[-2:]
         if n_times <= n_channels or n_channels < TRAINED_N_TIMES[1]:
-            return Y, lambda sources: sources
+            return Y, lambda sources, rows=None: sources
         Yc, Q, shrink = row_space(torch.as_tensor(Y, dtype=torch.float64))
         back = Q.transpose(-1, -2) / shrink  # (n, N, T)
 
-        def expand(sources):
+        def expand(sources, rows=None):
+            basis = back if rows is None or np.all(rows) else back[torch.as_tensor(rows)]
             if torch.is_tensor(sources):
-                return sources @ back.to(sources.device, sources.dtype)
-            return np.matmul(sources, back.numpy().astype(sources.dtype, copy=False))
+                return sources @ basis.to(sources.device, sources.dtype)
+            return np.matmul(sources, basis.numpy().astype(sources.dtype, copy=False))
 
         return Yc.numpy(), expand
 

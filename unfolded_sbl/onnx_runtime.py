@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 
 import numpy as np
 
@@ -35,13 +36,14 @@ def _session_options(threads=None):
     * Threads that stop spinning when a call returns
       (``session.force_spinning_stop``).  onnxruntime's intra-op threads otherwise
       keep spinning for 0.1-0.2 s after every ``run`` and take the cores from
-      whatever runs next: this wrapper's own mapping of the estimate back to the
-      time samples took 5-9 ms/sample more at batch 1 than in torch, and the
+      whatever runs next: this wrapper's own work around the graph (the checks, the
+      row space, the mapping of the estimate back to the time samples) took 7.7-9.6
+      ms at batch 1 against 1.7-2.0 ms around the torch network (one-off), and the
       user's code after ``predict`` paid the same.  They still spin during a call,
-      where it speeds up the dispatch of the graph's many small nodes (turning
-      spinning off altogether, ``session.intra_op.allow_spinning = 0``, made the
-      graph itself about 19 % slower at batch 1).  Measured by
-      ``python -m benchmarks.bench_onnx`` (spinning table).
+      where it speeds up the dispatch of the graph's many small nodes: turning
+      spinning off altogether (``session.intra_op.allow_spinning = 0``) made
+      batch-64 calls 13 % slower (``python -m benchmarks.bench_onnx``,
+      session-options table).
     * onnxruntime's thread count unless ``threads`` is given.
     """
     import onnxruntime as ort
@@ -178,10 +180,11 @@ class OnnxSBLRegressor(_SourceEstimator):
                 "ONNX session and loads the forward model; no training happens), or use "
                 "us.load_pretrained(name, backend='onnx'), which returns a fitted one")
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise_)
-        outside = self._outside_regime(Y)
+        data, expand = self._on_row_space(Y)
+        outside = self._outside_regime(data)
         self.classical_fallback_ = outside
         if not outside.any():
-            return self._predict_network(X, Y, noise, safe, nonzero)
+            return self._predict_network(X, data, expand, noise, safe, nonzero)
         # samples outside the trained regime: the classical solver at the same depth
         X3 = np.asarray(X, dtype=float).reshape(Y.shape)
         sources = np.zeros(Y.shape[:1] + (self.n_sources_,) + Y.shape[2:])
@@ -194,18 +197,19 @@ class OnnxSBLRegressor(_SourceEstimator):
         inside = ~outside
         if inside.any():
             sources[inside] = self._predict_network(
-                X3[inside], Y[inside], None if noise is None else noise[inside], safe[inside],
-                nonzero[inside])
+                X3[inside], data[inside], partial(expand, rows=inside),
+                None if noise is None else noise[inside], safe[inside], nonzero[inside])
             source_var[inside], noise_out[inside] = self.source_var_, self.noise_var_
         self.source_var_, self.noise_var_ = source_var, noise_out
         return self._squeeze(sources, X)
 
-    def _predict_network(self, X, Y, noise, safe, nonzero):
+    def _predict_network(self, X, data, expand, noise, safe, nonzero):
+        """The graph on ``data`` (the samples' data or their row space, with ``expand``
+        mapping the estimate back: :meth:`_on_row_space`)."""
         dtype = self.input_dtype_
         fixed = {"lead_field": self.lead_field_.astype(dtype), **self._geometry_feeds()}
-        data, expand = self._on_row_space(Y)
         outputs = []
-        for start in range(0, len(Y), self.batch_size):
+        for start in range(0, len(data), self.batch_size):
             sl = slice(start, start + self.batch_size)
             feeds = {"sensors": data[sl].astype(dtype), **fixed}
             if noise is not None:

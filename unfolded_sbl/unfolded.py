@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from functools import partial
 
 import numpy as np
 import torch
@@ -417,7 +418,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
 
             raise NotFittedError("call fit, fit_simulated or load first")
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise)
-        outside = self._outside_regime(Y)
+        data, expand = self._on_row_space(Y)
+        outside = self._outside_regime(data)
         self.classical_fallback_ = outside
         lead_field = self._tensor(self.lead_field_)
         kwargs.update(self._geometry())
@@ -426,10 +428,9 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             for mask, classical in ((~outside, False), (outside, True)):
                 if mask.any():
                     part_noise = None if noise is None else self._tensor(noise[mask])
-                    data, expand = self._on_row_space(Y[mask])
-                    out = self.network_(self._tensor(data), lead_field, part_noise,
+                    out = self.network_(self._tensor(data[mask]), lead_field, part_noise,
                                         classical=classical, **kwargs)
-                    parts.append((mask, _expanded(out, expand)))
+                    parts.append((mask, _expanded(out, partial(expand, rows=mask))))
         return _merge_outputs(parts, len(Y)), safe, nonzero
 
     def predict(self, X, noise_var=None):
