@@ -8,6 +8,7 @@ import os
 from functools import partial
 
 import numpy as np
+import torch
 
 from ._validation import check_positive_int
 from .estimators import ClassicalCB, _SourceEstimator
@@ -215,9 +216,14 @@ class OnnxSBLRegressor(_SourceEstimator):
             if noise is not None:
                 feeds["noise_var_in"] = noise[sl].astype(dtype)
             outputs.append(self.session_.run(None, feeds))
-        def joined(i):  # one batch: its output as it is (the sources are 66 MB at 64 x 1284 x 100)
-            part = outputs[0][i] if len(outputs) == 1 else np.concatenate([o[i] for o in outputs])
-            return part.astype(np.float64, copy=False)
+        def joined(i):
+            # one batch: its output as it is (the sources are 66 MB at 64 x 1284 x
+            # 100); several, or float32 ones: joined and widened by torch, whose
+            # allocator gives plain pages (see _on_row_space's expand: numpy's
+            # huge-page request on large arrays can stall)
+            parts = [torch.from_numpy(o[i]) for o in outputs]
+            part = parts[0] if len(parts) == 1 else torch.cat(parts)
+            return part.to(torch.float64).numpy()
 
         sources, self.source_var_, self.noise_var_ = self._physical(
             expand(joined(0)), joined(1), joined(2), safe, nonzero)
