@@ -75,6 +75,15 @@ def regime_level_db(Y, referenced=True):
     return 10 * np.log10(np.maximum(lower / total, 1e-300))
 
 
+def _plain_zeros(shape):
+    """A float64 array of zeros allocated by torch, for large outputs filled piece
+    by piece: numpy asks the kernel for transparent huge pages on large arrays,
+    and where the kernel compacts memory for them on a fault (THP defrag
+    "madvise", a common default) the writes stalled (one-off: 263 MB took
+    370-630 ms to fill through numpy's request, about 100 ms without it)."""
+    return torch.zeros(shape, dtype=torch.float64).numpy()
+
+
 class _SourceEstimator(RegressorMixin, BaseEstimator):
     """Shared plumbing: forward handling, input checks, referencing, scaling."""
 
@@ -184,11 +193,7 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
             if torch.is_tensor(sources):
                 return sources @ basis.to(sources.device, sources.dtype)
             # numpy arrays too through torch, whose allocator gives the (n, M, T)
-            # result plain pages: numpy asks for transparent huge pages on large
-            # arrays, and where the kernel compacts memory for them on a fault
-            # (THP defrag "madvise", a common default) that stalled: one-off, the
-            # 263 MB of 256 samples took 370-630 ms with numpy's request, 100 ms
-            # without it
+            # result plain pages (see _plain_zeros)
             values = torch.from_numpy(sources)
             return (values @ basis.to(values.dtype)).numpy()
 
@@ -409,7 +414,8 @@ class ClassicalCB(_SourceEstimator):
         Y, scale = self._prepare(X)
         n_samples, n_channels = Y.shape[:2]
         noise_var = self._known_noise(noise_var, n_samples)
-        sources = np.zeros((n_samples, self.n_sources_, Y.shape[2]))
+        shape = (n_samples, self.n_sources_, Y.shape[2])
+        sources = None  # the solver's own output when one batch holds every sample
         self.source_var_ = np.zeros((n_samples, self.n_sources_))
         self.noise_var_ = np.zeros((n_samples, n_channels))
         histories = []
@@ -432,6 +438,7 @@ class ClassicalCB(_SourceEstimator):
             if len(idx) == n_samples:
                 sources = batch_sources.numpy()
             else:
+                sources = _plain_zeros(shape) if sources is None else sources
                 sources[idx] = batch_sources.numpy()
             self.source_var_[idx] = result.source_var.double().cpu().numpy() * (
                 source_scale[:, None] ** 2)
@@ -444,7 +451,7 @@ class ClassicalCB(_SourceEstimator):
                 histories.append((idx, result.history, source_scale, scale[idx]))
         if self.keep_history:
             self.history_ = self._merge_history(histories, n_samples)
-        return self._squeeze(sources, X)
+        return self._squeeze(_plain_zeros(shape) if sources is None else sources, X)
 
     def _known_noise(self, noise_var, n_samples):
         if self.noise_mode_ == "known":

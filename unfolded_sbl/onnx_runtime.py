@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ._validation import check_positive_int
-from .estimators import ClassicalCB, _SourceEstimator
+from .estimators import ClassicalCB, _plain_zeros, _SourceEstimator
 from .forward import mesh_neighbourhoods
 
 logger = logging.getLogger("unfolded_sbl")
@@ -188,7 +188,7 @@ class OnnxSBLRegressor(_SourceEstimator):
             return self._predict_network(X, data, expand, noise, safe, nonzero)
         # samples outside the trained regime: the classical solver at the same depth
         X3 = np.asarray(X, dtype=float).reshape(Y.shape)
-        sources = np.zeros(Y.shape[:1] + (self.n_sources_,) + Y.shape[2:])
+        sources = _plain_zeros(Y.shape[:1] + (self.n_sources_,) + Y.shape[2:])
         source_var = np.zeros((len(Y), self.n_sources_))
         noise_out = np.zeros((len(Y), self.n_features_in_))
         kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[outside]}
@@ -219,8 +219,7 @@ class OnnxSBLRegressor(_SourceEstimator):
         def joined(i):
             # one batch: its output as it is (the sources are 66 MB at 64 x 1284 x
             # 100); several, or float32 ones: joined and widened by torch, whose
-            # allocator gives plain pages (see _on_row_space's expand: numpy's
-            # huge-page request on large arrays can stall)
+            # allocator gives plain pages (see estimators._plain_zeros)
             parts = [torch.from_numpy(o[i]) for o in outputs]
             part = parts[0] if len(parts) == 1 else torch.cat(parts)
             return part.to(torch.float64).numpy()
