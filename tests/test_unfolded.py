@@ -413,6 +413,19 @@ def test_regime_check_reads_the_row_space_and_mixed_batches_split_cleanly(tiny, 
         assert np.linalg.norm(together - alone) / np.linalg.norm(alone) < 1e-6
 
 
+def test_predict_runs_the_network_in_chunks_with_the_same_result(tiny, monkeypatch):
+    fwd, data = tiny
+    net = _briefly_trained(fwd, data)
+    X = data.sensors[:11]
+    whole, layers = net.predict(X), net.predict_trajectory(X)
+    whole_var = net.source_var_
+    monkeypatch.setattr(us.unfolded, "PREDICT_BATCH_SIZE", 4)  # chunks of 4, 4 and 3
+    np.testing.assert_allclose(net.predict(X), whole, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(net.source_var_, whole_var, rtol=1e-10, atol=1e-20)
+    for a, b in zip(net.predict_trajectory(X), layers):
+        np.testing.assert_allclose(a["sources"], b["sources"], rtol=1e-10, atol=1e-14)
+
+
 def test_float64_networks_run_their_corrections_in_float32(tiny, tmp_path):
     fwd, data = tiny
     net = _briefly_trained(fwd, data)
