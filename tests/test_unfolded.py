@@ -411,6 +411,13 @@ def test_regime_check_reads_the_row_space_and_mixed_batches_split_cleanly(tiny, 
         np.testing.assert_array_equal(est.classical_fallback_, [0, 0, 1, 1, 0, 0])
         alone = np.concatenate([est.predict(X[i:i + 1]) for i in range(len(X))])
         assert np.linalg.norm(together - alone) / np.linalg.norm(alone) < 1e-6
+    # per-layer states too: the classical part has no corrections, the other has
+    layer0 = net.predict_trajectory(X)[0]
+    assert np.all(layer0["source_correction"][2:4] == 0)
+    assert np.any(layer0["source_correction"][[0, 1, 4, 5]] != 0)
+    first_alone = net.predict_trajectory(X[:1])[0]
+    np.testing.assert_allclose(layer0["source_correction"][:1], first_alone["source_correction"],
+                               rtol=1e-6, atol=1e-12)
 
 
 def test_predict_runs_the_network_in_chunks_with_the_same_result(tiny, monkeypatch):

@@ -55,30 +55,29 @@ def _chunks(mask, size):
         yield chunk
 
 
-def _merge_outputs(parts, n_samples):
-    """Network outputs of sample subsets ``[(mask, out), ...]`` as one batch."""
-    if len(parts) == 1:
-        return parts[0][1]
-
-    def merge(values, like):
-        if all(v is None for v in values):
-            return None
-        shape = next(v for v in values if v is not None).shape[1:]
-        merged = torch.zeros((n_samples,) + tuple(shape), dtype=like.dtype, device=like.device)
-        for (mask, _), value in zip(parts, values):
-            if value is not None:
-                merged[torch.as_tensor(mask, device=like.device)] = value
-        return merged
-
-    like = parts[0][1]["sources"]
-    out = {key: merge([o[key] for _, o in parts], like)
-           for key in ("sources", "source_var", "noise_var")}
-    if "trajectory" in parts[0][1]:
-        out["trajectory"] = [
-            {key: merge([o["trajectory"][k][key] for _, o in parts], like)
-             for key in parts[0][1]["trajectory"][k]}
-            for k in range(len(parts[0][1]["trajectory"]))]
-    return out
+def _merge_into(merged, rows, out, n_samples):
+    """Write the network outputs ``out`` of the samples ``rows`` (a boolean mask)
+    into ``merged``, the outputs of all ``n_samples`` (None on the first call), and
+    return it.  Entries are zeros until a part writes them (a classical part has no
+    corrections), and each part is written as it comes, so that one part's outputs
+    are alive at a time, not all of them."""
+    keys = ("sources", "source_var", "noise_var")
+    if merged is None:
+        merged = dict.fromkeys(keys)
+        if "trajectory" in out:
+            merged["trajectory"] = [dict.fromkeys(state) for state in out["trajectory"]]
+    index = torch.as_tensor(rows, device=out["sources"].device)
+    pairs = [(merged, out, keys)] + [(target, state, list(state)) for target, state in
+                                     zip(merged.get("trajectory", ()), out.get("trajectory", ()))]
+    for target, source, names in pairs:
+        for key in names:
+            value = source[key]
+            if value is None:
+                continue
+            if target[key] is None:
+                target[key] = value.new_zeros((n_samples,) + value.shape[1:])
+            target[key][index] = value
+    return merged
 
 
 def _expanded(out, expand):
@@ -441,15 +440,19 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.classical_fallback_ = outside
         lead_field = self._tensor(self.lead_field_)
         kwargs.update(self._geometry())
-        parts = []
+        parts = [(rows, classical) for mask, classical in ((~outside, False), (outside, True))
+                 for rows in _chunks(mask, PREDICT_BATCH_SIZE)]
+        merged = None
         with torch.no_grad():
-            for mask, classical in ((~outside, False), (outside, True)):
-                for rows in _chunks(mask, PREDICT_BATCH_SIZE):
-                    part_noise = None if noise is None else self._tensor(noise[rows])
-                    out = self.network_(self._tensor(data[rows]), lead_field, part_noise,
-                                        classical=classical, **kwargs)
-                    parts.append((rows, _expanded(out, partial(expand, rows=rows))))
-        return _merge_outputs(parts, len(Y)), safe, nonzero
+            for rows, classical in parts:
+                part_noise = None if noise is None else self._tensor(noise[rows])
+                out = _expanded(self.network_(self._tensor(data[rows]), lead_field, part_noise,
+                                              classical=classical, **kwargs),
+                                partial(expand, rows=rows))
+                if len(parts) == 1:  # one part holds every sample: its outputs as they are
+                    return out, safe, nonzero
+                merged = _merge_into(merged, rows, out, len(Y))
+        return merged, safe, nonzero
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times).
