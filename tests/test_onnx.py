@@ -55,12 +55,17 @@ def test_onnx_matches_torch_on_several_sizes(perturbed_net, onnx_file, n_channel
     np.testing.assert_allclose(onnx_est.noise_var_, torch_est.noise_var_, rtol=1e-3)
 
 
-def test_onnx_batches_large_inputs(perturbed_net, onnx_file):
+@pytest.mark.parametrize("n_times", [4, 30])  # on the data, on its row space (T > N)
+def test_onnx_batches_large_inputs(perturbed_net, onnx_file, n_times):
     fwd, _ = perturbed_net
-    X = np.random.default_rng(2).normal(size=(7, 16, 4))
-    whole = us.OnnxSBLRegressor(onnx_file, forward=fwd, batch_size=64).fit().predict(X)
-    pieces = us.OnnxSBLRegressor(onnx_file, forward=fwd, batch_size=3).fit().predict(X)
+    X = np.random.default_rng(2).normal(size=(7, 16, n_times))
+    whole_est = us.OnnxSBLRegressor(onnx_file, forward=fwd, batch_size=64).fit()
+    pieces_est = us.OnnxSBLRegressor(onnx_file, forward=fwd, batch_size=3).fit()
+    whole, pieces = whole_est.predict(X), pieces_est.predict(X)
     np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
+    for name in ("source_var_", "noise_var_"):
+        np.testing.assert_allclose(getattr(pieces_est, name), getattr(whole_est, name),
+                                   rtol=1e-5, atol=1e-12)
 
 
 def test_provider_fallback_is_reported(perturbed_net, onnx_file, caplog):

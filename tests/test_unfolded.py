@@ -396,7 +396,9 @@ def test_regime_check_reads_the_row_space_and_mixed_batches_split_cleanly(tiny, 
     net = _briefly_trained(fwd, data)
     path = tmp_path / "m.onnx"
     us.export_onnx(net, path)
-    graph = us.OnnxSBLRegressor(path, forward=fwd).fit()
+    # parts of 3 samples: the graph's parts of the corrected samples are mapped back
+    # into place
+    graph = us.OnnxSBLRegressor(path, forward=fwd, batch_size=3).fit()
     noise_free = np.einsum("cs,nst->nct", fwd.lead_field, data.sources[:2])
     X = np.concatenate([data.sensors[:2], noise_free, data.sensors[2:4]])
     Y, _ = net._prepare(X)

@@ -177,7 +177,7 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         are those on ``Y`` (n, N, T) while their products hold N instead of T
         columns (training compresses its batches the same way);
         ``expand(sources, rows=None)`` maps the estimate of the samples ``rows``
-        (a boolean mask; default: all) back to the T time samples.  ``Yc`` has the
+        (a boolean mask or indices; default: all) back to the T time samples.  ``Yc`` has the
         singular values of ``Y`` up to one factor, so the regime check reads it too.
         Only for T > N >= ``TRAINED_N_TIMES[1]``, so that the corrections'
         window-length weight sees the same (full) length either way.
@@ -189,7 +189,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         back = Q.transpose(-1, -2) / shrink  # (n, N, T)
 
         def expand(sources, rows=None):
-            basis = back if rows is None or np.all(rows) else back[torch.as_tensor(rows)]
+            every = rows is None or (np.asarray(rows).dtype == bool and np.all(rows))
+            basis = back if every else back[torch.as_tensor(rows)]
             if torch.is_tensor(sources):
                 return sources @ basis.to(sources.device, sources.dtype)
             # numpy arrays too through torch, whose allocator gives the (n, M, T)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import partial
 
 import numpy as np
 import torch
@@ -85,6 +84,12 @@ def _session(path, providers, threads):
     else:
         logger.info("onnxruntime: running on %s", used)
     return session
+
+
+def _as_float64(array):
+    """onnxruntime's output in float64: itself, or (float32 graphs) widened by torch,
+    whose allocator gives plain pages (see :func:`estimators._plain_zeros`)."""
+    return torch.from_numpy(array).to(torch.float64).numpy()
 
 
 class OnnxSBLRegressor(_SourceEstimator):
@@ -185,7 +190,8 @@ class OnnxSBLRegressor(_SourceEstimator):
         outside = self._outside_regime(data)
         self.classical_fallback_ = outside
         if not outside.any():
-            return self._predict_network(X, data, expand, noise, safe, nonzero)
+            return self._predict_network(X, data, expand, np.arange(len(Y)), noise, safe,
+                                         nonzero)
         # samples outside the trained regime: the classical solver at the same depth
         X3 = np.asarray(X, dtype=float).reshape(Y.shape)
         sources = _plain_zeros(Y.shape[:1] + (self.n_sources_,) + Y.shape[2:])
@@ -198,34 +204,38 @@ class OnnxSBLRegressor(_SourceEstimator):
         inside = ~outside
         if inside.any():
             sources[inside] = self._predict_network(
-                X3[inside], data[inside], partial(expand, rows=inside),
+                X3[inside], data[inside], expand, np.flatnonzero(inside),
                 None if noise is None else noise[inside], safe[inside], nonzero[inside])
             source_var[inside], noise_out[inside] = self.source_var_, self.noise_var_
         self.source_var_, self.noise_var_ = source_var, noise_out
         return self._squeeze(sources, X)
 
-    def _predict_network(self, X, data, expand, noise, safe, nonzero):
-        """The graph on ``data`` (the samples' data or their row space, with ``expand``
-        mapping the estimate back: :meth:`_on_row_space`)."""
+    def _predict_network(self, X, data, expand, rows, noise, safe, nonzero):
+        """The graph on ``data``: the data of the samples ``rows`` (indices into the
+        batch that ``expand`` was made for) or their row space, with ``expand``
+        mapping the estimate back (:meth:`_on_row_space`).  The graph runs
+        ``batch_size`` samples at a time and each part is mapped back into the
+        output as it comes, so that one part's outputs are alive at a time."""
         dtype = self.input_dtype_
         fixed = {"lead_field": self.lead_field_.astype(dtype), **self._geometry_feeds()}
-        outputs = []
+        sources, variances = None, []
         for start in range(0, len(data), self.batch_size):
             sl = slice(start, start + self.batch_size)
             feeds = {"sensors": data[sl].astype(dtype), **fixed}
             if noise is not None:
                 feeds["noise_var_in"] = noise[sl].astype(dtype)
-            outputs.append(self.session_.run(None, feeds))
-        def joined(i):
-            # one batch: its output as it is (the sources are 66 MB at 64 x 1284 x
-            # 100); several, or float32 ones: joined and widened by torch, whose
-            # allocator gives plain pages (see estimators._plain_zeros)
-            parts = [torch.from_numpy(o[i]) for o in outputs]
-            part = parts[0] if len(parts) == 1 else torch.cat(parts)
-            return part.to(torch.float64).numpy()
-
+            part_sources, *part_variances = (_as_float64(o) for o in self.session_.run(None, feeds))
+            part_sources = expand(part_sources, rows=rows[sl])
+            if len(data) <= self.batch_size:  # one part: its output as it is
+                sources = part_sources
+            else:
+                sources = (_plain_zeros((len(data),) + part_sources.shape[1:])
+                           if sources is None else sources)
+                sources[sl] = part_sources
+            variances.append(part_variances)
+        source_var, noise_var = (np.concatenate(v) for v in zip(*variances))
         sources, self.source_var_, self.noise_var_ = self._physical(
-            expand(joined(0)), joined(1), joined(2), safe, nonzero)
+            sources, source_var, noise_var, safe, nonzero)
         return self._squeeze(sources, X)
 
     def _geometry_feeds(self):
