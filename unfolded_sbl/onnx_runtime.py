@@ -224,7 +224,8 @@ class OnnxSBLRegressor(_SourceEstimator):
             feeds = {"sensors": data[sl].astype(dtype), **fixed}
             if noise is not None:
                 feeds["noise_var_in"] = noise[sl].astype(dtype)
-            part_sources, *part_variances = (_as_float64(o) for o in self.session_.run(None, feeds))
+            outputs = self.session_.run(None, feeds)
+            part_sources, *part_variances = (_as_float64(o) for o in outputs)
             part_sources = expand(part_sources, rows=rows[sl])
             if len(data) <= self.batch_size:  # one part: its output as it is
                 sources = part_sources
