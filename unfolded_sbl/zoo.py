@@ -395,7 +395,6 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
 
     from . import __version__
     from .estimators import ClassicalCB
-    from .export import export_onnx
     from .forward import load_forward
     from .simulate import ROBUST_SIMULATOR, simulate
     from .unfolded import UnfoldedSBLRegressor
@@ -408,12 +407,12 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
         params = previous["estimator_params"] if params is None else params
         random_state = previous.get("seed", random_state)
     files = {f"{name}.pt": out_dir / f"{name}.pt", f"{name}.onnx": out_dir / f"{name}.onnx"}
-    est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=TRAIN_FORWARD)
-    export_onnx(est, files[f"{name}.onnx"])
+    est = _export(name, out_dir)
     # validated where its corrections act: the training source space, or the denser one
     val_name = default_forward(name)
     fwd = load_forward(val_name)
-    est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=fwd)
+    if val_name != TRAIN_FORWARD:
+        est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=fwd)
     val_forward = load_forward(f"{val_name}-perturbed")
     noise = "learn" if params["learn_noise"] else "known"
     classical = {f"ClassicalCB ({noise}), 25 it.": ClassicalCB(fwd, noise=noise).fit(),
@@ -449,17 +448,24 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
     return card
 
 
+def _export(name, out_dir):
+    """Load ``NAME.pt`` on the training forward model and export it to ``NAME.onnx``
+    beside it; returns the loaded estimator."""
+    from .export import export_onnx
+    from .unfolded import UnfoldedSBLRegressor
+
+    est = UnfoldedSBLRegressor.load(Path(out_dir) / f"{name}.pt", forward=TRAIN_FORWARD)
+    export_onnx(est, Path(out_dir) / f"{name}.onnx")
+    return est
+
+
 def refresh_export(name, out_dir=MODEL_DIR):
     """Export ``NAME.pt`` to ONNX again (after a change of the graph, not of the
     weights) and update the file hashes of its card.  The card's validation was
     computed with the torch model from the same ``.pt``, so it stays valid; the
     test suite holds the new ONNX file to the torch model."""
-    from .export import export_onnx
-    from .unfolded import UnfoldedSBLRegressor
-
     out_dir = Path(out_dir)
-    est = UnfoldedSBLRegressor.load(out_dir / f"{name}.pt", forward=TRAIN_FORWARD)
-    export_onnx(est, out_dir / f"{name}.onnx")
+    _export(name, out_dir)
     with open(out_dir / f"{name}.json") as fid:
         card = json.load(fid)
     card["files"] = _file_records(out_dir / fname for fname in card["files"])
