@@ -56,10 +56,9 @@ LIBRARY_DEFAULT = ("library default (ORT_ENABLE_ALL, arena, sequential, memory r
 def _variants():
     """onnxruntime session options tried against the library's choice
     (``onnx_runtime._session_options``), one change at a time: name ->
-    (attributes to set, session config entries to add)."""
+    (attributes to set, session config entries to add, arguments of
+    ``_session_options``)."""
     import onnxruntime as ort
-
-    from unfolded_sbl.onnx_runtime import STOP_SPINNING
 
     level = ort.GraphOptimizationLevel
     return {
@@ -71,7 +70,8 @@ def _variants():
                                                 level.ORT_DISABLE_ALL}, {}),
         "CPU memory arena off": ({"enable_cpu_mem_arena": False}, {}),
         "parallel execution mode": ({"execution_mode": ort.ExecutionMode.ORT_PARALLEL}, {}),
-        "threads spin on after a call (onnxruntime's default)": ({}, {STOP_SPINNING: "0"}),
+        "threads spin on after a call (onnxruntime's default)": ({}, {},
+                                                                  {"park_threads": False}),
         "no spinning at all (session.intra_op.allow_spinning = 0)":
             ({}, {"session.intra_op.allow_spinning": "0"}),
     }
@@ -95,8 +95,8 @@ def session_options(fwd, data, threads, model="deep-cb-joint", batches=OPTION_BA
 
     est = us.load_pretrained(model, forward=fwd, backend="onnx", intra_op_num_threads=threads)
     sessions, opened = {}, {}
-    for name, (attributes, config) in _variants().items():
-        options = _session_options(threads)
+    for name, (attributes, config, *arguments) in _variants().items():
+        options = _session_options(threads, **(arguments[0] if arguments else {}))
         for key, value in attributes.items():
             setattr(options, key, value)
         for key, value in config.items():

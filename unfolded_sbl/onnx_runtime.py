@@ -20,7 +20,7 @@ logger = logging.getLogger("unfolded_sbl")
 STOP_SPINNING = "session.force_spinning_stop"
 
 
-def _session_options(threads=None):
+def _session_options(threads=None, park_threads=True):
     """The library's onnxruntime session options, kept on purpose.
 
     * Full graph optimisation (``ORT_ENABLE_ALL``: the exported graphs' constant
@@ -45,6 +45,10 @@ def _session_options(threads=None):
       batch-64 calls 13 % slower (``python -m benchmarks.bench_onnx``,
       session-options table).
     * onnxruntime's thread count unless ``threads`` is given.
+
+    ``park_threads=False`` leaves onnxruntime's default spinning after a call (for
+    ``benchmarks.bench_onnx``'s comparison; setting the entry twice makes onnxruntime
+    log a warning).
     """
     import onnxruntime as ort
 
@@ -52,7 +56,8 @@ def _session_options(threads=None):
     if threads:
         options.intra_op_num_threads = int(threads)
     options.enable_mem_reuse = False
-    options.add_session_config_entry(STOP_SPINNING, "1")
+    if park_threads:
+        options.add_session_config_entry(STOP_SPINNING, "1")
     options.log_severity_level = 3  # the CUDA probe on CPU-only machines is noisy
     return options
 
