@@ -96,8 +96,15 @@ def continue_run(run, n_chunks, fwd, sets, verbose=True):
         log.exists() and model.exists()) else []
     source = model if records else zoo.pretrained_path(NAME)
     est = us.UnfoldedSBLRegressor.load(source, forward=fwd, dtype="float64")
-    if not records:
-        records = [{"chunk": -1, "samples": 0, "seconds": 0.0, **evaluate(est, sets)}]
+    if records and "history" in records[0]:
+        # an interrupt between saving the network and logging its chunk: the network's
+        # training history says how many chunks it holds (each adds EPOCHS_PER_CHUNK)
+        done = (len(est.history_) - records[0]["history"]) // EPOCHS_PER_CHUNK
+        records = records[:done + 1]
+        log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        records = [{"chunk": -1, "samples": 0, "seconds": 0.0, "history": len(est.history_),
+                    **evaluate(est, sets)}]
         log.write_text(json.dumps(records[0]) + "\n")
     params, simulator = RUNS[run]
     # a small internal validation set: the held-out sets are what is reported
