@@ -27,6 +27,7 @@ here is shipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -61,16 +62,16 @@ HELD_OUT = {
 }
 
 
+@functools.cache
 def held_out():
     """condition -> (data, ClassicalCB-25 predictions), fixed for every run and chunk."""
-    fwd = us.load_forward(zoo.TRAIN_FORWARD)
-    classical = us.ClassicalCB(forward=fwd, n_iter=25).fit()
+    classical = us.ClassicalCB(forward=zoo.TRAIN_FORWARD, n_iter=25).fit()
     sets = {}
     for i, (label, (template, params)) in enumerate(HELD_OUT.items()):
         data = us.simulate(us.load_forward(template), N_HELD_OUT, random_state=33000 + i,
                            **params)
         sets[label] = (data, classical.predict(data.sensors))
-    return fwd, sets
+    return sets
 
 
 def evaluate(est, sets):
@@ -85,27 +86,29 @@ def evaluate(est, sets):
     return out
 
 
-def continue_run(run, n_chunks, fwd, sets, verbose=True):
+def continue_run(run, n_chunks, sets=held_out, verbose=True):
     """Records of the run's chunks (chunk -1: the shipped model), resuming after the last
-    finished one."""
+    finished one; ``sets`` returns the held-out sets (built only when a chunk is trained
+    or the shipped model evaluated)."""
     from tqdm.auto import tqdm
 
     WORK.mkdir(parents=True, exist_ok=True)
     log, model = WORK / f"{run}.jsonl", WORK / f"{run}.pt"
-    records = [json.loads(line) for line in log.read_text().splitlines()] if (
-        log.exists() and model.exists()) else []
-    source = model if records else zoo.pretrained_path(NAME)
-    est = us.UnfoldedSBLRegressor.load(source, forward=fwd, dtype="float64")
-    if records and "history" in records[0]:
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if records and records[-1]["chunk"] >= n_chunks - 1:
+        return records[:n_chunks + 1]  # every chunk asked for is logged: nothing to train
+    if records and model.exists():
+        est = us.UnfoldedSBLRegressor.load(model, forward=zoo.TRAIN_FORWARD, dtype="float64")
         # an interrupt between saving the network and logging its chunk: the network's
         # training history says how many chunks it holds (each adds EPOCHS_PER_CHUNK)
         done = (len(est.history_) - records[0]["history"]) // EPOCHS_PER_CHUNK
         records = records[:done + 1]
-        log.write_text("".join(json.dumps(r) + "\n" for r in records))
-    else:
+    else:  # a new run, or the network of the logged chunks is gone: start again
+        est = us.UnfoldedSBLRegressor.load(zoo.pretrained_path(NAME),
+                                           forward=zoo.TRAIN_FORWARD, dtype="float64")
         records = [{"chunk": -1, "samples": 0, "seconds": 0.0, "history": len(est.history_),
-                    **evaluate(est, sets)}]
-        log.write_text(json.dumps(records[0]) + "\n")
+                    **evaluate(est, sets())}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
     params, simulator = RUNS[run]
     # a small internal validation set: the held-out sets are what is reported
     est.set_params(**{**params, "warm_start": True, "max_epochs": EPOCHS_PER_CHUNK,
@@ -121,7 +124,7 @@ def continue_run(run, n_chunks, fwd, sets, verbose=True):
         est.save(model)
         record = {"chunk": chunk, "samples": records[-1]["samples"] + per_chunk,
                   "seconds": round(records[-1]["seconds"] + seconds, 1),
-                  **evaluate(est, sets)}
+                  **evaluate(est, sets())}
         records.append(record)
         with open(log, "a") as fid:
             fid.write(json.dumps(record) + "\n")
@@ -130,8 +133,10 @@ def continue_run(run, n_chunks, fwd, sets, verbose=True):
 
 
 def table(records):
-    """Rows at the shipped model, then about every quarter of the run."""
-    picks = sorted({0, *np.linspace(0, len(records) - 1, 5).round().astype(int)})
+    """Rows at the shipped model, after the first chunk, then about every quarter of the
+    run; the last row is each condition's best ratio over the trained chunks."""
+    picks = sorted({0, min(1, len(records) - 1),
+                    *np.linspace(0, len(records) - 1, 5).round().astype(int)})
     lines = ["| samples | training s | " + " | ".join(HELD_OUT) + " |",
              "|---|---|" + "---|" * len(HELD_OUT)]
     for i in picks:
@@ -139,10 +144,23 @@ def table(records):
         cells = " | ".join(f"{r[k][0]:.3f} ({r[k][1]:+.3f})" for k in HELD_OUT)
         label = "0 (shipped)" if r["chunk"] < 0 else f"{r['samples']:,}"
         lines.append(f"| {label} | {r['seconds']:.0f} | {cells} |")
-    best = {k: min(r[k][0] for r in records) for k in HELD_OUT}
-    lines.append("| best of any chunk | | " + " | ".join(f"{best[k]:.3f}" for k in HELD_OUT)
+    trained = records[1:] or records
+    best = {k: min(r[k][0] for r in trained) for k in HELD_OUT}
+    lines.append("| best over the chunks | | " + " | ".join(f"{best[k]:.3f}" for k in HELD_OUT)
                  + " |")
     return "\n".join(lines)
+
+
+def feasible(records):
+    """How many trained chunks meet issue 11's every-condition criterion (all ratios
+    <= 1.00), and the best nominal ratio among them."""
+    ok = [r for r in records[1:] if all(r[k][0] <= 1.0 for k in HELD_OUT)]
+    line = f"Chunks with every condition <= 1.00: {len(ok)} of {len(records) - 1}"
+    if ok:
+        best = min(ok, key=lambda r: r["nominal"][0])
+        line += (f"; the best nominal ratio among them {best['nominal'][0]:.3f} "
+                 f"(perturbed {best['perturbed'][0]:.3f}, after {best['samples']:,} samples)")
+    return line + "."
 
 
 def main(argv=None):
@@ -151,17 +169,17 @@ def main(argv=None):
     parser.add_argument("--chunks", type=int, default=30, help="chunks per run")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    fwd, sets = held_out()
-    results = {run: continue_run(run, args.chunks, fwd, sets) for run in args.runs}
+    results = {run: continue_run(run, args.chunks) for run in args.runs}
+    training_s = sum(records[-1]["seconds"] for records in results.values())
     sections = []
     for run, records in results.items():
-        params, simulator = RUNS[run]
+        params = RUNS[run][0]
         sections.append(f"**{run}** ({params['loss']} loss, lr {params['learning_rate']:g}, "
                         f"{EPOCHS_PER_CHUNK * params['steps_per_epoch'] * 32} samples per "
-                        f"chunk)\n\n{table(records)}")
-    body = f"""`python -m benchmarks.budget --chunks {args.chunks}` ({time.perf_counter() - started:.0f} s \
-in this call; training resumes from `benchmarks/_work/budget`). The shipped `{NAME}` trained
+                        f"chunk)\n\n{table(records)}\n\n{feasible(records)}")
+    body = f"""`python -m benchmarks.budget --chunks {args.chunks}` ({training_s / 60:.0f} min of \
+training, resumable: every chunk's network and record are kept in `benchmarks/_work/budget`,
+and a rerun trains only the chunks not yet logged). The shipped `{NAME}` trained
 further, in chunks of {EPOCHS_PER_CHUNK} epochs (batch 32, a fresh optimiser and cosine schedule
 per chunk), on its own stage-2 mixture (`stage2`) or on the paper's simulator alone on the
 nominal template (`paper`). Cells: rMSE ratio to ClassicalCB-25-joint (F1 difference) on
@@ -169,7 +187,7 @@ nominal template (`paper`). Cells: rMSE ratio to ClassicalCB-25-joint (F1 differ
 matrix, from the perturbed template except `nominal`). Issue 11 asks for nominal <= 0.80,
 perturbed <= 0.85 and every condition <= 1.00 at once. Nothing here is shipped.
 
-{chr(10).join(sections)}
+{(chr(10) * 2).join(sections)}
 """
     print(body)
     if not args.no_write:

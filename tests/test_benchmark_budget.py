@@ -1,9 +1,12 @@
 """The budget benchmark's evaluation and table."""
 
+import json
+
 import numpy as np
 
 import unfolded_sbl as us
-from benchmarks.budget import HELD_OUT, evaluate, table
+from benchmarks import budget
+from benchmarks.budget import HELD_OUT, evaluate, feasible, table
 
 
 def test_the_reference_against_itself_is_ratio_one_and_no_f1_change(fwd):
@@ -16,11 +19,77 @@ def test_the_reference_against_itself_is_ratio_one_and_no_f1_change(fwd):
     assert np.isclose(evaluate(worse, sets)["a"][0], 4.0, rtol=1e-3)
 
 
-def test_table_starts_at_the_shipped_model_and_reports_the_best_chunk():
+def test_table_starts_at_the_shipped_model_and_reports_the_best_trained_chunk():
     records = [{"chunk": c, "samples": 960 * (c + 1), "seconds": 45.0 * (c + 1),
                 **{k: [1.0 - 0.01 * (c + 1) * (k == "nominal"), 0.0] for k in HELD_OUT}}
                for c in range(-1, 9)]
+    records[0]["perturbed"] = [0.5, 0.0]  # the shipped model is not a trained chunk
     lines = table(records).splitlines()
     assert lines[2].startswith("| 0 (shipped) |")
+    assert lines[3].startswith("| 960 |")  # the first chunk
     assert lines[-1].split("|")[3].strip() == f"{0.91:.3f}"  # nominal, the last chunk's
-    assert len(lines) == 2 + 5 + 1
+    # the shipped model's better perturbed ratio is not the trained chunks' best
+    assert lines[-1].split("|")[4].strip() == f"{1.0:.3f}"
+    assert len(lines) == 2 + 6 + 1
+
+
+class _StubNetwork:
+    """What continue_run needs of a network: its history grows by one entry per epoch."""
+
+    def __init__(self, n_history):
+        self.history_ = [{}] * n_history
+
+    def set_params(self, **params):
+        return self
+
+    def fit_simulated(self):
+        self.history_ = self.history_ + [{}] * budget.EPOCHS_PER_CHUNK
+        return self
+
+    def save(self, path):
+        path.write_text("network")
+
+
+def _log(work, records):
+    (work / "paper.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_complete_log_needs_no_network_and_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "WORK", tmp_path)
+    records = [{"chunk": c, "samples": 0, "seconds": 0.0, "history": 16}
+               for c in range(-1, 3)]
+    _log(tmp_path, records)
+    # no network file, and neither loading nor the held-out sets are reached
+    assert budget.continue_run("paper", 3, sets=None, verbose=False) == records
+    assert budget.continue_run("paper", 2, sets=None, verbose=False) == records[:3]
+
+
+def test_resuming_drops_a_logged_chunk_the_saved_network_does_not_hold(tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(budget, "WORK", tmp_path)
+    # three chunks logged, but the network was saved after two (16 shipped epochs + 2 x 2)
+    stub = _StubNetwork(16 + 2 * budget.EPOCHS_PER_CHUNK)
+    monkeypatch.setattr(budget.us.UnfoldedSBLRegressor, "load", lambda *a, **k: stub)
+    _log(tmp_path, [{"chunk": c, "samples": 1280 * (c + 1), "seconds": 1.0 * (c + 1),
+                     "history": 16, "stale": True} for c in range(-1, 3)])
+    (tmp_path / "paper.pt").write_text("network")
+    records = budget.continue_run("paper", 4, sets=dict, verbose=False)
+    assert [r["chunk"] for r in records] == [-1, 0, 1, 2, 3]
+    assert "stale" not in records[3]  # chunk 2 was trained again, not kept from the log
+    assert records[-1]["samples"] == 4 * 1280
+    logged = [json.loads(line) for line in (tmp_path / "paper.jsonl").read_text().splitlines()]
+    assert logged == records
+    assert len(stub.history_) == 16 + 4 * budget.EPOCHS_PER_CHUNK
+
+
+def test_feasible_counts_the_chunks_that_lose_nowhere():
+    def record(chunk, nominal, worst):
+        return {"chunk": chunk, "samples": 100 * (chunk + 1),
+                **{k: [worst, 0.0] for k in HELD_OUT}, "nominal": [nominal, 0.0]}
+
+    records = [record(-1, 0.9, 0.99), record(0, 0.7, 1.01), record(1, 0.85, 1.0),
+               record(2, 0.8, 0.95)]
+    assert feasible(records) == ("Chunks with every condition <= 1.00: 2 of 3; the best "
+                                 "nominal ratio among them 0.800 (perturbed 0.950, after "
+                                 "300 samples).")
+    assert feasible(records[:2]) == "Chunks with every condition <= 1.00: 0 of 1."
