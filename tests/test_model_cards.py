@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import unfolded_sbl as us
 from unfolded_sbl import zoo
@@ -37,3 +38,55 @@ def test_write_card_exports_validates_and_records_the_files(tmp_path):
     refreshed = zoo.refresh_export("tiny", tmp_path)
     assert refreshed["files"]["tiny.onnx"]["sha256"] == zoo.sha256(tmp_path / "tiny.onnx")
     assert refreshed["validation"] == card["validation"]
+
+
+def _with_random_corrections(est, seed=0):
+    """``est`` with random output layers, so that every correction is non-zero."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for modules in (est.network_.source_corrections, est.network_.noise_corrections):
+            for module in modules:
+                if hasattr(module, "out"):
+                    module.out.weight.copy_(0.3 * torch.randn(module.out.weight.shape,
+                                                              generator=gen))
+                    module.out.bias.fill_(0.1)
+    return est
+
+
+def test_without_noise_corrections_equals_zero_noise_corrections(tmp_path):
+    import torch
+
+    est = _with_random_corrections(us.UnfoldedSBLRegressor(
+        forward=zoo.TRAIN_FORWARD, n_layers=3, max_epochs=0).fit_simulated())
+    data = us.simulate(zoo.TRAIN_FORWARD, 3, random_state=1, n_times=30)
+    before = est.predict(data.sensors)
+    plain = zoo.without_noise_corrections(est)
+    assert plain.noise_correction == "none" and est.noise_correction == "mlp"
+    np.testing.assert_array_equal(est.predict(data.sensors), before)  # est unchanged
+    layers = plain.predict_trajectory(data.sensors)
+    assert all(layer["noise_correction"] is None for layer in layers)
+    assert any(layer["source_correction"] is not None and np.abs(
+        layer["source_correction"]).max() > 0 for layer in layers)
+    with torch.no_grad():
+        for module in est.network_.noise_corrections:
+            if hasattr(module, "out"):
+                module.out.weight.zero_()
+                module.out.bias.zero_()
+    expected = est.predict(data.sensors)
+    # the noise corrections did act
+    assert np.abs(expected - before).max() > 1e-3 * np.abs(before).max()
+    np.testing.assert_allclose(plain.predict(data.sensors), expected, rtol=1e-10,
+                               atol=1e-12 * np.abs(expected).max())
+    # saved, loaded and exported, it is the same function
+    plain.save(tmp_path / "plain.pt")
+    loaded = us.UnfoldedSBLRegressor.load(tmp_path / "plain.pt", forward=zoo.TRAIN_FORWARD)
+    np.testing.assert_allclose(loaded.predict(data.sensors), expected, rtol=1e-10,
+                               atol=1e-12 * np.abs(expected).max())
+    us.export_onnx(plain, tmp_path / "plain.onnx")
+    onnx = us.OnnxSBLRegressor(tmp_path / "plain.onnx", forward=zoo.TRAIN_FORWARD).fit()
+    np.testing.assert_allclose(onnx.predict(data.sensors), expected, rtol=1e-5,
+                               atol=1e-6 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="no noise corrections"):
+        zoo.without_noise_corrections(plain)

@@ -325,6 +325,30 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     return write_card(name, out_dir, stages, params, random_state, n_eval)
 
 
+def without_noise_corrections(est):
+    """A copy of the fitted joint-noise ``est`` without its noise corrections: the noise
+    update is the classical one in every layer, the source corrections are unchanged.
+
+    ``python -m benchmarks.noise_ablation`` measures what this does to the shipped
+    models: their noise corrections are where Deep CB loses to ClassicalCB on many
+    patches (README, "Where the learned models still lose").
+    """
+    import copy
+
+    if not est.learn_noise or est.noise_correction == "none":
+        raise ValueError("the estimator has no noise corrections to remove")
+    new = copy.deepcopy(est)
+    state = {k: v for k, v in new.network_.state_dict().items()
+             if not k.startswith("noise_corrections.")}
+    kept = {"history_": new.history_, "train_spacing_": new.train_spacing_}
+    new.set_params(noise_correction="none", warm_start=False)._build()
+    new.network_.load_state_dict(state)
+    new.network_.eval()
+    for name, value in kept.items():
+        setattr(new, name, value)
+    return new
+
+
 def _checkpoint_path(checkpoint_dir, stem):
     """``<checkpoint_dir>/<stem>.ckpt`` (the folder created), or None without a folder."""
     if not checkpoint_dir:
