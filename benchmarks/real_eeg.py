@@ -30,7 +30,8 @@ from unfolded_sbl.localize import peak_report, peak_time_index, read_recording
 from unfolded_sbl.viz import plot_source_maps
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_eeg"
-METHODS = ("sLORETA", "ClassicalCB", "deep-cb-joint", "deep-graph-cb-joint", "deep-attn-cb-joint")
+METHODS = ("sLORETA", "ClassicalCB", "deep-cb-joint", "deep-cb-joint-classical-noise",
+           "deep-graph-cb-joint", "deep-attn-cb-joint")
 #: "posterior": behind y = -40 mm (MNI-like), the occipital and posterior parietal cortex
 POSTERIOR_Y = -40.0
 

@@ -33,8 +33,8 @@ from unfolded_sbl.simulate import ROBUST_SIMULATOR
 from unfolded_sbl.zoo import ROBUST_BUDGETS, TRAIN_FORWARD
 
 WORK = HERE / "_work" / "robustness"
-SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint",
-           "deep-graph-cb-joint-ico4")
+SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
+           "deep-attn-cb-joint", "deep-graph-cb-joint", "deep-graph-cb-joint-ico4")
 REFERENCE = "ClassicalCB-25"
 
 #: single head-model errors: label -> member parameters (others nominal)

@@ -90,3 +90,24 @@ def test_without_noise_corrections_equals_zero_noise_corrections(tmp_path):
                                atol=1e-6 * np.abs(expected).max())
     with pytest.raises(ValueError, match="no noise corrections"):
         zoo.without_noise_corrections(plain)
+
+
+def test_derive_writes_deep_cb_without_its_noise_corrections(tmp_path):
+    name = "deep-cb-joint-classical-noise"
+    card = zoo.derive(name, tmp_path, n_eval=2)
+    source = zoo.model_card(zoo.DERIVED[name])
+    assert card["estimator_params"]["noise_correction"] == "none"
+    assert card["training"]["samples_seen"] == source["training"]["samples_seen"]
+    assert card["training"]["stages"][-1]["samples_seen"] == 0
+    assert source["files"][f"{zoo.DERIVED[name]}.pt"]["sha256"] in (
+        card["training"]["stages"][-1]["source"])
+    for fname, record in card["files"].items():
+        assert record["sha256"] == zoo.sha256(tmp_path / fname)
+    data = us.simulate(zoo.TRAIN_FORWARD, 2, random_state=3)
+    derived = us.UnfoldedSBLRegressor.load(tmp_path / f"{name}.pt", forward=zoo.TRAIN_FORWARD)
+    expected = zoo.without_noise_corrections(
+        us.load_pretrained(zoo.DERIVED[name])).predict(data.sensors)
+    np.testing.assert_allclose(derived.predict(data.sensors), expected, rtol=1e-10,
+                               atol=1e-12 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="unknown derived model"):
+        zoo.derive("deep-cb-joint", tmp_path)

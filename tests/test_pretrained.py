@@ -9,7 +9,8 @@ import pytest
 import unfolded_sbl as us
 from unfolded_sbl import zoo
 
-SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint")
+SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
+           "deep-attn-cb-joint", "deep-graph-cb-joint")
 
 
 def test_all_presets_are_shipped():

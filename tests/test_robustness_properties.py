@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import unfolded_sbl as us
 
-SHIPPED = ("deep-cb-joint", "deep-cb-known", "deep-attn-cb-joint", "deep-graph-cb-joint")
+SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
+           "deep-attn-cb-joint", "deep-graph-cb-joint")
 N_SAMPLES = 3
 #: Learned rMSE may exceed the classical one by this factor (issue 11), or both
 #: be below ``SOLVED``.

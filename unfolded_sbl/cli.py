@@ -154,11 +154,13 @@ def _cmd_export(args):
 
 def _cmd_train(args):
     from .evaluation import format_table
-    from .zoo import DENSER, MODEL_DIR, train_denser, train_pretrained
+    from .zoo import DENSER, DERIVED, MODEL_DIR, derive, train_denser, train_pretrained
 
     common = dict(out_dir=args.out or MODEL_DIR, random_state=args.seed, n_eval=args.n_eval,
                   checkpoint_dir=args.checkpoint_dir)
-    if args.name in DENSER:
+    if args.name in DERIVED:  # made from a shipped model, no training
+        card = derive(args.name, out_dir=common["out_dir"], n_eval=args.n_eval)
+    elif args.name in DENSER:
         card = train_denser(args.name, **common)
     else:
         init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
@@ -187,7 +189,7 @@ EPILOG = """examples:
 
 
 def build_parser():
-    from .zoo import DENSER, PRESETS
+    from .zoo import DENSER, DERIVED, PRESETS
 
     parser = argparse.ArgumentParser(
         prog="unfolded-sbl", description=DESCRIPTION, epilog=EPILOG,
@@ -270,7 +272,7 @@ def build_parser():
     exp.set_defaults(func=_cmd_export)
 
     train = sub.add_parser("train", help="train a pretrained-model preset on the simulator")
-    train.add_argument("name", help="preset: " + ", ".join(sorted({**PRESETS, **DENSER})))
+    train.add_argument("name", help="preset: " + ", ".join(sorted({**PRESETS, **DENSER, **DERIVED})))
     train.add_argument("--out", default=None, help="output folder (default: package models)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     train.add_argument("--n-eval", type=int, default=256,

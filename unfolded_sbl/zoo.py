@@ -51,7 +51,15 @@ DESCRIPTIONS = {
                            "cortical neighbourhood (8 mm kernel along the mesh), joint noise",
     "deep-graph-cb-joint-ico4": "Deep Graph CB for source spaces about 2x denser than "
                                 "ico3 (ico4): trained at ico3 on patches 2x wider",
+    "deep-cb-joint-classical-noise": "Deep CB without its noise corrections: pointwise-MLP "
+                                     "corrections of the source updates, classical joint "
+                                     "noise updates",
 }
+#: Models made from another shipped model without training: name -> the model it is
+#: made from.  ``deep-cb-joint-classical-noise`` is ``deep-cb-joint`` with its noise
+#: corrections removed (:func:`without_noise_corrections`): the corrections that make
+#: Deep CB lose to ClassicalCB on many patches (``python -m benchmarks.noise_ablation``).
+DERIVED = {"deep-cb-joint-classical-noise": "deep-cb-joint"}
 
 #: Stage 2 of every shipped model: joint fine-tuning on the robust distribution
 #: (``simulate.ROBUST_SIMULATOR``: 1-40 patches on the mesh, spreads 1-15 mm,
@@ -347,6 +355,30 @@ def without_noise_corrections(est):
     for name, value in kept.items():
         setattr(new, name, value)
     return new
+
+
+def derive(name, out_dir=MODEL_DIR, n_eval=256):
+    """Make the :data:`DERIVED` model ``name`` from its shipped source model (no
+    training), export it and write its card: the source's stages and one more, with
+    no samples, that records the change."""
+    from .unfolded import UnfoldedSBLRegressor
+
+    if name not in DERIVED:
+        raise ValueError(f"unknown derived model {name!r}; available: {sorted(DERIVED)}")
+    source = DERIVED[name]
+    card = model_card(source)
+    est = without_noise_corrections(UnfoldedSBLRegressor.load(pretrained_path(source),
+                                                              forward=TRAIN_FORWARD))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    est.save(out_dir / f"{name}.pt")
+    stages = [{**st, "name": f"{source}: {st['name']}"} for st in card["training"]["stages"]]
+    stages.append({"name": "noise corrections removed", "samples_seen": 0, "seconds": 0.0,
+                   "source": f"{source} (sha256 {card['files'][f'{source}.pt']['sha256']})",
+                   "change": "zoo.without_noise_corrections: the classical noise update in "
+                             "every layer, the source corrections unchanged"})
+    params = {**card["estimator_params"], "noise_correction": "none"}
+    return write_card(name, out_dir, stages, params, card.get("seed", 0), n_eval)
 
 
 def _checkpoint_path(checkpoint_dir, stem):
