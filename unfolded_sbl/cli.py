@@ -272,7 +272,8 @@ def build_parser():
     exp.set_defaults(func=_cmd_export)
 
     train = sub.add_parser("train", help="train a pretrained-model preset on the simulator")
-    train.add_argument("name", help="preset: " + ", ".join(sorted({**PRESETS, **DENSER, **DERIVED})))
+    names = sorted({**PRESETS, **DENSER, **DERIVED})
+    train.add_argument("name", help="preset: " + ", ".join(names))
     train.add_argument("--out", default=None, help="output folder (default: package models)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     train.add_argument("--n-eval", type=int, default=256,
