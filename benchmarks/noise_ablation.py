@@ -39,20 +39,23 @@ def variants(name, fwd):
 def run(models, n_samples, verbose=True):
     """row -> model -> variant -> [ratio, low, high, F1 difference]."""
     singles = single_error_models(verbose)
-    rows, forwards = {}, {}
+    rows, solvers = {}, {}
     for i, (label, _, fwd_name, source, params) in enumerate(conditions()):
         if not fwd_name.endswith("ico3"):
             continue  # ico4: the regime check solves it classically
-        fwd = forwards.setdefault(fwd_name, us.load_forward(fwd_name))
-        data_fwd = us.load_forward(source) if isinstance(source, str) else source
-        data = make_data(data_fwd, fwd, params, n_samples, SEED + i, singles)
-        reference = us.ClassicalCB(fwd).fit().predict(data.sensors)
+        if fwd_name not in solvers:  # loaded once per forward model, as in robustness
+            fwd = us.load_forward(fwd_name)
+            solvers[fwd_name] = (fwd, us.ClassicalCB(fwd).fit(),
+                                 {name: variants(name, fwd) for name in models})
+        fwd, classical, learned = solvers[fwd_name]
+        data = make_data(source, fwd, params, n_samples, SEED + i, singles)
+        reference = classical.predict(data.sensors)
         ref_errors = rmse(data.sources, reference, average=False)
         ref_f1 = f1(data.sources, reference)
         rows[label] = {}
         for name in models:
             rows[label][name] = {}
-            for variant, est in variants(name, fwd).items():
+            for variant, est in learned[name].items():
                 pred = est.predict(data.sensors)
                 errors = rmse(data.sources, pred, average=False)
                 low, high = ratio_interval(errors, ref_errors, SEED + i)
