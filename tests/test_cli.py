@@ -88,6 +88,24 @@ def test_train_passes_units_focus_and_continuation(monkeypatch):
     assert calls[-1][1]["overrides"] is None and calls[-1][1]["robust_overrides"] is None
 
 
+def test_train_passes_a_model_file_and_the_noise_correction(monkeypatch):
+    calls = _record_training(monkeypatch, "train_pretrained")
+    assert main(["train", "deep-cb-joint", "--init", "run/deep-cb-joint.pt", "--low-snr",
+                 "--noise-correction", "none", "--out", "somewhere"]) == 0
+    name, kwargs = calls[-1]
+    assert kwargs["init"] == "run/deep-cb-joint.pt" and kwargs["low_snr"]
+    assert kwargs["overrides"] == {"noise_correction": "none"}
+    assert not kwargs["continue_training"]
+
+
+def test_a_stage_cannot_change_the_noise_correction_of_its_start():
+    from unfolded_sbl import zoo
+
+    params = {**zoo.PRESETS["deep-cb-joint"], "noise_correction": "none"}
+    with pytest.raises(ValueError, match="noise_correction='none'.*'mlp'"):
+        zoo._start_from(zoo.pretrained_path("deep-cb-joint"), params)
+
+
 def test_train_of_a_denser_model_runs_its_own_stage(monkeypatch):
     from unfolded_sbl import zoo
 

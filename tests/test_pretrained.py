@@ -134,6 +134,18 @@ def test_low_snr_stage_adds_a_third_component_and_continuation_keeps_stages():
                                                       continue_training=True)] == names
 
 
+
+def test_a_model_file_elsewhere_brings_the_stages_of_the_card_beside_it(tmp_path):
+    """``--init PATH``: the weights went through every stage its card lists."""
+    import shutil
+
+    shutil.copy(zoo.MODEL_DIR / "deep-cb-joint.pt", tmp_path / "deep-cb-joint.pt")
+    assert zoo._previous_stages("deep-cb-joint", tmp_path / "deep-cb-joint.pt") == []
+    shutil.copy(zoo.MODEL_DIR / "deep-cb-joint.json", tmp_path / "deep-cb-joint.json")
+    stages = zoo.model_card("deep-cb-joint")["training"]["stages"]
+    assert zoo._previous_stages("deep-cb-joint", tmp_path / "deep-cb-joint.pt") == stages
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_denser_model_acts_on_its_source_spacing_and_falls_back_elsewhere(backend):
     """``deep-graph-cb-joint-ico4`` was trained at ico3 on 2x wider patches for a

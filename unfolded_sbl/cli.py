@@ -164,11 +164,14 @@ def _cmd_train(args):
         card = train_denser(args.name, **common)
     else:
         init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
+        init = args.init or init
         robust = {"max_epochs": args.epochs} if args.epochs else {}
         if args.focus:
             robust["mixture_focus"] = args.focus
-        overrides = {"correction_units": args.units} if args.units else None
-        card = train_pretrained(args.name, init=init, overrides=overrides,
+        overrides = {"correction_units": args.units} if args.units else {}
+        if args.noise_correction:
+            overrides["noise_correction"] = args.noise_correction
+        card = train_pretrained(args.name, init=init, overrides=overrides or None,
                                 robust_overrides=robust or None, low_snr=args.low_snr,
                                 dense=args.dense, wide=args.wide,
                                 continue_training=args.continue_, **common)
@@ -283,6 +286,12 @@ def build_parser():
     train.add_argument("--from-shipped", action="store_true",
                        help="skip stage 1: fine-tune the shipped model on the robust "
                             "distribution (stage 2 only)")
+    train.add_argument("--init", default=None, metavar="PATH",
+                       help="skip stage 1: fine-tune the model file PATH (e.g. a stage 1+2 "
+                            "run's --out) instead of the shipped one")
+    train.add_argument("--noise-correction", choices=["mlp", "none"], default=None,
+                       help="the preset's noise corrections (default) or none: the "
+                            "classical noise update in every layer")
     train.add_argument("--continue", dest="continue_", action="store_true",
                        help="one more stage 2 on top of the shipped model (its card keeps "
                             "every earlier stage)")

@@ -551,6 +551,10 @@ def _start_from(init, params):
     from .unfolded import UnfoldedSBLRegressor
 
     est = UnfoldedSBLRegressor.load(init, forward=TRAIN_FORWARD, dtype="float64")
+    noise_correction = params.get("noise_correction", est.noise_correction)
+    if est.noise_correction != noise_correction:
+        raise ValueError(f"cannot start a model with noise_correction={noise_correction!r} "
+                         f"from {init}, whose noise_correction is {est.noise_correction!r}")
     correction = params["correction"]
     units = params.get("correction_units", est.correction_units)
     if (est.correction, est.correction_units) == (correction, units):
@@ -574,7 +578,13 @@ def _previous_stages(name, init, continue_training=False):
     """Stage records of the model ``init`` was trained as (from its shipped card):
     the stage 1 of a model fine-tuned again (every stage when
     ``continue_training``), every stage of another model that a preset starts
-    from (``STARTS``)."""
+    from (``STARTS``).  A model file that is not shipped brings every stage of
+    the card beside it (``NAME.json``, as ``train_pretrained`` writes), if any."""
+    card_beside = Path(init).with_suffix(".json")
+    if Path(init).resolve().parent != MODEL_DIR.resolve():
+        if not card_beside.exists():
+            return []
+        return json.loads(card_beside.read_text())["training"]["stages"]
     source = Path(init).stem if STARTS.get(name) == Path(init).stem else name
     try:
         card = model_card(source)
