@@ -151,8 +151,8 @@ interval is above 1.00. Nothing here is shipped.
 """
     print(body)
     if not args.no_write:
-        write_section("noise_ablation", "Where the learned models lose: noise corrections and training",
-                      body, rows)
+        write_section("noise_ablation",
+                      "Where the learned models lose: noise corrections and training", body, rows)
 
 
 if __name__ == "__main__":
