@@ -1,7 +1,7 @@
 """Where do the learned models lose?  The shipped joint-noise models with and without their
 noise corrections, on every ico3 condition of the robustness matrix.
 
-    python -m benchmarks.noise_ablation                      # about 6 min per model
+    python -m benchmarks.noise_ablation                      # about 2-3 min
     python -m benchmarks.noise_ablation --models deep-cb-joint --n-samples 64
     python -m benchmarks.noise_ablation --files retrained=run/deep-cb-joint.pt
 
@@ -9,7 +9,9 @@ noise corrections, on every ico3 condition of the robustness matrix.
 trained from scratch without noise corrections, ``unfolded-sbl train deep-cb-joint
 --noise-correction none --out run`` (stages 1 and 2) and then ``unfolded-sbl train
 deep-cb-joint --noise-correction none --init run/deep-cb-joint.pt --low-snr --epochs 16
---out run3`` (the third stage, as deep-cb-joint's).
+--out run3`` (the third stage, as deep-cb-joint's).  Trained that way it loses on 40
+patches as the shipped Deep CB does: removing the noise corrections from a model trained
+with them pulls it back towards the classical update; it does not remove the cause.
 
 The robustness matrix finds the shipped Deep CB 1.008x ClassicalCB-25 on 40 patches, its
 only cell above 1.00 with the whole interval above.  This evaluates each model as shipped

@@ -57,8 +57,9 @@ DESCRIPTIONS = {
 }
 #: Models made from another shipped model without training: name -> the model it is
 #: made from.  ``deep-cb-joint-classical-noise`` is ``deep-cb-joint`` with its noise
-#: corrections removed (:func:`without_noise_corrections`): the corrections that make
-#: Deep CB lose to ClassicalCB on many patches (``python -m benchmarks.noise_ablation``).
+#: corrections removed (:func:`without_noise_corrections`): without them Deep CB does not
+#: lose to ClassicalCB on many patches (``python -m benchmarks.noise_ablation``; trained
+#: from scratch without them it does, so they are not the cause: README).
 DERIVED = {"deep-cb-joint-classical-noise": "deep-cb-joint"}
 
 #: Stage 2 of every shipped model: joint fine-tuning on the robust distribution
@@ -338,8 +339,9 @@ def without_noise_corrections(est):
     update is the classical one in every layer, the source corrections are unchanged.
 
     ``python -m benchmarks.noise_ablation`` measures what this does to the shipped
-    models: their noise corrections are where Deep CB loses to ClassicalCB on many
-    patches (README, "Where the learned models still lose").
+    models: without them Deep CB no longer loses to ClassicalCB on many patches,
+    though a Deep CB trained without them does (README, "Where the learned models
+    still lose").
     """
     import copy
 
