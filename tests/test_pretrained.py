@@ -45,6 +45,73 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
     assert stages == expected
 
 
+def test_source_spread_is_the_fraction_of_sources_an_estimate_covers():
+    from unfolded_sbl.estimators import source_spread
+
+    one = np.zeros((1, 100))
+    one[0, 3] = 2.0
+    rows = np.vstack([one, np.ones((1, 100)), np.zeros((1, 100)), 1e-300 * np.ones((1, 100))])
+    assert np.allclose(source_spread(rows), [0.01, 1.0, 0.0, 1.0])
+    half = np.r_[np.ones(50), np.zeros(50)][None]
+    assert np.allclose(source_spread(np.vstack([half, 1e6 * half])), 0.5)
+
+
+@pytest.fixture(scope="module")
+def focal_and_dense(fwd):
+    """4 focal samples (the paper's simulator) and 4 of 30-40 patches below 0 dB."""
+    focal = us.simulate(fwd, 4, random_state=21).sensors
+    dense = us.simulate(fwd, 4, random_state=22, n_patches=(30, 40), snr_db=(-5.0, 0.0))
+    return np.concatenate([focal, dense.sensors])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_estimates_denser_than_the_ceiling_are_solved_classically(fwd, focal_and_dense, backend):
+    """The density check re-solves exactly the samples whose learned estimate spreads
+    over more than ``density_ceiling`` of the sources, by ClassicalCB at the same depth;
+    the other samples keep the network's estimate."""
+    from unfolded_sbl.estimators import source_spread
+
+    X = focal_and_dense
+    free = us.load_pretrained("deep-cb-joint", forward=fwd, backend=backend,
+                              density_ceiling=None)
+    learned = free.predict(X)
+    spread = source_spread(free.source_var_)
+    ceiling = zoo.DENSITY_CEILINGS["deep-cb-joint"]
+    est = us.load_pretrained("deep-cb-joint", forward=fwd, backend=backend)
+    assert est.density_ceiling == ceiling
+    out = est.predict(X)
+    dense = spread > ceiling
+    assert dense[4:].all() and not dense[:4].any()  # the fixture's split
+    np.testing.assert_array_equal(est.classical_fallback_, dense)
+    classical = us.ClassicalCB(fwd, n_iter=est.n_layers if backend == "torch" else 25).fit()
+    reference = classical.predict(X[dense])
+    assert np.abs(out[dense] - reference).max() <= 1e-8 * np.abs(reference).max()
+    np.testing.assert_allclose(out[~dense], learned[~dense], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(est.source_var_[dense], classical.source_var_, rtol=1e-8)
+    # without the regime check nothing falls back
+    unchecked = us.load_pretrained("deep-cb-joint", forward=fwd, backend=backend,
+                                   regime_check=False)
+    np.testing.assert_allclose(unchecked.predict(X[4:]), learned[4:], rtol=0, atol=1e-12)
+    assert not unchecked.classical_fallback_.any()
+    # one time sample per row: (n, N) in, (n, M) out, the same choice
+    assert est.predict(X[:, :, 0]).shape == (8, fwd.n_sources)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.1, "0.1", True])
+def test_density_ceiling_is_checked(value):
+    with pytest.raises(ValueError, match="density_ceiling must be None or a number in"):
+        us.UnfoldedSBLRegressor(max_epochs=0, density_ceiling=value).fit_simulated()
+    with pytest.raises(ValueError, match="density_ceiling must be None or a number in"):
+        us.OnnxSBLRegressor(zoo.pretrained_path("deep-cb-joint", "onnx"),
+                            density_ceiling=value).fit()
+
+
+def test_denser_models_have_no_density_ceiling():
+    """The ico4 model's estimates spread wider by design."""
+    assert all(zoo.DENSITY_CEILINGS.get(name) is None for name in zoo.DENSER)
+    assert set(zoo.DENSITY_CEILINGS) == set(SHIPPED)
+
+
 def test_deep_cb_runs_on_another_cap_and_source_space():
     fwd = us.load_forward("things63-ico4")
     data = us.simulate(fwd, 2, random_state=0, n_times=30)

@@ -34,6 +34,14 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
+def check_optional_fraction(value, name):
+    """None, or a number in (0, 1]."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                              or not 0 < value <= 1):
+        raise ValueError(f"{name} must be None or a number in (0, 1], got {value!r}")
+    return value
+
+
 def check_range(value, name, low=0.0, high=np.inf, positive=False):
     """A number or a (low, high) interval inside [low, high]; returns a 2-tuple."""
     pair = (value, value) if isinstance(value, numbers.Real) else tuple(value)

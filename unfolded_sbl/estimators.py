@@ -47,6 +47,28 @@ REGIME_FLOOR_DB = -50.0
 SPACING_TOLERANCE = 1.4
 
 
+def source_spread(source_var):
+    """Fraction of the sources an estimate spreads over: the participation ratio
+    ``sum(g)^2 / (M sum(g^2))`` of each sample's source variances ``g``, 1/M for one
+    active source and 1 for equal variances everywhere; 0 for an all-zero sample.
+
+    Parameters
+    ----------
+    source_var : ndarray, shape (n_samples, n_sources)
+
+    Returns
+    -------
+    spread : ndarray, shape (n_samples,)
+    """
+    g = np.asarray(source_var, dtype=float)
+    # scale-free: divided by each sample's peak first, so that tiny variances do not
+    # underflow when squared
+    peak = g.max(axis=1, keepdims=True)
+    g = g / np.where(peak > 0, peak, 1.0)
+    total, power = g.sum(axis=1), (g ** 2).sum(axis=1)
+    return np.where(power > 0, total ** 2 / np.where(power > 0, power, 1.0), 0.0) / g.shape[1]
+
+
 def regime_level_db(Y, referenced=True):
     """How much of the data is left unexplained by its dominant directions, in dB.
 
@@ -148,6 +170,16 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         if self._other_resolution():
             outside[:] = True
         return outside
+
+    def _too_dense(self, source_var):
+        """Samples (n,) bool whose learned estimate spreads over more than
+        ``density_ceiling`` of the sources (:func:`source_spread`): denser than
+        the estimates the corrections help on, so the regime check solves them
+        classically.  Never with ``regime_check=False`` or ``density_ceiling=None``."""
+        ceiling = getattr(self, "density_ceiling", None)
+        if not getattr(self, "regime_check", True) or ceiling is None:
+            return np.zeros(len(source_var), bool)
+        return source_spread(source_var) > ceiling
 
     def _other_resolution(self):
         """True (and logged once) when the forward model's source spacing differs from

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-from ._validation import check_positive_int
+from ._validation import check_optional_fraction, check_positive_int
 from .estimators import ClassicalCB, _plain_zeros, _SourceEstimator
 from .forward import mesh_neighbourhoods
 
@@ -121,6 +121,10 @@ class OnnxSBLRegressor(_SourceEstimator):
         Solve samples outside the regime the corrections were trained for with
         :class:`ClassicalCB` at the network's depth (as
         :class:`UnfoldedSBLRegressor` does); ``classical_fallback_`` marks them.
+    density_ceiling : float | None
+        As in :class:`UnfoldedSBLRegressor`: samples whose learned estimate
+        spreads over more than this fraction of the sources are solved again by
+        the classical solver (``load_pretrained`` sets the shipped models' value).
 
     Attributes
     ----------
@@ -142,17 +146,19 @@ class OnnxSBLRegressor(_SourceEstimator):
     """
 
     def __init__(self, path, forward=None, providers=None, batch_size=64,
-                 intra_op_num_threads=None, regime_check=True):
+                 intra_op_num_threads=None, regime_check=True, density_ceiling=None):
         self.path = path
         self.forward = forward
         self.providers = providers
         self.batch_size = batch_size
         self.intra_op_num_threads = intra_op_num_threads
         self.regime_check = regime_check
+        self.density_ceiling = density_ceiling
 
     def fit(self, X=None, y=None):
         """Load the session and the forward model (``X`` optional, ``y`` ignored)."""
         check_positive_int(self.batch_size, "batch_size")
+        check_optional_fraction(self.density_ceiling, "density_ceiling")
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"no ONNX model at {self.path}")
         self._fit_forward(X)
@@ -195,23 +201,40 @@ class OnnxSBLRegressor(_SourceEstimator):
         outside = self._outside_regime(data)
         self.classical_fallback_ = outside
         if not outside.any():
-            return self._predict_network(X, data, expand, np.arange(len(Y)), noise, safe,
-                                         nonzero)
+            sources = self._predict_network(X, data, expand, np.arange(len(Y)), noise, safe,
+                                            nonzero)
+            dense = self._too_dense(self.source_var_)
+            if not dense.any():
+                return sources
+            # learned estimates denser than the ones the corrections help on: solved again
+            self.classical_fallback_ = dense
+            return self._with_classical(X, noise_var, dense, sources, self.source_var_,
+                                        self.noise_var_)
         # samples outside the trained regime: the classical solver at the same depth
         X3 = np.asarray(X, dtype=float).reshape(Y.shape)
         sources = _plain_zeros(Y.shape[:1] + (self.n_sources_,) + Y.shape[2:])
         source_var = np.zeros((len(Y), self.n_sources_))
         noise_out = np.zeros((len(Y), self.n_features_in_))
-        kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[outside]}
-        sources[outside] = self.classical_.predict(X3[outside], **kwargs)
-        source_var[outside] = self.classical_.source_var_
-        noise_out[outside] = self.classical_.noise_var_
         inside = ~outside
         if inside.any():
             sources[inside] = self._predict_network(
                 X3[inside], data[inside], expand, np.flatnonzero(inside),
                 None if noise is None else noise[inside], safe[inside], nonzero[inside])
             source_var[inside], noise_out[inside] = self.source_var_, self.noise_var_
+            outside[inside] = self._too_dense(self.source_var_)
+        self.classical_fallback_ = outside
+        return self._with_classical(X, noise_var, outside, sources, source_var, noise_out)
+
+    def _with_classical(self, X, noise_var, rows, sources, source_var, noise_out):
+        """``sources`` (and the variances, set as attributes) with the samples ``rows``
+        (boolean) solved by the classical solver at the network's depth."""
+        X3 = np.asarray(X, dtype=float)
+        if X3.ndim == 2:  # (n, N): one time sample each
+            X3, sources = X3[:, :, None], sources[:, :, None]
+        kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[rows]}
+        sources[rows] = self.classical_.predict(X3[rows], **kwargs)
+        source_var[rows] = self.classical_.source_var_
+        noise_out[rows] = self.classical_.noise_var_
         self.source_var_, self.noise_var_ = source_var, noise_out
         return self._squeeze(sources, X)
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._validation import check_device, check_finite_array, check_positive_int
+from ._validation import (check_device, check_finite_array, check_optional_fraction,
+                          check_positive_int)
 from .estimators import _DTYPES, _SourceEstimator
 from .forward import list_forwards, load_forward, mesh_neighbourhoods, source_spacing
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
@@ -165,6 +166,15 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         ``unfolded_sbl.estimators.SPACING_TOLERANCE``, e.g. ico4 for a model
         trained at ico3) with the classical solver (the same network without
         corrections).  ``classical_fallback_`` marks them after ``predict``.
+    density_ceiling : float | None
+        Part of the regime check: a sample whose learned estimate spreads over
+        more than this fraction of the sources
+        (``unfolded_sbl.estimators.source_spread``, the participation ratio of
+        its source variances) is solved again by the classical solver, and
+        ``classical_fallback_`` marks it too.  Learned corrections help on
+        focal estimates and lose a little on the densest ones (many patches,
+        SNR below about 0 dB); ``load_pretrained`` sets each shipped model's
+        value (``unfolded_sbl.zoo.DENSITY_CEILINGS``).  None (default): no check.
     dtype : {"float64", "float32"}
         Precision of the network.  float64 (default) keeps the solver exact at
         every SNR; float32 is about 1.7x faster but its round-off limits the
@@ -238,9 +248,9 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                  warm_start=False, n_val=128,
                  simulator_params=None,
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
-                 regime_check=True, dtype="float64", device="cpu", checkpoint=None,
-                 random_state=None, verbose=False, attention_keys=None, correction_units=32,
-                 mixture_focus=0.0):
+                 regime_check=True, density_ceiling=None, dtype="float64", device="cpu",
+                 checkpoint=None, random_state=None, verbose=False, attention_keys=None,
+                 correction_units=32, mixture_focus=0.0):
         self.forward = forward
         self.correction = correction
         self.noise_correction = noise_correction
@@ -261,6 +271,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         self.init_source_var = init_source_var
         self.init_noise_var = init_noise_var
         self.regime_check = regime_check
+        self.density_ceiling = density_ceiling
         self.dtype = dtype
         self.device = device
         self.checkpoint = checkpoint
@@ -287,6 +298,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         if self.attention_keys is not None:
             check_positive_int(self.attention_keys, "attention_keys")
         check_positive_int(self.correction_units, "correction_units")
+        check_optional_fraction(self.density_ceiling, "density_ceiling")
         if not isinstance(self.mixture_focus, numbers.Real) or not self.mixture_focus >= 0:
             raise ValueError(f"mixture_focus must be a number >= 0, got {self.mixture_focus!r}")
         if self.loss not in LOSSES:
@@ -437,22 +449,33 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise)
         data, expand = self._on_row_space(Y)
         outside = self._outside_regime(data)
-        self.classical_fallback_ = outside
-        lead_field = self._tensor(self.lead_field_)
         kwargs.update(self._geometry())
         parts = [(rows, classical) for mask, classical in ((~outside, False), (outside, True))
                  for rows in _chunks(mask, PREDICT_BATCH_SIZE)]
-        merged = None
+        out = self._solve(data, noise, expand, parts, kwargs)
+        # learned estimates denser than the ones the corrections help on: solved again
+        dense = self._too_dense(out["source_var"].double().cpu().numpy()) & ~outside
+        if dense.any():
+            out = self._solve(data, noise, expand,
+                              [(rows, True) for rows in _chunks(dense, PREDICT_BATCH_SIZE)],
+                              kwargs, merged=out)
+        self.classical_fallback_ = outside | dense
+        return out, safe, nonzero
+
+    def _solve(self, data, noise, expand, parts, kwargs, merged=None):
+        """Network outputs of every sample of ``data`` that ``parts`` (boolean row
+        masks, each with its ``classical`` flag) cover, written into ``merged``."""
+        lead_field = self._tensor(self.lead_field_)
         with torch.no_grad():
             for rows, classical in parts:
                 part_noise = None if noise is None else self._tensor(noise[rows])
                 out = _expanded(self.network_(self._tensor(data[rows]), lead_field, part_noise,
                                               classical=classical, **kwargs),
                                 partial(expand, rows=rows))
-                if len(parts) == 1:  # one part holds every sample: its outputs as they are
-                    return out, safe, nonzero
-                merged = _merge_into(merged, rows, out, len(Y))
-        return merged, safe, nonzero
+                if merged is None and len(parts) == 1:
+                    return out  # one part holds every sample: its outputs as they are
+                merged = _merge_into(merged, rows, out, len(data))
+        return merged
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times).
@@ -508,13 +531,14 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                                    self.network_.state_dict().items()}}, path)
 
     @classmethod
-    def load(cls, path, forward=None, dtype=None, device="cpu", regime_check=True):
+    def load(cls, path, forward=None, dtype=None, device="cpu", regime_check=True,
+             density_ceiling=None):
         """Load a model written by :meth:`save`.
 
         ``forward`` (default: the template it was trained on) may be another cap
         or source space for the MLP and attention variants; ``dtype`` overrides
         the precision it was saved with; ``device`` is where it runs;
-        ``regime_check`` as in the constructor.
+        ``regime_check`` and ``density_ceiling`` as in the constructor.
         """
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -536,7 +560,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                 raise ValueError("the model was trained on a custom forward model: pass "
                                  "forward=")
         est = cls(forward=forward, max_epochs=0, dtype=dtype or blob["dtype"], device=device,
-                  regime_check=regime_check, **config)
+                  regime_check=regime_check, density_ceiling=density_ceiling, **config)
         est._check_params()
         est.device_ = check_device(device)
         est._fit_forward(None)

@@ -55,6 +55,17 @@ DESCRIPTIONS = {
                                      "corrections of the source updates, classical joint "
                                      "noise updates",
 }
+#: name -> ``density_ceiling`` that :func:`load_pretrained` sets (the regime check
+#: solves samples whose learned estimate spreads over more than this fraction of the
+#: sources classically).  On fresh samples of every ico3 condition of the robustness
+#: matrix (``python -m benchmarks.noise_ablation``'s, seeds 9000 + row), deep-cb-joint's
+#: estimates spread over 0.01-0.03 of the sources (median) where it gains and over
+#: 0.07-0.20 on 20-40 patches and below 10 dB, where it is level with or behind
+#: ClassicalCB; 0.1 falls back on 9 % of those samples and takes its worst condition
+#: from 1.008x to 1.000x ClassicalCB-25.  The ico4 model's estimates spread wider by
+#: design (wide patches on a dense source space): no ceiling.
+DENSITY_CEILINGS = {"deep-cb-joint": 0.1, "deep-cb-known": 0.1, "deep-attn-cb-joint": 0.1,
+                    "deep-graph-cb-joint": 0.1, "deep-cb-joint-classical-noise": 0.1}
 #: Models made from another shipped model without training: name -> the model it is
 #: made from.  ``deep-cb-joint-classical-noise`` is ``deep-cb-joint`` with its noise
 #: corrections removed (:func:`without_noise_corrections`): without them Deep CB does not
@@ -230,9 +241,11 @@ def load_pretrained(name, forward=None, backend="torch", **kwargs):
     **kwargs
         Passed to :meth:`UnfoldedSBLRegressor.load` for torch (``dtype``,
         ``device``) and to :class:`OnnxSBLRegressor` for onnx (``providers``,
-        ``intra_op_num_threads``, ...).
+        ``intra_op_num_threads``, ...); ``density_ceiling`` defaults to the
+        model's :data:`DENSITY_CEILINGS` entry.
     """
     forward = forward or default_forward(name)
+    kwargs.setdefault("density_ceiling", DENSITY_CEILINGS.get(name))
     if backend == "torch":
         from .unfolded import UnfoldedSBLRegressor
 
