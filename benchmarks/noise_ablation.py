@@ -40,8 +40,9 @@ SEED = 9000
 
 
 def variants(name, fwd):
-    """label -> estimator: the model as shipped and without its noise corrections."""
-    shipped = us.load_pretrained(name, forward=fwd)
+    """label -> estimator: the model as shipped and without its noise corrections, both
+    without the density check (``density_ceiling=None``): this measures the networks."""
+    shipped = us.load_pretrained(name, forward=fwd, density_ceiling=None)
     return {"as shipped": shipped, "no noise corrections": zoo.without_noise_corrections(shipped)}
 
 
@@ -142,8 +143,10 @@ def main(argv=None):
 {" --files" + files_arg if files else ""}` ({time.perf_counter() - started:.0f} s). \
 {describe_files(files)}Each model as shipped and without its noise corrections
 (`zoo.without_noise_corrections`: the classical noise update in every layer, the source
-corrections unchanged), torch, on {args.n_samples} fresh samples of every ico3 condition of the
-robustness matrix (same data recipe, seeds {SEED} + row instead of 5000 + row). Cells: rMSE
+corrections unchanged), torch, without the density check (`density_ceiling=None`: the
+networks themselves; the robustness matrix runs the models as shipped), on {args.n_samples}
+fresh samples of every ico3 condition of the robustness matrix (same data recipe, seeds
+{SEED} + row instead of 5000 + row). Cells: rMSE
 ratio to {REFERENCE} [paired-bootstrap 95 % interval] (F1 difference); bold where the whole
 interval is above 1.00. Nothing here is shipped.
 

@@ -301,7 +301,10 @@ CB's stage-2 sample budget (24,000 samples); it is tied to the training cap, hen
 elsewhere. deep-attn-cb-joint attends over the 64 sources of largest classical update and
 went through both stages at Deep CB's budget. deep-graph-cb-joint-ico4 is made for source
 spaces about 2x denser than ico3: its regime check solves the ico3 rows classically (ties),
-and its corrections act in the ico4 row.
+and its corrections act in the ico4 row. The learned models run as `load_pretrained` gives
+them: the ico3 models' regime check includes the density check (`zoo.DENSITY_CEILINGS`: a
+sample whose learned estimate spreads over more than 10 % of the sources is solved by
+ClassicalCB at the same depth).
 
 {table}
 
