@@ -97,6 +97,24 @@ def test_estimates_denser_than_the_ceiling_are_solved_classically(fwd, focal_and
     assert est.predict(X[:, :, 0]).shape == (8, fwd.n_sources)
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_both_checks_together_on_one_time_sample_per_row(fwd, focal_and_dense, backend,
+                                                          monkeypatch):
+    """(n, N) data with samples outside the trained regime and dense ones: every
+    sample is solved once, by the solver its checks choose."""
+    est = us.load_pretrained("deep-cb-joint", forward=fwd, backend=backend,
+                             density_ceiling=1e-3)  # every estimate is denser
+    X = focal_and_dense[:4, :, 0]
+    outside = np.array([True, False, True, False])
+    monkeypatch.setattr(type(est), "_outside_regime", lambda self, Y: outside.copy())
+    out = est.predict(X)
+    classical = us.ClassicalCB(fwd, n_iter=est.n_layers if backend == "torch" else 25).fit()
+    reference = classical.predict(X)
+    assert out.shape == (4, fwd.n_sources) and est.classical_fallback_.all()
+    # one time sample: sparse to round-off (ClassicalCB prunes to exact zeros)
+    assert np.abs(out - reference).max() <= 1e-6 * np.abs(reference).max()
+
+
 @pytest.mark.parametrize("value", [0, 1.5, -0.1, "0.1", True])
 def test_density_ceiling_is_checked(value):
     with pytest.raises(ValueError, match="density_ceiling must be None or a number in"):
@@ -199,7 +217,6 @@ def test_low_snr_stage_adds_a_third_component_and_continuation_keeps_stages():
     assert [st["name"] for st in zoo._previous_stages("deep-cb-joint", shipped)] == ["paper"]
     assert [st["name"] for st in zoo._previous_stages("deep-cb-joint", shipped,
                                                       continue_training=True)] == names
-
 
 
 def test_a_model_file_elsewhere_brings_the_stages_of_the_card_beside_it(tmp_path):

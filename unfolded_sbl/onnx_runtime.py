@@ -229,8 +229,8 @@ class OnnxSBLRegressor(_SourceEstimator):
         """``sources`` (and the variances, set as attributes) with the samples ``rows``
         (boolean) solved by the classical solver at the network's depth."""
         X3 = np.asarray(X, dtype=float)
-        if X3.ndim == 2:  # (n, N): one time sample each
-            X3, sources = X3[:, :, None], sources[:, :, None]
+        X3 = X3[:, :, None] if X3.ndim == 2 else X3  # (n, N): one time sample each
+        sources = sources[:, :, None] if sources.ndim == 2 else sources
         kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[rows]}
         sources[rows] = self.classical_.predict(X3[rows], **kwargs)
         source_var[rows] = self.classical_.source_var_

@@ -59,8 +59,8 @@ DESCRIPTIONS = {
 #: solves samples whose learned estimate spreads over more than this fraction of the
 #: sources classically).  On fresh samples of every ico3 condition of the robustness
 #: matrix (``python -m benchmarks.noise_ablation``'s, seeds 9000 + row), deep-cb-joint's
-#: estimates spread over 0.01-0.03 of the sources (median) where it gains and over
-#: 0.07-0.20 on 20-40 patches and below 10 dB, where it is level with or behind
+#: estimates spread over at most 0.03 of the sources (median) where it gains and over
+#: 0.065-0.20 on 20-40 patches and below 10 dB, where it is level with or behind
 #: ClassicalCB; 0.1 falls back on 9 % of those samples and takes its worst condition
 #: from 1.008x to 1.000x ClassicalCB-25.  The ico4 model's estimates spread wider by
 #: design (wide patches on a dense source space): no ceiling.
