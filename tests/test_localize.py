@@ -191,3 +191,21 @@ def test_html_viewer_renders_in_headless_chromium(fwd, data, tmp_path):
     height = pixels.shape[0]
     # the 3-D canvas (the upper 70 % of the window): a drawn brain, not a blank area
     assert pixels[int(0.1 * height):int(0.6 * height)].std() > 0.02
+
+
+def test_localize_prints_when_the_regime_check_solved_classically(fwd, data, tmp_path,
+                                                                   capsys):
+    """The default learned model on noise-free data: the command says which solver ran."""
+    import logging
+
+    info = mne.create_info(fwd.ch_names, 100.0, "eeg")
+    fname = tmp_path / "clean-ave.fif"
+    mne.EvokedArray(fwd.lead_field @ data.sources[0], info, tmin=0.0,
+                    verbose=False).save(fname, verbose=False)
+    level = logging.getLogger("unfolded_sbl").level
+    assert cli.main(["localize", str(fname), "--formats", "csv", "--out",
+                     str(tmp_path / "clean")]) == 0
+    printed = capsys.readouterr().out
+    assert "deep-cb-joint: the evoked response was solved by the classical solver" in printed
+    assert "running on CPUExecutionProvider" in printed
+    assert logging.getLogger("unfolded_sbl").level == level  # restored

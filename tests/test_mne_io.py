@@ -70,6 +70,26 @@ def test_apply_channel_mismatch_lists_missing(fwd, data):
         us.apply(_evoked(fwd, data), "magic")
 
 
+def test_apply_says_when_the_regime_check_solved_classically(fwd, data, caplog):
+    """A learned model on noise-free data: the classical solver answers, and apply says so."""
+    import logging
+
+    info = mne.create_info(fwd.ch_names, 100.0, "eeg")
+    clean = mne.EvokedArray(fwd.lead_field @ data.sources[0], info, tmin=0.0, verbose=False)
+    with caplog.at_level(logging.INFO, logger="unfolded_sbl"):
+        stc = us.apply(clean, "deep-cb-joint")
+    said = [r.getMessage() for r in caplog.records if "classical solver" in r.getMessage()]
+    assert said == ["deep-cb-joint: the evoked response was solved by the classical solver "
+                    "at the same depth (regime check: data outside the trained regime, or an "
+                    "estimate denser than the corrections help on)"]
+    direct = us.ClassicalCB(fwd).fit().predict(clean.data[None])[0]
+    np.testing.assert_allclose(stc.data, direct, rtol=0, atol=1e-8 * np.abs(direct).max())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="unfolded_sbl"):
+        us.apply(_evoked(fwd, data), "deep-cb-joint")
+    assert not [r for r in caplog.records if "classical solver" in r.getMessage()]
+
+
 def test_apply_epochs_gives_one_stc_per_epoch(fwd, data):
     info = mne.create_info(fwd.ch_names, 100.0, "eeg")
     epochs = mne.EpochsArray(data.sensors[:3], info, verbose=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import time
 from pathlib import Path
@@ -113,9 +115,10 @@ def _cmd_localize(args):
         import mne
 
         noise_cov = mne.read_cov(_existing(noise_cov), verbose=False)
-    stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
-                         tmax=args.tmax, baseline=baseline, noise_cov=noise_cov,
-                         drop_bad=args.drop_bad, return_forward=True)
+    with _info_to_stdout():  # which solver ran: the regime check's fallback, the provider
+        stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
+                             tmax=args.tmax, baseline=baseline, noise_cov=noise_cov,
+                             drop_bad=args.drop_bad, return_forward=True)
     prefix = args.out or f"{Path(args.recording).name.split('.')[0]}-{args.model}"
     peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
                                    title=f"{Path(args.recording).name}, {args.model},",
@@ -126,6 +129,23 @@ def _cmd_localize(args):
         print(f"wrote {path}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+@contextlib.contextmanager
+def _info_to_stdout():
+    """The package's INFO messages printed on stdout while the block runs."""
+    log = logging.getLogger("unfolded_sbl")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setLevel(logging.INFO)
+    handler.addFilter(lambda record: record.levelno == logging.INFO)  # warnings: stderr
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _interval(baseline):

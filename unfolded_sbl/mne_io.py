@@ -230,6 +230,20 @@ def _quality_checks(inst, ch_names, baseline_applied, drop_bad):
     return ch_names
 
 
+def _log_fallback(estimator, model, evoked):
+    """Say (INFO) when a learned model's regime check left samples to the classical
+    solver: the user asked for a learned model and gets ClassicalCB's estimate there."""
+    fallback = getattr(estimator, "classical_fallback_", None)
+    if fallback is None or not np.any(fallback):
+        return
+    what = "the evoked response was" if evoked else (
+        f"{int(np.sum(fallback))} of {len(fallback)} epochs were")
+    logger.info("%s: %s solved by the classical solver at the same depth (regime check: "
+                "data outside the trained regime, or an estimate denser than the "
+                "corrections help on)", model if isinstance(model, str) else
+                type(model).__name__, what)
+
+
 def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
           baseline=(None, 0), noise_cov=None, drop_bad="auto", return_forward=False):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
@@ -317,6 +331,7 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
         logger.warning("%s learns the sensor noise jointly: noise_cov is not used",
                        model if isinstance(model, str) else type(model).__name__)
     sources = estimator.predict(X, **kwargs)
+    _log_fallback(estimator, model, isinstance(inst, mne.Evoked))
     stcs = [mne.SourceEstimate(s, vertices=fwd.vertices, tmin=inst.times[0],
                                tstep=1.0 / inst.info["sfreq"], subject=fwd.subject)
             for s in sources]
