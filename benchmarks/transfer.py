@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.transfer [--n-samples 32] [--quick]
+    python -m benchmarks.transfer [--n-samples 64] [--quick]
 
 Writes the ``transfer`` section of ``benchmarks/RESULTS.md`` and
 ``results/transfer.json``:
@@ -194,7 +194,7 @@ def markdown(table, explanation, n_samples):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-samples", type=int, default=32)
+    parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--quick", action="store_true",
                         help="4 samples, torch only, no RESULTS.md section")
     parser.add_argument("--explain-only", action="store_true")
