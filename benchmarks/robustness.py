@@ -9,7 +9,7 @@ stage-2 sample budget).  Cells: rMSE ratio to ClassicalCB-25-joint on the same
 samples, and F1 difference to it.  Every method inverts with the nominal
 template of its cap; the data come from another head model.
 
-    python -m benchmarks.robustness [--n-samples 32] [--quick] [--no-write]
+    python -m benchmarks.robustness [--n-samples 64] [--quick] [--no-write]
 
 Single-error head models are built once (about 6 s each) into
 ``benchmarks/_work/robustness`` with the ensemble builder
@@ -274,7 +274,7 @@ def above_one(rows, names=SHIPPED):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n-samples", type=int, default=32)
+    parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="4 conditions, no baseline")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
