@@ -13,8 +13,9 @@ deep-cb-joint --noise-correction none --init run/deep-cb-joint.pt --low-snr --ep
 patches as the shipped Deep CB does: removing the noise corrections from a model trained
 with them pulls it back towards the classical update; it does not remove the cause.
 
-The robustness matrix finds the shipped Deep CB 1.008x ClassicalCB-25 on 40 patches, its
-only cell above 1.00 with the whole interval above.  This evaluates each model as shipped
+Before the density check (``density_ceiling``), the robustness matrix found the shipped
+Deep CB 1.008x ClassicalCB-25 on 40 patches, its only cell above 1.00 with the whole
+interval above.  This evaluates each network as shipped, without the density check,
 and with its noise corrections removed (``zoo.without_noise_corrections``: the classical
 noise update in every layer, the source corrections unchanged) on fresh samples of the
 matrix's conditions (seeds 9000 + row, not the matrix's 5000 + row), with a paired
