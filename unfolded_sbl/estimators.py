@@ -172,13 +172,16 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         return outside
 
     def _too_dense(self, source_var):
-        """Samples (n,) bool whose learned estimate spreads over more than
-        ``density_ceiling`` of the sources (:func:`source_spread`): denser than
-        the estimates the corrections help on, so the regime check solves them
-        classically.  Never with ``regime_check=False`` or ``density_ceiling=None``."""
+        """Samples (n,) bool whose learned estimate, ``source_var`` (n, M) array or
+        tensor, spreads over more than ``density_ceiling`` of the sources
+        (:func:`source_spread`): denser than the estimates the corrections help on,
+        so the regime check solves them classically.  Never with
+        ``regime_check=False`` or ``density_ceiling=None``."""
         ceiling = getattr(self, "density_ceiling", None)
         if not getattr(self, "regime_check", True) or ceiling is None:
             return np.zeros(len(source_var), bool)
+        if torch.is_tensor(source_var):  # copied to the host only when it is checked
+            source_var = source_var.double().cpu().numpy()
         return source_spread(source_var) > ceiling
 
     def _other_resolution(self):

@@ -230,8 +230,8 @@ def _quality_checks(inst, ch_names, baseline_applied, drop_bad):
     return ch_names
 
 
-def _log_fallback(estimator, model, evoked):
-    """Say (INFO) when a learned model's regime check left samples to the classical
+def _log_fallback(estimator, name, evoked):
+    """Say (INFO) when the model ``name``'s regime check left samples to the classical
     solver: the user asked for a learned model and gets ClassicalCB's estimate there."""
     fallback = getattr(estimator, "classical_fallback_", None)
     if fallback is None or not np.any(fallback):
@@ -240,8 +240,7 @@ def _log_fallback(estimator, model, evoked):
         f"{int(np.sum(fallback))} of {len(fallback)} epochs were")
     logger.info("%s: %s solved by the classical solver at the same depth (regime check: "
                 "data outside the trained regime, or an estimate denser than the "
-                "corrections help on)", model if isinstance(model, str) else
-                type(model).__name__, what)
+                "corrections help on)", name, what)
 
 
 def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
@@ -319,19 +318,18 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
 
         model = ClassicalCB(noise="known")
     estimator = _make_estimator(model, fwd)
+    name = model if isinstance(model, str) else type(model).__name__
     kwargs = {}
     if _needs_noise(estimator):
         if noise_var is None:
-            raise ValueError(f"{model if isinstance(model, str) else type(model).__name__} "
-                             "solves with known sensor noise: pass noise_cov= (an "
+            raise ValueError(f"{name} solves with known sensor noise: pass noise_cov= (an "
                              "mne.Covariance, or 'baseline' to estimate it from the "
                              "pre-stimulus interval), or use a joint-noise model")
         kwargs["noise_var"] = np.tile(noise_var, (len(X), 1))
     elif noise_var is not None:
-        logger.warning("%s learns the sensor noise jointly: noise_cov is not used",
-                       model if isinstance(model, str) else type(model).__name__)
+        logger.warning("%s learns the sensor noise jointly: noise_cov is not used", name)
     sources = estimator.predict(X, **kwargs)
-    _log_fallback(estimator, model, isinstance(inst, mne.Evoked))
+    _log_fallback(estimator, name, isinstance(inst, mne.Evoked))
     stcs = [mne.SourceEstimate(s, vertices=fwd.vertices, tmin=inst.times[0],
                                tstep=1.0 / inst.info["sfreq"], subject=fwd.subject)
             for s in sources]

@@ -454,7 +454,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                  for rows in _chunks(mask, PREDICT_BATCH_SIZE)]
         out = self._solve(data, noise, expand, parts, kwargs)
         # learned estimates denser than the ones the corrections help on: solved again
-        dense = self._too_dense(out["source_var"].double().cpu().numpy()) & ~outside
+        dense = self._too_dense(out["source_var"]) & ~outside
         if dense.any():
             out = self._solve(data, noise, expand,
                               [(rows, True) for rows in _chunks(dense, PREDICT_BATCH_SIZE)],
