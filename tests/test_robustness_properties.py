@@ -7,6 +7,12 @@ SNR 20-60 dB, one channel scaled by 10^2..10^6 (an unmarked bad channel),
 by 10^-12..10^3.  For ClassicalCB and every shipped model in torch and in ONNX:
 no exception, all outputs finite, and where ground truth exists the learned
 rMSE is at most 1.05x ClassicalCB's on the same problem (or both below 0.05).
+
+The examples are derandomized (the same in every run).  The bound is one on the
+learned models' averages more than on every problem: ``python -m
+benchmarks.property_search`` (the same families drawn at random for 15 minutes) finds
+problems where a learned model exceeds it, high-SNR ones mostly (``benchmarks/RESULTS.md``);
+it found no exception and no non-finite output.
 """
 
 import warnings
@@ -17,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unfolded_sbl as us
+from benchmarks._problems import FAMILIES, make_problem
 
 SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
            "deep-attn-cb-joint", "deep-graph-cb-joint")
-N_SAMPLES = 3
 #: Learned rMSE may exceed the classical one by this factor (issue 11), or both
 #: be below ``SOLVED``.
 MAX_RATIO = 1.05
@@ -31,61 +37,14 @@ SOLVED = 0.05
 FLOAT32_TOLERANCE = 5e-3
 
 
-def _simulated(fwd, seed, n_times=50, **kwargs):
-    return us.simulate(fwd, N_SAMPLES, random_state=seed, n_times=n_times, **kwargs)
+def _families(with_truth_only=False):
+    return st.one_of(*[
+        st.tuples(st.just(name), (st.integers if integer else st.floats)(low, high))
+        for name, (low, high, integer, truth) in FAMILIES.items()
+        if truth or not with_truth_only])
 
 
-def make_problem(fwd, family, value, seed):
-    """(X, true sources or None, noise_var) of one family member."""
-    rng = np.random.default_rng(seed)
-    n_channels, n_sources = fwd.lead_field.shape
-    if family == "noise_free":
-        n_times = 40
-        sources = np.zeros((N_SAMPLES, n_sources, n_times))
-        for i in range(N_SAMPLES):
-            idx = rng.choice(n_sources, size=int(value), replace=False)
-            sources[i, idx] = rng.normal(size=(len(idx), n_times)) * 1e-8
-        X = np.einsum("cs,nst->nct", fwd.lead_field, sources)
-        power = np.mean(X ** 2, axis=(1, 2))
-        return X, sources, np.repeat(power[:, None] * 1e-10, n_channels, axis=1)
-    if family == "snr":
-        data = _simulated(fwd, seed, snr_db=(value, value + 5))
-        return data.sensors, data.sources, data.noise_var
-    if family == "scale":
-        data = _simulated(fwd, seed)
-        factor = 10.0 ** value
-        return data.sensors * factor, data.sources * factor, data.noise_var * factor ** 2
-    data = _simulated(fwd, seed, n_times=int(value) if family == "n_times" else 50)
-    X, noise_var = data.sensors.copy(), data.noise_var.copy()
-    if family == "n_times":
-        return X, data.sources, noise_var
-    if family == "bad_channel":
-        channel = rng.integers(n_channels)
-        X[:, channel] *= 10.0 ** value
-        noise_var[:, channel] *= 10.0 ** (2 * value)
-        return X, None, noise_var
-    if family == "flat":
-        for i in range(N_SAMPLES):
-            flat = rng.choice(n_channels, size=max(1, int(value * n_channels)), replace=False)
-            X[i, flat] = 0.0
-        return X, None, noise_var
-    if family == "rank":
-        rank = int(value)
-        X = (rng.normal(size=(N_SAMPLES, n_channels, rank))
-             @ rng.normal(size=(N_SAMPLES, rank, 50))) * 1e-6
-        return X, None, np.full((N_SAMPLES, n_channels), 1e-14)
-    raise ValueError(family)
-
-
-problems = st.one_of(
-    st.tuples(st.just("noise_free"), st.integers(1, 5)),
-    st.tuples(st.just("snr"), st.floats(20, 55)),
-    st.tuples(st.just("bad_channel"), st.floats(2, 6)),
-    st.tuples(st.just("flat"), st.floats(0.1, 0.98)),
-    st.tuples(st.just("n_times"), st.integers(1, 1000)),
-    st.tuples(st.just("rank"), st.integers(1, 64)),
-    st.tuples(st.just("scale"), st.floats(-12, 3)),
-)
+problems = _families()
 
 
 #: Also checked as a float32 graph (loaded with ``dtype="float32"``, then exported).
@@ -150,12 +109,7 @@ def test_no_exception_and_finite_output(solvers, fwd, key, problem, seed):
     _check_finite(solvers[key], key, X, out)
 
 
-with_truth = st.one_of(
-    st.tuples(st.just("noise_free"), st.integers(1, 5)),
-    st.tuples(st.just("snr"), st.floats(20, 55)),
-    st.tuples(st.just("n_times"), st.integers(1, 1000)),
-    st.tuples(st.just("scale"), st.floats(-12, 3)),
-)
+with_truth = _families(with_truth_only=True)
 
 
 @pytest.mark.parametrize("key", LEARNED)
