@@ -12,6 +12,7 @@ import torch
 
 import unfolded_sbl as us
 from benchmarks._results import take_turns, write_section
+from unfolded_sbl import zoo
 
 
 def per_sample(est, X, **kwargs):
@@ -205,6 +206,54 @@ the two graphs' estimates:
 """
 
 
+def time_models(fwd, models, data, batches, threads):
+    """Rows of ms/sample of ClassicalCB float32, torch and onnxruntime for ``models`` on
+    ``fwd``, at each batch size, the estimators taking turns."""
+    classical = us.ClassicalCB(fwd, dtype="float32").fit()
+    rounds = dict(BATCHES)
+    estimators = {model: (us.load_pretrained(model, forward=fwd),
+                          us.load_pretrained(model, forward=fwd, backend="onnx",
+                                             intra_op_num_threads=threads))
+                  for model in models}
+    rows = []
+    for batch in batches:
+        X = data.sensors[:batch]
+        noise = data.noise_var[:batch]
+        timed = {"classical": (classical, {})}
+        for model, (torch_est, onnx_est) in estimators.items():
+            kwargs = {} if torch_est.learn_noise else {"noise_var": noise}
+            timed[model, "torch"] = (torch_est, kwargs)
+            timed[model, "onnx"] = (onnx_est, kwargs)
+        times = median_per_sample(timed, X, rounds.get(batch, 1))
+        t_cb = times["classical"]
+        for model, (torch_est, onnx_est) in estimators.items():
+            t_torch, t_onnx = times[model, "torch"], times[model, "onnx"]
+            rows.append({"model": model, "forward": fwd.name, "batch": batch,
+                         "classical_f32_ms": t_cb, "torch_ms": t_torch, "onnx_ms": t_onnx,
+                         "provider": onnx_est.provider_, "dtype": torch_est.dtype})
+            print(f"{model:20s} batch {batch:3d}: ClassicalCB f32 {t_cb:.1f} ms, torch "
+                  f"{t_torch:.1f} ms, onnxruntime ({onnx_est.provider_}) {t_onnx:.1f} ms "
+                  "per sample", flush=True)
+    return rows
+
+
+SPEED_HEADER = ("| model | batch | ClassicalCB float32, ms/sample | torch eager, ms/sample | "
+                "onnxruntime, ms/sample | torch / onnxruntime | time / deep-cb-joint's "
+                "(torch / onnx) |\n|---|---|---|---|---|---|---|")
+
+
+def _speed_table(rows):
+    """Markdown rows of the speed table; the last column relative to deep-cb-joint's
+    times at the same batch size where it was timed on the same forward model."""
+    reference = {r["batch"]: r for r in rows if r["model"] == "deep-cb-joint"}
+    return "\n".join(
+        f"| {r['model']} | {r['batch']} | {r['classical_f32_ms']:.1f} | {r['torch_ms']:.1f} | "
+        f"{r['onnx_ms']:.1f} | {r['torch_ms'] / r['onnx_ms']:.2f} | "
+        + (f"{r['torch_ms'] / reference[r['batch']]['torch_ms']:.2f} / "
+           f"{r['onnx_ms'] / reference[r['batch']]['onnx_ms']:.2f}"
+           if r["batch"] in reference else "-") + " |" for r in rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=None,
@@ -218,34 +267,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     fwd = us.load_forward()
     # models for another source spacing (ico4) would time the classical fallback here
-    models = args.models or us.list_pretrained(fwd)
+    models = [m for m in args.models or us.list_pretrained(fwd) if m not in zoo.DENSER]
     data = us.simulate(fwd, max(args.batches), random_state=0)
     threads = torch.get_num_threads()
-    classical = us.ClassicalCB(fwd, dtype="float32").fit()
-    rounds = dict(BATCHES)
-    estimators = {model: (us.load_pretrained(model, forward=fwd),
-                          us.load_pretrained(model, forward=fwd, backend="onnx",
-                                             intra_op_num_threads=threads))
-                  for model in models}
-    rows = []
-    for batch in args.batches:
-        X = data.sensors[:batch]
-        noise = data.noise_var[:batch]
-        timed = {"classical": (classical, {})}
-        for model, (torch_est, onnx_est) in estimators.items():
-            kwargs = {} if torch_est.learn_noise else {"noise_var": noise}
-            timed[model, "torch"] = (torch_est, kwargs)
-            timed[model, "onnx"] = (onnx_est, kwargs)
-        times = median_per_sample(timed, X, rounds.get(batch, 1))
-        t_cb = times["classical"]
-        for model, (torch_est, onnx_est) in estimators.items():
-            t_torch, t_onnx = times[model, "torch"], times[model, "onnx"]
-            rows.append({"model": model, "batch": batch, "classical_f32_ms": t_cb,
-                         "torch_ms": t_torch, "onnx_ms": t_onnx,
-                         "provider": onnx_est.provider_, "dtype": torch_est.dtype})
-            print(f"{model:20s} batch {batch:3d}: ClassicalCB f32 {t_cb:.1f} ms, torch "
-                  f"{t_torch:.1f} ms, onnxruntime ({onnx_est.provider_}) {t_onnx:.1f} ms "
-                  "per sample", flush=True)
+    rows = time_models(fwd, models, data, args.batches, threads)
+    # the models made for denser source spaces, on the source space they are made for
+    # (on the default template their regime check would time the classical solver)
+    denser = [m for m in (args.models or zoo.DENSER) if m in zoo.DENSER]
+    denser_rows = []
+    if denser:
+        denser_fwd = us.load_forward(zoo.DENSER_FORWARD)
+        denser_rows = time_models(denser_fwd, denser,
+                                  us.simulate(denser_fwd, max(args.batches), random_state=0),
+                                  args.batches, threads)
     options = {} if args.no_options else session_options(fwd, data, threads)
     base = options.get(LIBRARY_DEFAULT, {})
     options_table = "\n".join(
@@ -253,13 +287,8 @@ def main(argv=None):
         + " | ".join(f"{o[f'ms_per_sample_b{b}']:.1f} "
                      f"({o[f'ms_per_sample_b{b}'] / base[f'ms_per_sample_b{b}']:.2f})"
                      for b, _ in OPTION_BATCHES) + " |" for name, o in options.items())
-    reference = {r["batch"]: r for r in rows if r["model"] == "deep-cb-joint"}
-    table = "\n".join(
-        f"| {r['model']} | {r['batch']} | {r['classical_f32_ms']:.1f} | {r['torch_ms']:.1f} | "
-        f"{r['onnx_ms']:.1f} | {r['torch_ms'] / r['onnx_ms']:.2f} | "
-        + (f"{r['torch_ms'] / reference[r['batch']]['torch_ms']:.2f} / "
-           f"{r['onnx_ms'] / reference[r['batch']]['onnx_ms']:.2f}"
-           if r["batch"] in reference else "-") + " |" for r in rows)
+    table = _speed_table(rows)
+    rounds = dict(BATCHES)
     body = f"""`python -m benchmarks.bench_onnx` - every shipped model, default template (64 x
 1284), T = 100, {threads} threads for torch and onnxruntime (`{rows[0]['provider']}`), one
 run: at each batch size every estimator makes one warm-up call, then all of them take turns
@@ -271,9 +300,18 @@ session-options table). The networks' solvers run in float64 (their default sinc
 and their corrections in float32, on the data's row space (T > N) in both backends;
 ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 
-| model | batch | ClassicalCB float32, ms/sample | torch eager, ms/sample | onnxruntime, ms/sample | torch / onnxruntime | time / deep-cb-joint's (torch / onnx) |
-|---|---|---|---|---|---|---|
+{SPEED_HEADER}
 {table}
+"""
+    if denser_rows:
+        denser_shape = " x ".join(map(str, us.load_forward(zoo.DENSER_FORWARD).lead_field.shape))
+        body += f"""
+The model made for source spaces about 2x denser than ico3, on the one it is made for
+(`{zoo.DENSER_FORWARD}`, {denser_shape}; on the default template its regime check would
+time the classical solver), the same protocol:
+
+{SPEED_HEADER}
+{_speed_table(denser_rows)}
 """
     if options:
         body += f"""
@@ -293,7 +331,8 @@ library default:
     print(body)
     if not args.no_write:
         write_section("onnx_speed", "Inference speed: torch vs onnxruntime", body,
-                      {"rows": rows, "session_options": options, "float32_exports": float32})
+                      {"rows": rows, "denser_rows": denser_rows, "session_options": options,
+                       "float32_exports": float32})
 
 
 if __name__ == "__main__":
