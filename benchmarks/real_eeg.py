@@ -95,6 +95,20 @@ def _posterior_fraction(peaks):
     return sum(p["y_mm"] < POSTERIOR_Y for p in peaks) / max(len(peaks), 1)
 
 
+def _posterior_against(peaks, reference):
+    """Trials posterior with ``peaks`` only, with ``reference`` only, and McNemar's exact
+    p-value of the difference (trials without a peak count as not posterior)."""
+    from scipy.stats import binomtest
+
+    def posterior(p):
+        return p is not None and p["y_mm"] < POSTERIOR_Y
+
+    only_here = sum(posterior(p) and not posterior(r) for p, r in zip(peaks, reference))
+    only_reference = sum(posterior(r) and not posterior(p) for p, r in zip(peaks, reference))
+    n = only_here + only_reference
+    return only_here, only_reference, binomtest(only_here, n).pvalue if n else 1.0
+
+
 VIEWS = (("left", "lateral"), ("right", "lateral"), ("left", "posterior"),
          ("right", "posterior"), ("left", "medial"), ("right", "medial"))
 
@@ -130,12 +144,16 @@ def main(argv=None):
 
     eeg_rows, eeg_maps, eeg_fwd, n_trials = eeglab(args.data)
     lines = ["| method | average: top peak | single trials with the top peak behind "
-             "y = -40 mm | "
-             "single trials: regions | ms per trial |", "|---|---|---|---|---|"]
+             "y = -40 mm | against ClassicalCB: trials posterior only here / only with it "
+             "(McNemar exact p) | single trials: regions | ms per trial |",
+             "|---|---|---|---|---|---|"]
     for method, r in eeg_rows.items():
         regions = Counter(p["region"] for p in r["trials"] if p is not None)
+        here, there, p_value = _posterior_against(r["trials"],
+                                                  eeg_rows["ClassicalCB"]["trials"])
+        paired = "-" if method == "ClassicalCB" else f"{here} / {there} (p = {p_value:.2f})"
         lines.append(f"| {method} | {_where(r['average'])} | "
-                     f"{100 * _posterior_fraction(r['trials']):.0f} % | "
+                     f"{100 * _posterior_fraction(r['trials']):.0f} % | {paired} | "
                      f"{', '.join(f'{k} {v}' for k, v in regions.most_common(3))} | "
                      f"{r['ms_per_trial']:.1f} |")
     plot_source_maps([eeg_maps[m] for m in METHODS], eeg_fwd, views=VIEWS,
