@@ -13,12 +13,19 @@ def test_type2_cost_is_the_negative_log_evidence_up_to_constants():
     noise_var = rng.uniform(0.1, 1.0, size=(2, 5))
     Y = rng.normal(size=(2, 5, 30))
     data_cov = np.einsum("bnt,bmt->bnm", Y, Y) / Y.shape[-1]
-    cost = type2_cost(lead_field, source_var, noise_var, data_cov)
+    cost = type2_cost(lead_field, source_var, noise_var, data_cov, referenced=False)
+    referenced = type2_cost(lead_field, source_var, noise_var, data_cov)
+    # an orthonormal basis of the average-reference subspace
+    basis = np.linalg.svd(np.eye(5) - 1 / 5)[0][:, :4]
     for b in range(2):
         model_cov = lead_field @ np.diag(source_var[b]) @ lead_field.T + np.diag(noise_var[b])
         log_lik = multivariate_normal(np.zeros(5), model_cov).logpdf(Y[b].T).sum()
         # -2/T log p(Y) = cost + N log(2 pi)
         assert np.isclose(cost[b] + 5 * np.log(2 * np.pi), -2 * log_lik / Y.shape[-1])
+        # referenced: the same for the data's coordinates in that subspace (any basis)
+        log_lik = multivariate_normal(np.zeros(4), basis.T @ model_cov @ basis).logpdf(
+            (basis.T @ Y[b]).T).sum()
+        assert np.isclose(referenced[b] + 4 * np.log(2 * np.pi), -2 * log_lik / Y.shape[-1])
 
 
 def _row(expert, shipped, observable):
