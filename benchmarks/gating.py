@@ -43,8 +43,7 @@ from scipy.stats import spearmanr
 import unfolded_sbl as us
 from benchmarks import budget
 from benchmarks._results import write_section
-from benchmarks.robustness import (REFERENCE, conditions, make_data, ratio_interval,
-                                   single_error_models)
+from benchmarks.robustness import REFERENCE, condition_data, ratio_interval
 from unfolded_sbl.estimators import source_spread
 from unfolded_sbl.metrics import rmse
 
@@ -90,16 +89,9 @@ def solvers(fwd):
 
 def measure(n_samples, verbose=True):
     """row label -> per-sample arrays of every solver's error and cost, and observables."""
-    singles = single_error_models(verbose)
-    cache, rows = {}, {}
-    for i, (label, _, fwd_name, source, params) in enumerate(conditions()):
-        if not fwd_name.endswith("ico3"):
-            continue  # ico4: the regime check solves it classically
-        if fwd_name not in cache:
-            fwd = us.load_forward(fwd_name)
-            cache[fwd_name] = (fwd, solvers(fwd))
-        fwd, methods = cache[fwd_name]
-        data = make_data(source, fwd, params, n_samples, SEED + i, singles)
+    rows = {}
+    for _, (label, *_), fwd, methods, data in condition_data(
+            n_samples, SEED, solvers, ico3_only=True, verbose=verbose):
         Y = data.sensors.astype(float)
         data_cov = np.einsum("bnt,bmt->bnm", Y, Y) / Y.shape[-1]
         row = {}

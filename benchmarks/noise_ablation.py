@@ -31,8 +31,7 @@ import numpy as np
 
 import unfolded_sbl as us
 from benchmarks._results import write_section
-from benchmarks.robustness import (REFERENCE, conditions, make_data, ratio_interval,
-                                   single_error_models)
+from benchmarks.robustness import REFERENCE, condition_data, ratio_interval
 from unfolded_sbl import zoo
 from unfolded_sbl.metrics import f1, rmse
 
@@ -54,19 +53,15 @@ TRAINED = "as trained"
 def run(models, n_samples, files=None, verbose=True):
     """row -> model -> variant -> [ratio, low, high, F1 difference]; ``files`` (label ->
     model file) are evaluated as models of one variant, :data:`TRAINED`."""
-    singles = single_error_models(verbose)
-    rows, solvers = {}, {}
-    for i, (label, _, fwd_name, source, params) in enumerate(conditions()):
-        if not fwd_name.endswith("ico3"):
-            continue  # ico4: the regime check solves it classically
-        if fwd_name not in solvers:  # loaded once per forward model, as in robustness
-            fwd = us.load_forward(fwd_name)
-            learned = {name: variants(name, fwd) for name in models}
-            learned.update({label: {TRAINED: us.UnfoldedSBLRegressor.load(path, forward=fwd)}
-                            for label, path in (files or {}).items()})
-            solvers[fwd_name] = (fwd, us.ClassicalCB(fwd).fit(), learned)
-        fwd, classical, learned = solvers[fwd_name]
-        data = make_data(source, fwd, params, n_samples, SEED + i, singles)
+    def solvers_for(fwd):
+        learned = {name: variants(name, fwd) for name in models}
+        learned.update({label: {TRAINED: us.UnfoldedSBLRegressor.load(path, forward=fwd)}
+                        for label, path in (files or {}).items()})
+        return us.ClassicalCB(fwd).fit(), learned
+
+    rows = {}
+    for i, (label, *_), fwd, (classical, learned), data in condition_data(
+            n_samples, SEED, solvers_for, ico3_only=True, verbose=verbose):
         reference = classical.predict(data.sensors)
         ref_errors = rmse(data.sources, reference, average=False)
         ref_f1 = f1(data.sources, reference)

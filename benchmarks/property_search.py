@@ -27,6 +27,7 @@ import unfolded_sbl as us
 from benchmarks._problems import FAMILIES, make_problem
 from benchmarks._results import write_section
 from unfolded_sbl import zoo
+from unfolded_sbl.mne_io import _needs_noise  # known-noise solvers get the true noise
 
 CAPS = ("biosemi64-ico3", "things63-ico3", "biosemi128-ico3")
 MAX_RATIO = 1.05
@@ -66,18 +67,12 @@ def draw(rng, fwd):
     return described, X, None if extra else truth, noise_var
 
 
-def _known(est):
-    """Known-noise solvers get the true noise (ONNX models say so once fitted)."""
-    learn_noise = getattr(est, "learn_noise", getattr(est, "learn_noise_", True))
-    return getattr(est, "noise", None) == "known" or learn_noise is False
-
-
 def solve(est, X, noise_var):
     """Estimate, or the exception's text; RuntimeWarnings count as failures."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
-            out = est.predict(X, noise_var=noise_var) if _known(est) else est.predict(X)
+            out = est.predict(X, noise_var=noise_var) if _needs_noise(est) else est.predict(X)
     except Exception as err:  # the search counts every kind
         return None, f"{type(err).__name__}: {str(err)[:200]}"
     finite = (np.all(np.isfinite(out)) and np.all(np.isfinite(est.source_var_))
@@ -118,7 +113,7 @@ def _compare(stats, outputs, solvers, truth, described):
     for name, out in outputs.items():
         if name.startswith("ClassicalCB") or out is None:
             continue
-        reference = outputs["ClassicalCB-known" if _known(solvers[name]) else "ClassicalCB"]
+        reference = outputs["ClassicalCB-known" if _needs_noise(solvers[name]) else "ClassicalCB"]
         if reference is None:
             continue
         learned, classical = us.rmse(truth, out), us.rmse(truth, reference)

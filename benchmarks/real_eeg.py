@@ -90,9 +90,14 @@ def _where(peak):
             f"{1e3 * peak['time_s']:.0f} ms")
 
 
+def _posterior(peak):
+    """A peak behind :data:`POSTERIOR_Y`; a trial without a peak (None) is not."""
+    return peak is not None and peak["y_mm"] < POSTERIOR_Y
+
+
 def _posterior_fraction(peaks):
     peaks = [p for p in peaks if p is not None]
-    return sum(p["y_mm"] < POSTERIOR_Y for p in peaks) / max(len(peaks), 1)
+    return sum(map(_posterior, peaks)) / max(len(peaks), 1)
 
 
 def _posterior_against(peaks, reference):
@@ -100,11 +105,8 @@ def _posterior_against(peaks, reference):
     p-value of the difference (trials without a peak count as not posterior)."""
     from scipy.stats import binomtest
 
-    def posterior(p):
-        return p is not None and p["y_mm"] < POSTERIOR_Y
-
-    only_here = sum(posterior(p) and not posterior(r) for p, r in zip(peaks, reference))
-    only_reference = sum(posterior(r) and not posterior(p) for p, r in zip(peaks, reference))
+    only_here = sum(_posterior(p) and not _posterior(r) for p, r in zip(peaks, reference))
+    only_reference = sum(_posterior(r) and not _posterior(p) for p, r in zip(peaks, reference))
     n = only_here + only_reference
     return only_here, only_reference, binomtest(only_here, n).pvalue if n else 1.0
 

@@ -166,20 +166,39 @@ def ratio_interval(errors, reference, seed, level=0.95):
     return [float(interval.low), float(interval.high)]
 
 
-def run(n_samples, quick=False, verbose=True):
+#: the matrix's data: seed SEED + row index
+SEED = 5000
+
+
+def condition_data(n_samples, seed, solvers_for, quick=False, ico3_only=False,
+                   verbose=True):
+    """The rows of :func:`conditions` with their data: ``(index, row, forward, solvers,
+    data)`` for each, ``data`` drawn with seed ``seed + index``.  ``solvers_for(fwd)``
+    builds the methods once per forward model; ``ico3_only`` skips the ico4 rows (where
+    the ico3 models' regime check solves classically)."""
     singles = single_error_models(verbose)
+    cache = {}
+    for i, row in enumerate(conditions(quick)):
+        label, _, fwd_name, source, params = row
+        if ico3_only and not fwd_name.endswith("ico3"):
+            continue
+        if fwd_name not in cache:
+            fwd = us.load_forward(fwd_name)
+            cache[fwd_name] = (fwd, solvers_for(fwd))
+        fwd, solvers = cache[fwd_name]
+        yield i, row, fwd, solvers, make_data(source, fwd, params, n_samples, seed + i,
+                                              singles)
+
+
+def run(n_samples, quick=False, verbose=True):
     e2e = None if quick else end_to_end_baseline(verbose)
-    rows, forwards, solvers = {}, {}, {}
-    for i, (label, group, fwd_name, source, params) in enumerate(conditions(quick)):
-        if fwd_name not in forwards:
-            forwards[fwd_name] = us.load_forward(fwd_name)
-            solvers[fwd_name] = methods(forwards[fwd_name], e2e)
-        fwd = forwards[fwd_name]
-        seed = 5000 + i
-        data = make_data(source, fwd, params, n_samples, seed, singles)
+    rows = {}
+    for i, (label, group, fwd_name, _, params), fwd, solvers, data in condition_data(
+            n_samples, SEED, lambda fwd: methods(fwd, e2e), quick=quick, verbose=verbose):
+        seed = SEED + i
         start = time.perf_counter()
         preds = {}
-        for name, est in solvers[fwd_name].items():
+        for name, est in solvers.items():
             kwargs = {"noise_var": data.noise_var} if _known(name) else {}
             preds[name] = est.predict(data.sensors, **kwargs)
         ref_errors = rmse(data.sources, preds[REFERENCE], average=False)
@@ -294,7 +313,7 @@ model: `perturbed` is the shipped `-perturbed` template (skull x0.5, electrodes 
 3 mm); single-error rows are one member of the head-model builder with only that error (ico3
 BEM, so compare them with "BEM ico3 only"); other rows use the perturbed template with the
 paper simulator (5-20 patches, 2-4 mm, 5-20 dB, white noise, T = 100) except what the row
-changes. Seeds 5000 + row index. `deep-cb-known` and `ClassicalCB-25-known` get the true
+changes. Seeds {SEED} + row index. `deep-cb-known` and `ClassicalCB-25-known` get the true
 noise variances. The end-to-end baseline is trained from scratch on the robust simulator
 through the head-model ensemble (not the paper/robust mixture of Deep CB's stage 2) with Deep
 CB's stage-2 sample budget (24,000 samples); it is tied to the training cap, hence n/a

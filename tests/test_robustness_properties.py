@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import unfolded_sbl as us
 from benchmarks._problems import FAMILIES, make_problem
+from unfolded_sbl.mne_io import _needs_noise
 
 SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
            "deep-attn-cb-joint", "deep-graph-cb-joint")
@@ -81,8 +82,7 @@ def solvers(fwd, tmp_path_factory):
 
 
 def _predict(est, X, noise_var):
-    known = getattr(est, "learn_noise", getattr(est, "learn_noise_", True)) is False or (
-        getattr(est, "noise", None) == "known")
+    known = _needs_noise(est)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no overflow/invalid on the way
         out = est.predict(X, noise_var=noise_var) if known else est.predict(X)
