@@ -123,16 +123,17 @@ def session_options(fwd, data, threads, model="deep-cb-joint", batches=OPTION_BA
     return results
 
 
-#: per-sensor SNR bins (dB) of the float32 accuracy check, 32 samples each
-FLOAT32_SNR_BINS = ((5, 20), (20, 30), (30, 40), (40, 60))
+#: per-sensor SNR bins (dB) of the precision accuracy check, 32 samples each
+PRECISION_SNR_BINS = ((5, 20), (20, 30), (30, 40), (40, 60))
 
 
-def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
-    """Each shipped model exported again with ``dtype="float32"`` (the products in
-    float32; the N x N factorisation stays float64 inside the graph), against the
-    shipped float64 graph and ClassicalCB float32: ms/sample at ``batch`` (the three
-    take turns for ``rounds`` rounds, median kept) and, per SNR bin, the rMSE of
-    each graph relative to ClassicalCB float64 (same noise mode) on the same samples."""
+def float64_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
+    """Each shipped model exported again in float64 (``us.export_onnx(
+    us.load_pretrained(name), path)``: the whole solver in float64) against the shipped
+    graph (products in float32, the N x N factorisation in float64 inside it,
+    ``zoo.ONNX_DTYPE``) and ClassicalCB float32: ms/sample at ``batch`` (the three take
+    turns for ``rounds`` rounds, median kept) and, per SNR bin, the rMSE of each graph
+    relative to ClassicalCB float64 (same noise mode) on the same samples."""
     import tempfile
 
     import numpy as np
@@ -141,16 +142,18 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
     classical = us.ClassicalCB(fwd, dtype="float32").fit()
     references = {True: us.ClassicalCB(fwd).fit(), False: us.ClassicalCB(fwd, noise="known").fit()}
     checks = [us.simulate(fwd, n_check, random_state=10 + i, snr_db=snr)
-              for i, snr in enumerate(FLOAT32_SNR_BINS)]
+              for i, snr in enumerate(PRECISION_SNR_BINS)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
-            net = us.load_pretrained(model, forward=fwd, dtype="float32")
-            path = us.export_onnx(net, f"{tmp}/{model}-float32.onnx")
-            graphs = {"float64": us.load_pretrained(model, forward=fwd, backend="onnx",
-                                                    intra_op_num_threads=threads),
-                      "float32": us.OnnxSBLRegressor(path, forward=fwd,
-                                                     intra_op_num_threads=threads).fit()}
+            net = us.load_pretrained(model, forward=fwd)
+            assert net.dtype == "float64"
+            path = us.export_onnx(net, f"{tmp}/{model}-float64.onnx")
+            graphs = {"float64": us.OnnxSBLRegressor(
+                          path, forward=fwd, intra_op_num_threads=threads,
+                          density_ceiling=zoo.DENSITY_CEILINGS.get(model)).fit(),
+                      "float32": us.load_pretrained(model, forward=fwd, backend="onnx",
+                                                    intra_op_num_threads=threads)}
 
             def kwargs(d):
                 return {} if net.learn_noise else {"noise_var": d.noise_var}
@@ -159,7 +162,7 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
                                                       graphs.items()}}
             times = median_per_sample(timed, data.sensors, rounds)
             row = {"model": model, "batch": batch, **{f"{k}_ms": v for k, v in times.items()}}
-            for snr, d in zip(FLOAT32_SNR_BINS, checks):
+            for snr, d in zip(PRECISION_SNR_BINS, checks):
                 cb = us.rmse(d.sources, references[net.learn_noise].predict(d.sensors,
                                                                             **kwargs(d)))
                 out = {k: g.predict(d.sensors, **kwargs(d)) for k, g in graphs.items()}
@@ -169,35 +172,36 @@ def float32_exports(fwd, threads, models, batch=64, rounds=5, n_check=32):
                     np.linalg.norm(out["float32"] - out["float64"])
                     / np.linalg.norm(out["float64"]))
             rows.append(row)
-            print(f"{model:20s} float32 graph {row['float32_ms']:.1f} ms, float64 graph "
-                  f"{row['float64_ms']:.1f} ms, ClassicalCB f32 {row['classical_ms']:.1f} ms "
-                  "per sample", flush=True)
+            print(f"{model:20s} shipped (float32) graph {row['float32_ms']:.1f} ms, float64 "
+                  f"graph {row['float64_ms']:.1f} ms, ClassicalCB f32 {row['classical_ms']:.1f} "
+                  "ms per sample", flush=True)
     return rows
 
 
-def _float32_body(rows, batch):
-    bins = [f"{lo}-{hi} dB" for lo, hi in FLOAT32_SNR_BINS]
+def _precision_body(rows, batch):
+    bins = [f"{lo}-{hi} dB" for lo, hi in PRECISION_SNR_BINS]
     timing = "\n".join(
-        f"| {r['model']} | {r['classical_ms']:.1f} | {r['float64_ms']:.1f} | "
-        f"{r['float32_ms']:.1f} | {r['float64_ms'] / r['float32_ms']:.2f} | "
+        f"| {r['model']} | {r['classical_ms']:.1f} | {r['float32_ms']:.1f} | "
+        f"{r['float64_ms']:.1f} | {r['float64_ms'] / r['float32_ms']:.2f} | "
         f"{r['float32_ms'] / r['classical_ms']:.2f} |" for r in rows)
     accuracy = "\n".join(
         f"| {r['model']} | " + " | ".join(
-            f"{r[b]['float64']:.3f} / {r[b]['float32']:.3f} ({r[b]['difference']:.0e})"
+            f"{r[b]['float32']:.3f} / {r[b]['float64']:.3f} ({r[b]['difference']:.0e})"
             for b in bins) + " |" for r in rows)
     return f"""
-### float32 graphs
+### float64 graphs
 
-`us.export_onnx(us.load_pretrained(name, dtype="float32"), path)` writes a graph whose products
-run in float32 (the N x N factorisation stays float64 inside it). Each shipped model
-exported that way, batch {batch}; the three take turns (median of 5 rounds):
+The shipped graphs run their products in float32 and the N x N factorisation in float64
+inside the graph (`zoo.ONNX_DTYPE`). `us.export_onnx(us.load_pretrained(name), path)`
+writes a graph that runs the whole solver in float64, as the torch default does. Each
+shipped model exported that way, batch {batch}; the three take turns (median of 5 rounds):
 
-| model | ClassicalCB float32, ms/sample | shipped float64 graph | float32 graph | float64 / float32 | float32 graph / ClassicalCB float32 |
+| model | ClassicalCB float32, ms/sample | shipped graph (float32) | float64 graph | float64 / float32 | shipped graph / ClassicalCB float32 |
 |---|---|---|---|---|---|
 {timing}
 
 Accuracy, 32 samples per bin: rMSE relative to ClassicalCB float64 (25 iterations) on the
-same samples, float64 graph / float32 graph, and in brackets the relative difference of
+same samples, shipped graph / float64 graph, and in brackets the relative difference of
 the two graphs' estimates:
 
 | model | {' | '.join(bins)} |
@@ -211,35 +215,41 @@ def time_models(fwd, models, data, batches, threads):
     ``fwd``, at each batch size, the estimators taking turns."""
     classical = us.ClassicalCB(fwd, dtype="float32").fit()
     rounds = dict(BATCHES)
-    estimators = {model: (us.load_pretrained(model, forward=fwd),
-                          us.load_pretrained(model, forward=fwd, backend="onnx",
-                                             intra_op_num_threads=threads))
+    # torch in its default float64 and in the shipped graphs' precision (zoo.ONNX_DTYPE)
+    estimators = {model: {"torch": us.load_pretrained(model, forward=fwd),
+                          "torch_f32": us.load_pretrained(model, forward=fwd,
+                                                          dtype=zoo.ONNX_DTYPE),
+                          "onnx": us.load_pretrained(model, forward=fwd, backend="onnx",
+                                                     intra_op_num_threads=threads)}
                   for model in models}
     rows = []
     for batch in batches:
         X = data.sensors[:batch]
         noise = data.noise_var[:batch]
         timed = {"classical": (classical, {})}
-        for model, (torch_est, onnx_est) in estimators.items():
-            kwargs = {} if torch_est.learn_noise else {"noise_var": noise}
-            timed[model, "torch"] = (torch_est, kwargs)
-            timed[model, "onnx"] = (onnx_est, kwargs)
+        for model, ests in estimators.items():
+            kwargs = {} if ests["torch"].learn_noise else {"noise_var": noise}
+            timed.update({(model, kind): (est, kwargs) for kind, est in ests.items()})
         times = median_per_sample(timed, X, rounds.get(batch, 1))
         t_cb = times["classical"]
-        for model, (torch_est, onnx_est) in estimators.items():
-            t_torch, t_onnx = times[model, "torch"], times[model, "onnx"]
-            rows.append({"model": model, "forward": fwd.name, "batch": batch,
-                         "classical_f32_ms": t_cb, "torch_ms": t_torch, "onnx_ms": t_onnx,
-                         "provider": onnx_est.provider_, "dtype": torch_est.dtype})
+        for model, ests in estimators.items():
+            row = {"model": model, "forward": fwd.name, "batch": batch,
+                   "classical_f32_ms": t_cb, **{f"{kind}_ms": times[model, kind]
+                                                for kind in ests},
+                   "provider": ests["onnx"].provider_, "dtype": ests["torch"].dtype,
+                   "onnx_dtype": str(ests["onnx"].input_dtype_)}
+            rows.append(row)
             print(f"{model:20s} batch {batch:3d}: ClassicalCB f32 {t_cb:.1f} ms, torch "
-                  f"{t_torch:.1f} ms, onnxruntime ({onnx_est.provider_}) {t_onnx:.1f} ms "
-                  "per sample", flush=True)
+                  f"{row['torch_ms']:.1f} ms (float32: {row['torch_f32_ms']:.1f}), onnxruntime "
+                  f"({ests['onnx'].provider_}) {row['onnx_ms']:.1f} ms per sample", flush=True)
     return rows
 
 
-SPEED_HEADER = ("| model | batch | ClassicalCB float32, ms/sample | torch eager, ms/sample | "
-                "onnxruntime, ms/sample | torch / onnxruntime | time / deep-cb-joint's "
-                "(torch / onnx) |\n|---|---|---|---|---|---|---|")
+SPEED_HEADER = ("| model | batch | ClassicalCB float32, ms/sample | torch float64 (default), "
+                "ms/sample | torch float32, ms/sample | onnxruntime, ms/sample | torch float64 "
+                "/ onnxruntime | torch float32 / onnxruntime | onnxruntime / ClassicalCB "
+                "float32 | time / deep-cb-joint's (torch float64 / onnx) |"
+                "\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _speed_table(rows):
@@ -248,7 +258,9 @@ def _speed_table(rows):
     reference = {r["batch"]: r for r in rows if r["model"] == "deep-cb-joint"}
     return "\n".join(
         f"| {r['model']} | {r['batch']} | {r['classical_f32_ms']:.1f} | {r['torch_ms']:.1f} | "
-        f"{r['onnx_ms']:.1f} | {r['torch_ms'] / r['onnx_ms']:.2f} | "
+        f"{r['torch_f32_ms']:.1f} | {r['onnx_ms']:.1f} | {r['torch_ms'] / r['onnx_ms']:.2f} | "
+        f"{r['torch_f32_ms'] / r['onnx_ms']:.2f} | "
+        f"{r['onnx_ms'] / r['classical_f32_ms']:.2f} | "
         + (f"{r['torch_ms'] / reference[r['batch']]['torch_ms']:.2f} / "
            f"{r['onnx_ms'] / reference[r['batch']]['onnx_ms']:.2f}"
            if r["batch"] in reference else "-") + " |" for r in rows)
@@ -261,8 +273,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, nargs="+", default=[b for b, _ in BATCHES])
     parser.add_argument("--no-options", action="store_true",
                         help="skip the onnxruntime session-options table")
-    parser.add_argument("--no-float32", action="store_true",
-                        help="skip the float32-export table")
+    parser.add_argument("--no-float64", action="store_true",
+                        help="skip the float64-export table")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     fwd = us.load_forward()
@@ -296,9 +308,11 @@ for {' / '.join(str(rounds.get(b, 1)) for b in args.batches)} rounds at batch
 {' / '.join(str(b) for b in args.batches)}, each call after {SETTLE_S} s of sleep (so that no call runs while the previous one's
 threads still spin); each cell is the median. onnxruntime runs with the library's session
 options: its threads are parked when a call returns (`session.force_spinning_stop`; see the
-session-options table). The networks' solvers run in float64 (their default since the numerical-safety work)
-and their corrections in float32, on the data's row space (T > N) in both backends;
-ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
+session-options table). torch runs the networks' solvers in float64 (the default) and
+in float32 (`dtype="float32"`); the shipped ONNX graphs run in float32 (`zoo.ONNX_DTYPE`).
+Both float32 forms run the products in float32 and the N x N factorisation in float64;
+the corrections run in float32 everywhere; both backends work on the data's row space
+(T > N). ClassicalCB (25 iterations) in float32. Known-noise models get the true noise.
 
 {SPEED_HEADER}
 {table}
@@ -325,14 +339,14 @@ library default:
 |---|---|{'---|' * len(OPTION_BATCHES)}
 {options_table}
 """
-    float32 = [] if args.no_float32 else float32_exports(fwd, threads, models)
-    if float32:
-        body += _float32_body(float32, float32[0]["batch"])
+    float64 = [] if args.no_float64 else float64_exports(fwd, threads, models)
+    if float64:
+        body += _precision_body(float64, float64[0]["batch"])
     print(body)
     if not args.no_write:
         write_section("onnx_speed", "Inference speed: torch vs onnxruntime", body,
                       {"rows": rows, "denser_rows": denser_rows, "session_options": options,
-                       "float32_exports": float32})
+                       "float64_exports": float64})
 
 
 if __name__ == "__main__":

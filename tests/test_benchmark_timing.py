@@ -67,13 +67,17 @@ def test_onnx_benchmark_medians_take_turns_after_a_warm_up():
 def test_onnx_speed_table_is_relative_to_deep_cb_on_the_same_forward_only():
     from benchmarks.bench_onnx import SPEED_HEADER, _speed_table
 
-    row = {"classical_f32_ms": 5.0, "torch_ms": 10.0, "onnx_ms": 8.0}
+    row = {"classical_f32_ms": 5.0, "torch_ms": 10.0, "torch_f32_ms": 6.0, "onnx_ms": 8.0}
     ico3 = [{**row, "model": "deep-cb-joint", "batch": 64},
             {**row, "model": "deep-graph-cb-joint", "batch": 64, "torch_ms": 12.0}]
     lines = _speed_table(ico3).splitlines()
-    assert lines[0] == "| deep-cb-joint | 64 | 5.0 | 10.0 | 8.0 | 1.25 | 1.00 / 1.00 |"
-    assert lines[1] == "| deep-graph-cb-joint | 64 | 5.0 | 12.0 | 8.0 | 1.50 | 1.20 / 1.00 |"
+    assert lines[0] == ("| deep-cb-joint | 64 | 5.0 | 10.0 | 6.0 | 8.0 | 1.25 | 0.75 | 1.60 | "
+                        "1.00 / 1.00 |")
+    assert lines[1] == ("| deep-graph-cb-joint | 64 | 5.0 | 12.0 | 6.0 | 8.0 | 1.50 | 0.75 | "
+                        "1.60 | 1.20 / 1.00 |")
     # the denser model's table has no deep-cb-joint timed beside it
     ico4 = [{**row, "model": "deep-graph-cb-joint-ico4", "batch": 64}]
-    assert _speed_table(ico4).endswith("| 1.25 | - |")
-    assert SPEED_HEADER.count("|---") == 7 and SPEED_HEADER.splitlines()[0].count("|") == 8
+    assert _speed_table(ico4).endswith("| 1.60 | - |")
+    n_columns = lines[0].count("|") - 1
+    assert SPEED_HEADER.count("|---") == n_columns
+    assert SPEED_HEADER.splitlines()[0].count("|") == n_columns + 1

@@ -28,9 +28,16 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
     ref = torch_est.predict(data.sensors[:2], **kwargs)
     out = onnx_est.predict(data.sensors[:2], **kwargs)
     assert ref.shape == (2, 1284, 100) and np.all(np.isfinite(ref))
-    # float64 solver in both; the ONNX graph runs the corrections in float32
-    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+    # the shipped graph runs its products in float32 (the N x N factorisation in float64
+    # inside it): the torch model loaded in float32 is the same computation, up to the
+    # order of float32 sums; the float64 torch default differs by float32 round-off
     assert card["dtype"] == "float64" and torch_est.dtype == "float64"
+    assert card["onnx_dtype"] == zoo.ONNX_DTYPE == "float32"
+    assert onnx_est.input_dtype_ == np.float32
+    ref32 = us.load_pretrained(name, forward=fwd, dtype="float32").predict(
+        data.sensors[:2], **kwargs)
+    assert np.linalg.norm(out - ref32) / np.linalg.norm(ref32) < 1e-4
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-3
     stages = [stage["name"] for stage in card["training"]["stages"]]
     # the graph model starts from Deep CB and inherits its two stages
     # Deep CB went through a second stage 2 with a low-SNR component (``--continue --low-snr``)
@@ -251,9 +258,10 @@ def test_denser_model_acts_on_its_source_spacing_and_falls_back_elsewhere(backen
     assert not est.classical_fallback_.any() and np.all(np.isfinite(out))
     ref = us.ClassicalCB(ico4).fit().predict(data.sensors)
     assert np.linalg.norm(out - ref) > 1e-3 * np.linalg.norm(ref)
-    if backend == "onnx":  # the same network as torch
-        torch_out = us.load_pretrained(name, forward=ico4).predict(data.sensors)
-        assert np.linalg.norm(out - torch_out) / np.linalg.norm(torch_out) < 1e-5
+    if backend == "onnx":  # the same network as torch in the graph's precision
+        torch_out = us.load_pretrained(name, forward=ico4, dtype=zoo.ONNX_DTYPE).predict(
+            data.sensors)
+        assert np.linalg.norm(out - torch_out) / np.linalg.norm(torch_out) < 1e-4
     ico3 = us.load_forward("things63-ico3")
     data = us.simulate(ico3, 2, random_state=0, n_times=20)
     est = us.load_pretrained(name, forward=ico3, backend=backend)
