@@ -482,7 +482,7 @@ training cap: {paper_gains}):
 
 {figure_list}
 
-#### Speed (networks in float64, their default since the numerical-safety work; {torch.get_num_threads()} threads)
+#### Speed (torch networks in float64, their default; the shipped ONNX graph with float32 products, `zoo.ONNX_DTYPE`; {torch.get_num_threads()} threads)
 
 {speed_text}
 """

@@ -152,7 +152,7 @@ class _PairOps:
         # time and took 10 % of a float32 Deep CB graph at batch 64 (7.7x slower
         # than a transpose and a gather of rows on (128, 4096), one-off).  Its
         # float64 Gather along the last axis is fast (1.08 vs 1.20 ms there), and
-        # the float64 shipped graphs ran 5 % faster without the transposes
+        # float64 graphs ran 5 % faster without the transposes
         # (one-off, batch 64, taking turns).  torch is faster with the batch first
         # too (float64: 15 % of an inference), so only float32 exports change it.
         self.entries_first = (torch.onnx.is_in_onnx_export()
