@@ -131,6 +131,65 @@ def test_density_ceiling_is_checked(value):
                             density_ceiling=value).fit()
 
 
+@pytest.mark.parametrize("name", SHIPPED + ("deep-graph-cb-joint-ico4",))
+def test_onnx_files_record_the_density_ceiling_they_ship_with(name):
+    """``OnnxSBLRegressor(path)`` as the API shows it runs the same checks as
+    ``load_pretrained(name, backend="onnx")``: the file records the ceiling."""
+    path = zoo.pretrained_path(name, "onnx")
+    fwd = zoo.default_forward(name)
+    est = us.OnnxSBLRegressor(path, forward=fwd).fit()
+    assert est.density_ceiling == "auto"
+    assert est.density_ceiling_ == zoo.DENSITY_CEILINGS.get(name)
+    assert us.load_pretrained(name, backend="onnx").density_ceiling_ == est.density_ceiling_
+    # an explicit value wins over the file's
+    assert us.OnnxSBLRegressor(path, forward=fwd, density_ceiling=None).fit(
+        ).density_ceiling_ is None
+    assert us.OnnxSBLRegressor(path, forward=fwd, density_ceiling=0.3).fit(
+        ).density_ceiling_ == 0.3
+
+
+def test_onnx_auto_density_ceiling_checks_the_dense_samples(fwd, focal_and_dense):
+    est = us.OnnxSBLRegressor(zoo.pretrained_path("deep-cb-joint", "onnx"), forward=fwd).fit()
+    ref = us.load_pretrained("deep-cb-joint", forward=fwd, backend="onnx")
+    np.testing.assert_array_equal(est.predict(focal_and_dense), ref.predict(focal_and_dense))
+    np.testing.assert_array_equal(est.classical_fallback_, ref.classical_fallback_)
+    assert est.classical_fallback_[4:].all()  # the dense half of the fixture
+
+
+def test_export_records_the_estimators_density_ceiling(tmp_path):
+    net = us.UnfoldedSBLRegressor(forward=zoo.TRAIN_FORWARD, n_layers=2, max_epochs=0,
+                                  density_ceiling=0.25).fit_simulated()
+    est = us.OnnxSBLRegressor(us.export_onnx(net, tmp_path / "net.onnx"),
+                              forward=zoo.TRAIN_FORWARD).fit()
+    assert est.metadata_["density_ceiling"] == 0.25 and est.density_ceiling_ == 0.25
+
+
+@pytest.mark.parametrize("recorded, expected", [("absent", None), (5.0, ValueError)])
+def test_onnx_auto_density_ceiling_of_older_or_damaged_files(tmp_path, recorded, expected):
+    """Files exported before the ceiling was recorded run without one; a recorded value
+    outside (0, 1] is refused, naming the file."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(zoo.pretrained_path("deep-cb-known", "onnx")))
+    prop = next(p for p in model.metadata_props if p.key == "unfolded_sbl")
+    meta = json.loads(prop.value)
+    if recorded == "absent":
+        del meta["density_ceiling"]
+    else:
+        meta["density_ceiling"] = recorded
+    prop.value = json.dumps(meta)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    est = us.OnnxSBLRegressor(path, forward=zoo.TRAIN_FORWARD)
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="density_ceiling recorded in .*model.onnx must be"):
+            est.fit()
+    else:
+        assert est.fit().density_ceiling_ is expected
+
+
 def test_denser_models_have_no_density_ceiling():
     """The ico4 model's estimates spread wider by design."""
     assert all(zoo.DENSITY_CEILINGS.get(name) is None for name in zoo.DENSER)

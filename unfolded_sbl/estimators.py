@@ -177,7 +177,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         (:func:`source_spread`): denser than the estimates the corrections help on,
         so the regime check solves them classically.  Never with
         ``regime_check=False`` or ``density_ceiling=None``."""
-        ceiling = getattr(self, "density_ceiling", None)
+        # the resolved value where an estimator resolves it (OnnxSBLRegressor's "auto")
+        ceiling = getattr(self, "density_ceiling_", getattr(self, "density_ceiling", None))
         if not getattr(self, "regime_check", True) or ceiling is None:
             return np.zeros(len(source_var), bool)
         if torch.is_tensor(source_var):  # copied to the host only when it is checked

@@ -121,10 +121,13 @@ class OnnxSBLRegressor(_SourceEstimator):
         Solve samples outside the regime the corrections were trained for with
         :class:`ClassicalCB` at the network's depth (as
         :class:`UnfoldedSBLRegressor` does); ``classical_fallback_`` marks them.
-    density_ceiling : float | None
+    density_ceiling : "auto" | float | None
         As in :class:`UnfoldedSBLRegressor`: samples whose learned estimate
         spreads over more than this fraction of the sources are solved again by
-        the classical solver (``load_pretrained`` sets the shipped models' value).
+        the classical solver.  ``"auto"`` (default) takes the value recorded in
+        the file: the ``density_ceiling`` of the exported estimator, which for the
+        shipped models is :data:`unfolded_sbl.zoo.DENSITY_CEILINGS` (None in
+        files exported before it was recorded).
 
     Attributes
     ----------
@@ -132,6 +135,8 @@ class OnnxSBLRegressor(_SourceEstimator):
         The execution provider actually used.
     metadata_ : dict
         Model configuration stored in the file.
+    density_ceiling_ : float | None
+        The density ceiling in use (``density_ceiling`` resolved).
 
     Examples
     --------
@@ -146,7 +151,7 @@ class OnnxSBLRegressor(_SourceEstimator):
     """
 
     def __init__(self, path, forward=None, providers=None, batch_size=64,
-                 intra_op_num_threads=None, regime_check=True, density_ceiling=None):
+                 intra_op_num_threads=None, regime_check=True, density_ceiling="auto"):
         self.path = path
         self.forward = forward
         self.providers = providers
@@ -158,7 +163,9 @@ class OnnxSBLRegressor(_SourceEstimator):
     def fit(self, X=None, y=None):
         """Load the session and the forward model (``X`` optional, ``y`` ignored)."""
         check_positive_int(self.batch_size, "batch_size")
-        check_optional_fraction(self.density_ceiling, "density_ceiling")
+        auto = isinstance(self.density_ceiling, str) and self.density_ceiling == "auto"
+        if not auto:
+            check_optional_fraction(self.density_ceiling, "density_ceiling")
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"no ONNX model at {self.path}")
         self._fit_forward(X)
@@ -175,6 +182,9 @@ class OnnxSBLRegressor(_SourceEstimator):
                 f"this bias model is tied to {self.metadata_['n_channels']} channels x "
                 f"{self.metadata_['n_sources']} sources; the forward model has "
                 f"{self.n_features_in_} x {self.n_sources_}")
+        self.density_ceiling_ = check_optional_fraction(
+            self.metadata_.get("density_ceiling") if auto else self.density_ceiling,
+            f"the density_ceiling recorded in {self.path}")
         self.learn_noise_ = self.metadata_["config"]["learn_noise"]
         self.train_spacing_ = self.metadata_.get("train_spacing")
         # files exported before float64 graphs carry no dtype: they are float32

@@ -534,7 +534,9 @@ def _export(name, out_dir):
     from .unfolded import UnfoldedSBLRegressor
 
     path = Path(out_dir) / f"{name}.pt"
-    export_onnx(UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD, dtype=ONNX_DTYPE),
+    # the file records the model's density ceiling (OnnxSBLRegressor's "auto")
+    export_onnx(UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD, dtype=ONNX_DTYPE,
+                                          density_ceiling=DENSITY_CEILINGS.get(name)),
                 Path(out_dir) / f"{name}.onnx")
     return UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD)
 
