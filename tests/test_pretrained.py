@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 import unfolded_sbl as us
@@ -339,3 +340,20 @@ def test_default_forward_of_a_denser_model_is_its_source_space():
     params = zoo.denser_simulator_params(2.0)
     assert params[0]["spread"] == pytest.approx((0.004, 0.008))
     assert params[0]["patch_distance"] == "mesh" and params[1]["head_models"] == "ensemble"
+
+
+def test_float32_models_solve_their_fallback_samples_in_float64(fwd):
+    """Samples the regime check leaves to the classical updates (here: 50-60 dB, beyond
+    the trained regime) run in float64 in a float32 model too, as in the shipped
+    float32 graphs: a float32 solver drifted by 4e-2 of the estimate there."""
+    data = us.simulate(fwd, 3, random_state=3, snr_db=(50, 60), n_times=40)
+    ref = us.load_pretrained("deep-cb-joint", forward=fwd).predict(data.sensors)
+    net = us.load_pretrained("deep-cb-joint", forward=fwd, dtype="float32")
+    out = net.predict(data.sensors)
+    assert net.classical_fallback_.all() and net.torch_dtype_ == torch.float32
+    graph = us.load_pretrained("deep-cb-joint", forward=fwd, backend="onnx")
+    for other in (ref, graph.predict(data.sensors)):
+        assert np.linalg.norm(out - other) / np.linalg.norm(other) < 1e-5
+    # the trajectory of a fallback sample comes back in the model's dtype, complete
+    layers = net.predict_trajectory(data.sensors[:1])
+    assert len(layers) == net.n_layers and np.all(np.isfinite(layers[-1]["sources"]))

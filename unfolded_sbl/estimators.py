@@ -245,8 +245,8 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
                 noise_var * (safe * nonzero)[:, None] ** 2)
 
     # Networks: float tensors in the units they are trained in (self.torch_dtype_).
-    def _tensor(self, array):
-        return torch.as_tensor(np.ascontiguousarray(array), dtype=self.torch_dtype_,
+    def _tensor(self, array, dtype=None):
+        return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype or self.torch_dtype_,
                                device=getattr(self, "device_", None))
 
     def _normalise(self, X, y=None, noise_var=None):
