@@ -357,3 +357,37 @@ def test_float32_models_solve_their_fallback_samples_in_float64(fwd):
     # the trajectory of a fallback sample comes back in the model's dtype, complete
     layers = net.predict_trajectory(data.sensors[:1])
     assert len(layers) == net.n_layers and np.all(np.isfinite(layers[-1]["sources"]))
+
+
+@pytest.mark.parametrize("name", SHIPPED + ("deep-graph-cb-joint-ico4",))
+def test_model_files_record_the_density_ceiling_they_ship_with(name):
+    """``UnfoldedSBLRegressor.load`` of a shipped ``.pt`` runs the same checks as
+    ``load_pretrained``: the file records the ceiling (``density_ceiling="auto"``)."""
+    path = zoo.pretrained_path(name, "pt")
+    assert us.UnfoldedSBLRegressor.load(path).density_ceiling == zoo.DENSITY_CEILINGS.get(name)
+    assert us.UnfoldedSBLRegressor.load(path, density_ceiling=None).density_ceiling is None
+
+
+def test_save_and_load_keep_the_density_ceiling(tmp_path):
+    net = us.UnfoldedSBLRegressor(forward=zoo.TRAIN_FORWARD, n_layers=2, max_epochs=0,
+                                  density_ceiling=0.25).fit_simulated()
+    net.save(tmp_path / "net.pt")
+    assert us.UnfoldedSBLRegressor.load(tmp_path / "net.pt").density_ceiling == 0.25
+    zoo._save_model(net, "deep-cb-joint", tmp_path)  # the zoo writes its table's value
+    loaded = us.UnfoldedSBLRegressor.load(tmp_path / "deep-cb-joint.pt")
+    assert loaded.density_ceiling == zoo.DENSITY_CEILINGS["deep-cb-joint"]
+
+
+@pytest.mark.parametrize("recorded, expected", [("absent", None), (5.0, ValueError)])
+def test_auto_density_ceiling_of_older_or_damaged_model_files(tmp_path, recorded, expected):
+    blob = torch.load(zoo.pretrained_path("deep-cb-known", "pt"), weights_only=True)
+    if recorded == "absent":
+        del blob["density_ceiling"]
+    else:
+        blob["density_ceiling"] = recorded
+    torch.save(blob, tmp_path / "model.pt")
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="density_ceiling must be None or a number in"):
+            us.UnfoldedSBLRegressor.load(tmp_path / "model.pt")
+    else:
+        assert us.UnfoldedSBLRegressor.load(tmp_path / "model.pt").density_ceiling is None

@@ -557,18 +557,23 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                                      list_forwards() else None),
                     "history": self.history_,
                     "train_spacing": getattr(self, "train_spacing_", None),
+                    # read back by load(density_ceiling="auto")
+                    "density_ceiling": self.density_ceiling,
                     "state_dict": {k: v.detach().cpu() for k, v in
                                    self.network_.state_dict().items()}}, path)
 
     @classmethod
     def load(cls, path, forward=None, dtype=None, device="cpu", regime_check=True,
-             density_ceiling=None):
+             density_ceiling="auto"):
         """Load a model written by :meth:`save`.
 
         ``forward`` (default: the template it was trained on) may be another cap
         or source space for the MLP and attention variants; ``dtype`` overrides
         the precision it was saved with; ``device`` is where it runs;
-        ``regime_check`` and ``density_ceiling`` as in the constructor.
+        ``regime_check`` and ``density_ceiling`` as in the constructor, except that
+        ``density_ceiling="auto"`` (default) takes the value saved with the model
+        (the shipped models': :data:`unfolded_sbl.zoo.DENSITY_CEILINGS`; None for
+        files saved before it was recorded).
         """
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -584,6 +589,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             raise ValueError(f"{path} has model format version {blob.get('format_version')}; "
                              f"this unfolded_sbl reads version {MODEL_FORMAT_VERSION}")
         config = blob["config"]
+        if isinstance(density_ceiling, str) and density_ceiling == "auto":
+            density_ceiling = blob.get("density_ceiling")
         if forward is None:
             forward = blob.get("forward_name")
             if forward is None:

@@ -349,7 +349,7 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     stages.append(_fine_tune(est, "robust" if not n_robust else f"robust-{n_robust + 1}",
                              robust, _mixture_labels(low_snr, dense, wide),
                              checkpoints["robust"], random_state, verbose))
-    est.save(out_dir / f"{name}.pt")
+    _save_model(est, name, out_dir)
     return write_card(name, out_dir, stages, params, random_state, n_eval)
 
 
@@ -392,7 +392,7 @@ def derive(name, out_dir=MODEL_DIR, n_eval=256):
                                                               forward=TRAIN_FORWARD))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    est.save(out_dir / f"{name}.pt")
+    _save_model(est, name, out_dir)
     stages = [{**st, "name": f"{source}: {st['name']}"} for st in card["training"]["stages"]]
     stages.append({"name": "noise corrections removed", "samples_seen": 0, "seconds": 0.0,
                    "source": f"{source} (sha256 {card['files'][f'{source}.pt']['sha256']})",
@@ -455,7 +455,7 @@ def train_denser(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, checkpoint
     est.train_spacing_ = source_spacing(load_forward(TRAIN_FORWARD)) / factor
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    est.save(out_dir / f"{name}.pt")
+    _save_model(est, name, out_dir)
     return write_card(name, out_dir, stages, params, random_state, n_eval)
 
 
@@ -524,6 +524,13 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
     with open(out_dir / f"{name}.json", "w") as fid:
         json.dump(card, fid, indent=2, default=float)
     return card
+
+
+def _save_model(est, name, out_dir):
+    """Write ``NAME.pt`` with the model's :data:`DENSITY_CEILINGS` entry, which
+    ``UnfoldedSBLRegressor.load`` reads back (its ``density_ceiling="auto"``)."""
+    est.set_params(density_ceiling=DENSITY_CEILINGS.get(name))
+    est.save(Path(out_dir) / f"{name}.pt")
 
 
 def _export(name, out_dir):
