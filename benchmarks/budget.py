@@ -98,14 +98,17 @@ def continue_run(run, n_chunks, sets=held_out, verbose=True):
     if records and records[-1]["chunk"] >= n_chunks - 1:
         return records[:n_chunks + 1]  # every chunk asked for is logged: nothing to train
     if records and model.exists():
-        est = us.UnfoldedSBLRegressor.load(model, forward=zoo.TRAIN_FORWARD, dtype="float64")
+        # the networks alone, as before model files recorded a density ceiling
+        est = us.UnfoldedSBLRegressor.load(model, forward=zoo.TRAIN_FORWARD, dtype="float64",
+                                           density_ceiling=None)
         # an interrupt between saving the network and logging its chunk: the network's
         # training history says how many chunks it holds (each adds EPOCHS_PER_CHUNK)
         done = (len(est.history_) - records[0]["history"]) // EPOCHS_PER_CHUNK
         records = records[:done + 1]
     else:  # a new run, or the network of the logged chunks is gone: start again
         est = us.UnfoldedSBLRegressor.load(zoo.pretrained_path(NAME),
-                                           forward=zoo.TRAIN_FORWARD, dtype="float64")
+                                           forward=zoo.TRAIN_FORWARD, dtype="float64",
+                                           density_ceiling=None)
         records = [{"chunk": -1, "samples": 0, "seconds": 0.0, "history": len(est.history_),
                     **evaluate(est, sets())}]
     log.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -55,7 +55,8 @@ def run(models, n_samples, files=None, verbose=True):
     model file) are evaluated as models of one variant, :data:`TRAINED`."""
     def solvers_for(fwd):
         learned = {name: variants(name, fwd) for name in models}
-        learned.update({label: {TRAINED: us.UnfoldedSBLRegressor.load(path, forward=fwd)}
+        learned.update({label: {TRAINED: us.UnfoldedSBLRegressor.load(
+                            path, forward=fwd, density_ceiling=None)}
                         for label, path in (files or {}).items()})
         return us.ClassicalCB(fwd).fit(), learned
 

@@ -489,7 +489,8 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
     val_name = default_forward(name)
     fwd = load_forward(val_name)
     if val_name != TRAIN_FORWARD:
-        est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=fwd)
+        est = UnfoldedSBLRegressor.load(files[f"{name}.pt"], forward=fwd,
+                                        density_ceiling=None)
     val_forward = load_forward(f"{val_name}-perturbed")
     noise = "learn" if params["learn_noise"] else "known"
     classical = {f"ClassicalCB ({noise}), 25 it.": ClassicalCB(fwd, noise=noise).fit(),
@@ -536,7 +537,7 @@ def _save_model(est, name, out_dir):
 def _export(name, out_dir):
     """Load ``NAME.pt`` on the training forward model and export it to ``NAME.onnx``
     beside it, in :data:`ONNX_DTYPE`; returns the estimator loaded in float64 (the
-    torch default, which the card validates)."""
+    torch default, which the card validates) without a density ceiling."""
     from .export import export_onnx
     from .unfolded import UnfoldedSBLRegressor
 
@@ -545,7 +546,9 @@ def _export(name, out_dir):
     export_onnx(UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD, dtype=ONNX_DTYPE,
                                           density_ceiling=DENSITY_CEILINGS.get(name)),
                 Path(out_dir) / f"{name}.onnx")
-    return UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD)
+    # the card validates the network itself, without the density check (as the cards
+    # written before the check existed did)
+    return UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD, density_ceiling=None)
 
 
 def refresh_export(name, out_dir=MODEL_DIR):
