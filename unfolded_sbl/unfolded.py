@@ -480,24 +480,20 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     def _solve(self, data, noise, expand, parts, kwargs, merged=None):
         """Network outputs of every sample of ``data`` that ``parts`` (boolean row
         masks, each with its ``classical`` flag) cover, written into ``merged``."""
-        lead_field = self._tensor(self.lead_field_)
         # samples left to the classical updates run in float64 whatever ``dtype``, as
         # ClassicalCB's reference path and OnnxSBLRegressor's fallback do: in float32
         # their iterations drifted by 4e-2 of the estimate at 40-60 dB (one-off)
-        wide = torch.float64
-        classical_network = None
+        solvers = {self.torch_dtype_: (self.network_, self._tensor(self.lead_field_))}
         with torch.no_grad():
             for rows, classical in parts:
-                network, dtype = self.network_, self.torch_dtype_
-                if classical and dtype != wide:
-                    if classical_network is None:  # the solver only: no corrections run
-                        classical_network = copy.deepcopy(self.network_).cast(
-                            wide, getattr(self, "device_", None))
-                    network, dtype = classical_network, wide
+                dtype = torch.float64 if classical else self.torch_dtype_
+                if dtype not in solvers:  # the solver only (no corrections run), once
+                    solvers[dtype] = (copy.deepcopy(self.network_).cast(
+                        dtype, getattr(self, "device_", None)),
+                        self._tensor(self.lead_field_, dtype))
+                network, lead_field = solvers[dtype]
                 part_noise = None if noise is None else self._tensor(noise[rows], dtype)
-                out = network(self._tensor(data[rows], dtype),
-                              lead_field if dtype == self.torch_dtype_ else
-                              self._tensor(self.lead_field_, dtype), part_noise,
+                out = network(self._tensor(data[rows], dtype), lead_field, part_noise,
                               classical=classical, **kwargs)
                 if dtype != self.torch_dtype_:
                     out = _cast(out, self.torch_dtype_)
