@@ -115,3 +115,6 @@ def test_train_of_a_denser_model_runs_its_own_stage(monkeypatch):
     name, kwargs = calls[-1]
     assert name == "deep-graph-cb-joint-ico4"
     assert kwargs["random_state"] == 2 and str(kwargs["out_dir"]) == "somewhere"
+    assert kwargs["continue_training"] is False
+    assert main(["train", "deep-graph-cb-joint-ico4", "--continue"]) == 0
+    assert calls[-1][1]["continue_training"] is True

@@ -331,6 +331,39 @@ def test_denser_model_acts_on_its_source_spacing_and_falls_back_elsewhere(backen
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
 
 
+@pytest.mark.parametrize("continue_training", [False, True])
+def test_denser_training_runs_its_stages_in_order_and_continuation_only_the_missing_ones(
+        monkeypatch, tmp_path, continue_training):
+    """From the starting model every stage of the recipe runs, stage ``i`` with seed
+    ``random_state + i``; continued from the shipped file, only the stages its card does
+    not list yet (none: the shipped card lists them all)."""
+    name = "deep-graph-cb-joint-ico4"
+    start, factor = zoo.DENSER[name]
+    runs = []
+
+    def fake_fine_tune(est, label, stage, mixture, checkpoint, random_state, verbose):
+        runs.append((label, stage["learning_rate"], len(stage["simulator_params"]),
+                     random_state))
+        return {"name": label}
+
+    monkeypatch.setattr(zoo, "_fine_tune", fake_fine_tune)
+    monkeypatch.setattr(zoo, "_save_model", lambda est, n, out: None)
+    monkeypatch.setattr(zoo, "write_card", lambda n, out, stages, *a: {"stages": stages})
+    card = zoo.train_denser(name, out_dir=tmp_path, random_state=5,
+                            continue_training=continue_training)
+    recipe = zoo._denser_stages(factor)
+    shipped = [st["name"] for st in zoo.model_card(name)["training"]["stages"]]
+    assert [label for label, _, _ in recipe] == shipped[-len(recipe):]
+    if continue_training:
+        assert runs == [] and [st["name"] for st in card["stages"]] == shipped
+    else:
+        assert runs == [(label, stage["learning_rate"], len(stage["simulator_params"]), 5 + i)
+                        for i, (label, stage, _) in enumerate(recipe)]
+        names = [st["name"] for st in card["stages"]]
+        assert names[-len(recipe):] == [label for label, _, _ in recipe]
+        assert all(n.startswith(f"{start}: ") for n in names[:-len(recipe)])
+
+
 def test_default_forward_of_a_denser_model_is_its_source_space():
     assert zoo.default_forward("deep-graph-cb-joint-ico4") == zoo.DENSER_FORWARD
     assert zoo.default_forward("deep-cb-joint") == zoo.TRAIN_FORWARD

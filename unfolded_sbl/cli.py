@@ -181,7 +181,7 @@ def _cmd_train(args):
     if args.name in DERIVED:  # made from a shipped model, no training
         card = derive(args.name, out_dir=common["out_dir"], n_eval=args.n_eval)
     elif args.name in DENSER:
-        card = train_denser(args.name, **common)
+        card = train_denser(args.name, continue_training=args.continue_, **common)
     else:
         init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
         init = args.init or init
@@ -314,7 +314,8 @@ def build_parser():
                             "classical noise update in every layer")
     train.add_argument("--continue", dest="continue_", action="store_true",
                        help="one more stage 2 on top of the shipped model (its card keeps "
-                            "every earlier stage)")
+                            "every earlier stage); for a model of zoo.DENSER, the stages "
+                            "its card does not list yet")
     train.add_argument("--low-snr", action="store_true",
                        help="stage 2 with a third, low-SNR component (zoo.LOW_SNR)")
     train.add_argument("--dense", action="store_true",
