@@ -132,10 +132,9 @@ DENSER_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rat
 #: Their second stage: the wider paper patches alone, at twice the first stage's rate.
 #: The first stage ended with that part's validation ratio flat at 0.95 while the robust
 #: part was at 0.88 (group-DRO already gave it two thirds of the steps); alone it went
-#: to 0.92 at ico3, and at ico4 (one-off, 48 fresh samples per condition,
-#: biosemi64-ico4) the robust simulator went from 0.70x to 0.54x ClassicalCB and F1 rose
-#: by 0.01-0.14 in every condition but 1-4 mm patches (-0.01), rMSE level on the paper's
-#: patches (README).
+#: to 0.92 at ico3, and at ico4 (the card's validation) the robust simulator went from
+#: 0.65x to 0.56x ClassicalCB and F1 on the paper's patches from +0.03 to +0.06, rMSE
+#: level there (README).
 DENSER_WIDE_STAGE = {**DENSER_STAGE, "learning_rate": 1e-3, "mixture_focus": 0.0,
                      "max_epochs": 12}
 #: The source space their card validates on (perturbed template of the same cap).
