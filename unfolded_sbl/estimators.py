@@ -174,10 +174,9 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         # arithmetic drifts: at T = 1 ClassicalCB in float32 and the float32 graphs
         # gave estimates 11-21 % away from float64 (one-off).  The classical solver in
         # float64 gives the same answer, exactly, in every backend and precision.
-        # (A row space, T > N >= TRAINED_N_TIMES[1], is never that short.)
-        if Y.shape[-1] <= TRAINED_N_TIMES[0]:
-            outside[:] = True
-        if self._other_resolution():
+        # (A row space, T > N >= TRAINED_N_TIMES[1], is never that short.)  The
+        # resolution is checked first, so that its warning is logged either way.
+        if self._other_resolution() or Y.shape[-1] <= TRAINED_N_TIMES[0]:
             outside[:] = True
         return outside
 
