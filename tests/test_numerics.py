@@ -237,3 +237,25 @@ def test_referenced_model_cov_equals_the_matrix_formula(monkeypatch, referenced,
     inverse = torch.linalg.inv(model_cov)
     torch.testing.assert_close(subtract_reference(inverse, ref, scale), inverse - ref / scale,
                                rtol=1e-12, atol=1e-14)
+
+
+def test_corrections_fade_between_the_documented_noise_levels_and_window_lengths():
+    """The corrections' weight is 1 at a noise level of -30 dB of the data power and
+    T >= 10, 0 at -40 dB or T <= 3, linear in dB between, and never grows again along
+    the layers once a sample's noise estimate has left the trained range."""
+    from unfolded_sbl.network import TRAINED_N_TIMES, TRAINED_NOISE_DB, _validity
+
+    assert TRAINED_NOISE_DB == (-40.0, -30.0) and TRAINED_N_TIMES == (3.0, 10.0)
+    levels_db = torch.tensor([-20.0, -30.0, -35.0, -40.0, -60.0], dtype=torch.float64)
+    noise = (10.0 ** (levels_db / 10)).unsqueeze(1).expand(-1, 8)
+    long = torch.tensor(100.0, dtype=torch.float64)
+    weight, by_noise = _validity(noise, long)
+    np.testing.assert_allclose(weight.squeeze(1).numpy(), [1.0, 1.0, 0.5, 0.0, 0.0],
+                               atol=1e-12)
+    np.testing.assert_array_equal(weight.numpy(), by_noise.numpy())
+    for n_times, expected in [(3.0, 0.0), (10.0, 1.0), (np.sqrt(30.0), 0.5)]:
+        weight, _ = _validity(noise[:1], torch.tensor(n_times, dtype=torch.float64))
+        assert float(weight) == pytest.approx(expected, abs=1e-12)
+    previous = torch.full((5, 1), 0.25, dtype=torch.float64)
+    weight, by_noise = _validity(noise, long, previous)
+    assert torch.all(by_noise <= previous) and torch.all(weight <= 0.25)
