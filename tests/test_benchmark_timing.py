@@ -2,6 +2,7 @@
 (benchmarks/bench_classical.py, bench_simulator.py)."""
 
 import numpy as np
+import pytest
 
 import unfolded_sbl as us
 from benchmarks import bench_classical
@@ -81,3 +82,19 @@ def test_onnx_speed_table_is_relative_to_deep_cb_on_the_same_forward_only():
     n_columns = lines[0].count("|") - 1
     assert SPEED_HEADER.count("|---") == n_columns
     assert SPEED_HEADER.splitlines()[0].count("|") == n_columns + 1
+
+
+def test_precision_tables_report_parity_with_torch_float32_per_snr_bin():
+    from benchmarks.bench_onnx import PRECISION_SNR_BINS, _precision_body, _relative
+
+    assert _relative(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.0
+    assert _relative(np.array([3.0, 4.0]), np.array([3.0, 0.0])) == \
+        pytest.approx(4.0 / 3.0)
+    cells = {f"{lo}-{hi} dB": {"float32": 0.9, "float64": 0.9, "difference": 1e-3,
+                               "vs_torch_float32": 2e-5 * (i + 1),
+                               "torch_float32_vs_float64": 1e-3}
+             for i, (lo, hi) in enumerate(PRECISION_SNR_BINS)}
+    body = _precision_body([{"model": "m", "classical_ms": 5.0, "float32_ms": 5.0,
+                             "float64_ms": 7.0, **cells}], batch=64)
+    parity = [line for line in body.splitlines() if line.startswith("| m |")][-1]
+    assert parity == "| m | 2e-05 (1e-03) | 4e-05 (1e-03) | 6e-05 (1e-03) | 8e-05 (1e-03) |"
