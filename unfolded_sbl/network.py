@@ -211,13 +211,17 @@ def _smooth_rows(rows, neighbours):
     product when ``neighbours`` is the :func:`neighbour_matrix` (torch), by a
     gather of whole rows when it is ``(index, weight[, distance])`` (exported
     graphs: ONNX has no sparse product; a gather along the middle axis would copy
-    3 values at a time, slow in onnxruntime)."""
+    3 values at a time, slow in onnxruntime).  The gathered rows are weighted by a
+    batched (1, k) x (k, C) product per source rather than multiplied and summed,
+    which would write a weighted copy of all (M, k, C) values first: onnxruntime
+    took 9.8 against 15.8 ms per layer at ico4 (M = 5124, k = 54, C = 192: batch
+    64; one-off)."""
     if torch.is_tensor(neighbours):
         return torch.sparse.mm(neighbours.to(rows.dtype), rows)
     index, weight = neighbours[:2]
     n_sources, n_neighbours = index.shape
     gathered = rows[index.reshape(-1)].reshape(n_sources, n_neighbours, -1)
-    return (gathered * weight.to(rows.dtype).unsqueeze(-1)).sum(1)
+    return torch.matmul(weight.to(rows.dtype).unsqueeze(1), gathered).squeeze(1)
 
 
 def pointwise_to_graph(state_dict):
