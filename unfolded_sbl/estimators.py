@@ -168,9 +168,9 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         if not getattr(self, "regime_check", True):
             return np.zeros(len(Y), bool)
         outside = regime_level_db(Y, self.average_reference_) < REGIME_FLOOR_DB
-        # So short a window gets no corrections anyway (they fade out below
-        # TRAINED_N_TIMES[1] and are 0 from TRAINED_N_TIMES[0] down), so the network is
-        # the classical solver there; and its rank-1..3 covariance is where float32
+        # A window this short gets no corrections (they fade out below
+        # TRAINED_N_TIMES[1] and are 0 from TRAINED_N_TIMES[0] down): the network is
+        # the classical solver there, and its rank-1..3 covariance is where float32
         # arithmetic drifts: at T = 1 ClassicalCB in float32 and the float32 graphs
         # gave estimates 11-21 % away from float64 (one-off).  The classical solver in
         # float64 gives the same answer, exactly, in every backend and precision.

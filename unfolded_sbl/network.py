@@ -56,11 +56,11 @@ FEATURE_CLIP = 60.0
 #: per-sensor SNR up to 40 dB, windows of 10 samples or more).  Outside it the
 #: corrections fade out and the layer becomes the classical update: the current
 #: mean noise variance relative to the data power, in dB, fades them from 1 at
-#: -30 dB to 0 at -40 dB (the pair below is (0, 1)); the window length from 1 at
-#: T = 10 to 0 at T = 3 (log scale).  Noise-free and near-noise-free data (where the classical solver is
-#: already close to exact and learned corrections were seen to oscillate) and
-#: windows of a few samples (rank-deficient beyond the training data) are solved
-#: classically.
+#: -30 dB to 0 at -40 dB; the window length from 1 at T = 10 to 0 at T = 3 (log
+#: scale).  Each pair below is (weight 0, weight 1).  Noise-free and
+#: near-noise-free data (where the classical solver is already close to exact and
+#: learned corrections were seen to oscillate) and windows of a few samples
+#: (rank-deficient beyond the training data) are solved classically.
 TRAINED_NOISE_DB = (-40.0, -30.0)
 TRAINED_N_TIMES = (3.0, 10.0)
 #: The corrections (MLPs, attention) run in float32 whatever the solver's dtype
