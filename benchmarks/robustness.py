@@ -2,7 +2,7 @@
 
 Rows are conditions (nominal and perturbed templates; each head-model error
 alone; SNR bins from -10 to 40 dB; 1 to 40 patches; spreads 1-15 mm; white and
-coloured noise; other caps; ico4), columns are methods (ClassicalCB at 25 and
+coloured noise; other caps, two low-density ones included; ico4), columns are methods (ClassicalCB at 25 and
 100 iterations, each shipped model in torch and in ONNX, a DeepSIF-like
 end-to-end network trained on the same robust distribution with Deep CB's
 stage-2 sample budget).  Cells: rMSE ratio to ClassicalCB-25-joint on the same
@@ -55,6 +55,33 @@ SINGLE_ERRORS = {
 }
 
 
+#: Low-density caps that recordings bring and no shipped template has: the clinical
+#: 10-20 system's 19 electrodes and BioSemi's 32.  ``name-ico3`` and
+#: ``name-ico3-perturbed`` (as the shipped perturbed templates: skull x0.5, electrodes
+#: jittered 3 mm) are built once into ``WORK`` (``templates.make_template_forward``).
+BUILT_CAPS = {"standard_1020-19": ("Fp1 Fp2 F7 F3 Fz F4 F8 T7 C3 Cz C4 T8 P7 P3 Pz P4 P8 "
+                                   "O1 O2").split(),
+              "biosemi32": "biosemi32"}
+
+
+def load_forward(name, verbose=True):
+    """A shipped template, or one of :data:`BUILT_CAPS` (built on the first call)."""
+    cap = name.split("-ico3")[0]
+    if cap not in BUILT_CAPS:
+        return us.load_forward(name)
+    from unfolded_sbl.templates import make_template_forward
+
+    path = WORK / f"{name}.npz"
+    if not path.exists():
+        if verbose:
+            print(f"building forward model: {name}")
+        WORK.mkdir(parents=True, exist_ok=True)
+        fwd = us.ForwardModel.from_mne(make_template_forward(
+            BUILT_CAPS[cap], "ico3", perturbed=name.endswith("-perturbed")), name=name)
+        fwd.save(path)
+    return us.ForwardModel.load(path)
+
+
 def single_error_models(verbose=True):
     """label -> HeadModelEnsemble of one member (built once, cached)."""
     from unfolded_sbl.templates import make_subjects_dir
@@ -95,12 +122,17 @@ def conditions(quick=False):
               dict(ROBUST_SIMULATOR))]
     rows += [(f"{name} (perturbed)", "cap", name, f"{name}-perturbed", {})
              for name in ("biosemi128-ico3", "things63-ico3", "things63-ico4")]
+    # appended after the rows above so that their seeds (SEED + row index) stay
+    rows += [(f"{cap}-ico3 (perturbed)", "cap", f"{cap}-ico3", f"{cap}-ico3-perturbed", {})
+             for cap in BUILT_CAPS]
     if quick:
-        rows = rows[:3] + rows[-1:]
+        rows = rows[:3] + rows[-1 - len(BUILT_CAPS):-len(BUILT_CAPS)]
     return rows
 
 
 def make_data(source, fwd, params, n_samples, seed, singles):
+    if isinstance(source, str):
+        source = load_forward(source)
     if isinstance(source, tuple):
         sim = us.Simulator(fwd, random_state=seed, head_models=singles[source[1]],
                            nominal_prob=0.0, **params)
@@ -183,7 +215,7 @@ def condition_data(n_samples, seed, solvers_for, quick=False, ico3_only=False,
         if ico3_only and not fwd_name.endswith("ico3"):
             continue
         if fwd_name not in cache:
-            fwd = us.load_forward(fwd_name)
+            fwd = load_forward(fwd_name, verbose)
             cache[fwd_name] = (fwd, solvers_for(fwd))
         fwd, solvers = cache[fwd_name]
         yield i, row, fwd, solvers, make_data(source, fwd, params, n_samples, seed + i,
@@ -313,7 +345,9 @@ model: `perturbed` is the shipped `-perturbed` template (skull x0.5, electrodes 
 3 mm); single-error rows are one member of the head-model builder with only that error (ico3
 BEM, so compare them with "BEM ico3 only"); other rows use the perturbed template with the
 paper simulator (5-20 patches, 2-4 mm, 5-20 dB, white noise, T = 100) except what the row
-changes. Seeds {SEED} + row index. `deep-cb-known` and `ClassicalCB-25-known` get the true
+changes. The last two rows are low-density caps that no template ships: the clinical 10-20
+system's 19 electrodes and BioSemi's 32, built on demand like the shipped templates
+(`BUILT_CAPS`; nominal and perturbed, about a minute once). Seeds {SEED} + row index. `deep-cb-known` and `ClassicalCB-25-known` get the true
 noise variances. The end-to-end baseline is trained from scratch on the robust simulator
 through the head-model ensemble (not the paper/robust mixture of Deep CB's stage 2) with Deep
 CB's stage-2 sample budget (24,000 samples); it is tied to the training cap, hence n/a
