@@ -109,3 +109,25 @@ def test_from_mne_refuses_other_objects():
     # from_mne on a real computed mne.Forward is exercised by the builder test.
     with pytest.raises(TypeError, match="mne.Forward"):
         us.ForwardModel.from_mne(np.zeros((3, 3)))
+
+
+def test_pick_channels_re_references_and_renames(fwd):
+    names = fwd.ch_names[10:40][::-1]
+    sub = fwd.pick_channels([n.upper() for n in names])  # matched case-insensitively
+    rows = [fwd.ch_names.index(n) for n in names]
+    expected = fwd.lead_field[rows] - fwd.lead_field[rows].mean(axis=0)
+    np.testing.assert_allclose(sub.lead_field, expected, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_allclose(sub.lead_field.mean(axis=0), 0, atol=1e-12)
+    assert sub.ch_names == names
+    np.testing.assert_array_equal(sub.ch_pos, fwd.ch_pos[rows])
+    assert sub.n_sources == fwd.n_sources and (sub.adjacency != fwd.adjacency).nnz == 0
+    # a subset is not the template: nothing may look it up by the template's name
+    assert sub.name not in us.list_forwards() and str(len(names)) in sub.name
+    assert fwd.pick_channels(fwd.ch_names).name == fwd.name
+
+
+def test_pick_channels_refuses_unknown_and_duplicate_names(fwd):
+    with pytest.raises(ValueError, match="not in the forward model.*'XYZ'"):
+        fwd.pick_channels(["Cz", "XYZ"])
+    with pytest.raises(ValueError, match="duplicates"):
+        fwd.pick_channels(["Cz", "cz"])

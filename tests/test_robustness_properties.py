@@ -191,3 +191,34 @@ def test_torch_and_onnx_agree_on_noise_free_data(solvers, fwd, name):
         assert torch_est.classical_fallback_.all() and onnx_est.classical_fallback_.all()
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < NOISE_FREE_PARITY, n_active
         assert us.rmse(truth, a) < SOLVED and us.rmse(truth, b) < SOLVED
+
+
+@pytest.fixture(scope="module")
+def perturbed_fwd():
+    return us.load_forward("biosemi64-ico3-perturbed")
+
+
+@settings(max_examples=6, **SETTINGS)
+@given(n_keep=st.integers(8, 63), seed=st.integers(0, 2 ** 16))
+def test_channel_subsets_of_the_template(fwd, perturbed_fwd, n_keep, seed):
+    """Recordings drop bad channels and low-density caps hold a few of the template's:
+    on a random subset of its channels (data from the perturbed template's same
+    channels) every shipped model returns finite sources, within the per-problem
+    bound of ClassicalCB on the same subset."""
+    rng = np.random.default_rng(seed)
+    names = [fwd.ch_names[i] for i in np.sort(rng.choice(fwd.n_channels, n_keep,
+                                                         replace=False))]
+    sub = fwd.pick_channels(names)
+    data = us.simulate(perturbed_fwd.pick_channels(names), 3, random_state=seed, n_times=50)
+    classical = {known: us.rmse(data.sources, _predict(
+        us.ClassicalCB(sub, noise="known" if known else "learn").fit(), data.sensors,
+        data.noise_var)[0]) for known in (False, True)}
+    backends = [(name, "torch") for name in SHIPPED] + [("deep-cb-joint", "onnx")]
+    for name, backend in backends:
+        est = us.load_pretrained(name, forward=sub, backend=backend)
+        out, known = _predict(est, data.sensors, data.noise_var)
+        _check_finite(est, f"{name}/{backend}", data.sensors, out)
+        learned = us.rmse(data.sources, out)
+        assert learned <= MAX_RATIO_PER_PROBLEM * classical[known], (
+            f"{name}/{backend} on {n_keep} channels: rMSE {learned:.4f} vs ClassicalCB "
+            f"{classical[known]:.4f}")

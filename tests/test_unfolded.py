@@ -194,6 +194,25 @@ def test_save_load_roundtrip_and_errors(tiny, tmp_path):
         us.UnfoldedSBLRegressor.load(path)
 
 
+def test_fine_tuning_on_a_channel_subset_of_a_template(fwd, tmp_path):
+    """A template without its bad channels is not the template: its validation data
+    and its saved forward name must not come from the full cap (they did, and
+    fit_simulated failed on the perturbed template's 64 channels)."""
+    sub = fwd.pick_channels(fwd.ch_names[:20])
+    net = us.UnfoldedSBLRegressor(sub, correction="mlp", n_layers=2, max_epochs=1,
+                                  steps_per_epoch=1, progressive_steps=0, batch_size=2,
+                                  n_val=2, random_state=0,
+                                  simulator_params={"n_times": 10}).fit_simulated()
+    path = tmp_path / "sub.pt"
+    net.save(path)
+    assert torch.load(path, weights_only=False)["forward_name"] is None
+    with pytest.raises(ValueError, match="custom forward model"):
+        us.UnfoldedSBLRegressor.load(path)
+    X = us.simulate(sub, 2, random_state=0, n_times=10).sensors
+    back = us.UnfoldedSBLRegressor.load(path, forward=sub)
+    np.testing.assert_array_equal(back.predict(X), net.predict(X))
+
+
 def test_mlp_runs_on_other_forward_bias_refuses(tiny, tmp_path):
     fwd, data = tiny
     rng = np.random.default_rng(5)

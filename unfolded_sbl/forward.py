@@ -99,6 +99,43 @@ class ForwardModel:
     def n_sources(self):
         return self.lead_field.shape[1]
 
+    def pick_channels(self, ch_names):
+        """A forward model of ``ch_names`` only, in that order (matched case-insensitively),
+        as for a recording whose bad channels were dropped.
+
+        The rows are average-referenced again, over the kept channels, as the
+        recording would be.  The result keeps this model's ``name`` only when it has
+        all its channels in the same order; otherwise it is named
+        ``"NAME (k of n channels)"``, so that nothing looks it up as the full template
+        (a fine-tuned model's validation data, its saved ``forward_name``).
+
+        Parameters
+        ----------
+        ch_names : sequence of str
+            Channels to keep.
+
+        Returns
+        -------
+        forward : ForwardModel
+        """
+        ch_names = [str(c) for c in ch_names]
+        index = {name.lower(): i for i, name in enumerate(self.ch_names)}
+        missing = [c for c in ch_names if c.lower() not in index]
+        if missing:
+            raise ValueError(f"ch_names: channels not in the forward model: {missing}")
+        rows = [index[c.lower()] for c in ch_names]
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"ch_names has duplicates: {ch_names}")
+        name = self.name
+        if name and rows != list(range(self.n_channels)):
+            name = f"{name} ({len(rows)} of {self.n_channels} channels)"
+        return ForwardModel(self.lead_field[rows], self.positions,
+                            [self.ch_names[r] for r in rows], self.adjacency,
+                            normals=self.normals,
+                            ch_pos=None if self.ch_pos is None else self.ch_pos[rows],
+                            vertices=self.vertices, subject=self.subject, name=name,
+                            average_reference=self.average_reference)
+
     def __repr__(self):
         label = f" {self.name!r}" if self.name else ""
         return (f"<ForwardModel{label} | {self.n_channels} channels x "

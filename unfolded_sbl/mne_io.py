@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from .forward import ForwardModel, as_forward
+from .forward import as_forward
 
 logger = logging.getLogger("unfolded_sbl")
 
@@ -44,15 +44,13 @@ def _eeg_channels(inst):
 
 def _subset(fwd, ch_names):
     """Rows of ``fwd`` for ``ch_names`` (case-insensitive), or the missing names."""
-    index = {name.lower(): i for i, name in enumerate(fwd.ch_names)}
-    missing = [c for c in ch_names if c.lower() not in index]
+    known = {name.lower() for name in fwd.ch_names}
+    missing = [c for c in ch_names if c.lower() not in known]
     if missing:
         return None, missing
-    rows = [index[c.lower()] for c in ch_names]
-    return ForwardModel(fwd.lead_field[rows], fwd.positions, list(ch_names), fwd.adjacency,
-                        normals=fwd.normals,
-                        ch_pos=None if fwd.ch_pos is None else fwd.ch_pos[rows],
-                        vertices=fwd.vertices, subject=fwd.subject, name=fwd.name), []
+    sub = fwd.pick_channels(ch_names)
+    sub.ch_names = list(ch_names)  # the recording's spelling: the forward pairs with it
+    return sub, []
 
 
 def forward_for_channels(ch_names, forward=None, positions=None, log=print):

@@ -371,10 +371,12 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             return None
         forward = self.forward_
         name = forward.name
+        val_forward = forward
         if name and f"{name}-perturbed" in list_forwards():
-            val_forward = load_forward(f"{name}-perturbed")
-        else:
-            val_forward = forward
+            perturbed = load_forward(f"{name}-perturbed")
+            # a model built from arrays may carry a template's name with other channels
+            if perturbed.ch_names == forward.ch_names:
+                val_forward = perturbed
         components = self._simulator_components()
         parts = []
         for params in components:
