@@ -9,6 +9,7 @@ import pytest
 
 import unfolded_sbl as us
 from unfolded_sbl import zoo
+from unfolded_sbl.estimators import SPACING_TOLERANCE
 
 SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
            "deep-attn-cb-joint", "deep-graph-cb-joint")
@@ -329,6 +330,51 @@ def test_denser_model_acts_on_its_source_spacing_and_falls_back_elsewhere(backen
     assert est.classical_fallback_.all()
     ref = us.ClassicalCB(ico3).fit().predict(data.sensors)
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def _rescaled(forward, factor):
+    """``forward`` with its source positions scaled: the same mesh with its spacing
+    times ``factor`` (the spacing checks read the positions only)."""
+    return us.ForwardModel(forward.lead_field, forward.positions * factor, forward.ch_names,
+                           forward.adjacency)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_denser_model_reaches_source_spaces_up_to_twice_finer(backend):
+    """The ico4 model's corrections act down to its training spacing / DENSER_REACH
+    (ico5, 2.8 mm, measured: README): they act at 3 mm, not at 2.2 mm, and the ico3
+    models' corrections act at neither."""
+    from unfolded_sbl.forward import source_spacing
+
+    name = "deep-graph-cb-joint-ico4"
+    card = zoo.model_card(name)
+    finest, coarsest = card["spacing_range_m"]
+    trained = card["train_spacing_m"]
+    assert finest == pytest.approx(trained / zoo.DENSER_REACH)
+    assert coarsest == pytest.approx(trained * SPACING_TOLERANCE)
+    ico4 = us.load_forward("things63-ico4")
+    for spacing, acts in ((3.0e-3, True), (2.2e-3, False)):
+        fwd = _rescaled(ico4, spacing / source_spacing(ico4))
+        assert zoo.suits(name, fwd) == acts and not zoo.suits("deep-cb-joint", fwd)
+        assert (name in us.list_pretrained(fwd)) is acts
+        est = us.load_pretrained(name, forward=fwd, backend=backend)
+        assert est.spacing_range_ == pytest.approx([finest, coarsest])
+        est.predict(us.simulate(ico4, 2, random_state=0, n_times=20).sensors)
+        assert bool(est.classical_fallback_.all()) != acts
+
+
+def test_save_load_and_export_keep_the_spacing_range(tmp_path):
+    from unfolded_sbl.export import export_onnx
+
+    net = us.UnfoldedSBLRegressor(forward=zoo.TRAIN_FORWARD, n_layers=2, max_epochs=0
+                                  ).fit_simulated()
+    assert net.spacing_range_ is None  # within SPACING_TOLERANCE of its training spacing
+    net.spacing_range_ = [1e-3, 2e-2]
+    net.save(tmp_path / "net.pt")
+    assert us.UnfoldedSBLRegressor.load(tmp_path / "net.pt").spacing_range_ == [1e-3, 2e-2]
+    export_onnx(net, tmp_path / "net.onnx")
+    ort = us.OnnxSBLRegressor(tmp_path / "net.onnx", forward=zoo.TRAIN_FORWARD).fit()
+    assert ort.spacing_range_ == [1e-3, 2e-2]
 
 
 @pytest.mark.parametrize("continue_training", [False, True])

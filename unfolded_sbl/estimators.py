@@ -47,6 +47,18 @@ REGIME_FLOOR_DB = -50.0
 SPACING_TOLERANCE = 1.4
 
 
+def acting_spacings(train_spacing, spacing_range=None):
+    """(finest, coarsest) source spacing, in metres, on which learned corrections act:
+    a model's recorded ``spacing_range`` where it has one (models made for denser
+    source spaces, ``unfolded_sbl.zoo.DENSER_REACH``), else within
+    :data:`SPACING_TOLERANCE` of its training spacing; None when neither is known."""
+    if spacing_range:
+        return float(spacing_range[0]), float(spacing_range[1])
+    if not train_spacing:
+        return None
+    return train_spacing / SPACING_TOLERANCE, train_spacing * SPACING_TOLERANCE
+
+
 def source_spread(source_var):
     """Fraction of the sources an estimate spreads over: the participation ratio
     ``sum(g)^2 / (M sum(g^2))`` of each sample's source variances ``g``, 1/M for one
@@ -161,7 +173,7 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
     def _outside_regime(self, Y):
         """Samples a learned model should leave to the classical solver (n,) bool:
         data outside the trained SNR regime, every sample when the source space
-        is much finer or coarser than the training one (:data:`SPACING_TOLERANCE`),
+        is finer or coarser than the corrections act on (:func:`acting_spacings`),
         and every sample of windows of at most ``TRAINED_N_TIMES[0]`` time samples.
         ``Y`` (n, N, T) may be the data or their row space (:meth:`_on_row_space`):
         :func:`regime_level_db` gives the same levels for both."""
@@ -195,21 +207,21 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         return source_spread(source_var) > ceiling
 
     def _other_resolution(self):
-        """True (and logged once) when the forward model's source spacing differs from
-        the training source space's by more than :data:`SPACING_TOLERANCE`."""
-        trained = getattr(self, "train_spacing_", None)
-        if not trained:
+        """True (and logged once) when the forward model's source spacing lies outside
+        the spacings the corrections act on (:func:`acting_spacings`)."""
+        span = acting_spacings(getattr(self, "train_spacing_", None),
+                               getattr(self, "spacing_range_", None))
+        if span is None:
             return False
         spacing = source_spacing(self.forward_)
-        ratio = max(spacing / trained, trained / spacing)
-        if ratio <= SPACING_TOLERANCE:
+        if span[0] <= spacing <= span[1]:
             return False
         if not getattr(self, "_warned_spacing", False):
             logger.warning(
-                "the learned corrections were trained on a source space with %.1f mm "
-                "spacing; this one has %.1f mm: solving with the classical updates at the "
-                "same depth (regime_check=False uses the corrections anyway)",
-                1e3 * trained, 1e3 * spacing)
+                "the learned corrections act on source spaces with %.1f-%.1f mm spacing "
+                "(trained for %.1f mm); this one has %.1f mm: solving with the classical "
+                "updates at the same depth (regime_check=False uses the corrections anyway)",
+                1e3 * span[0], 1e3 * span[1], 1e3 * (self.train_spacing_ or 0), 1e3 * spacing)
             self._warned_spacing = True
         return True
 

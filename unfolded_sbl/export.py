@@ -161,6 +161,7 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
             "dtype": estimator.dtype, "n_channels": estimator.n_features_in_,
             "n_sources": estimator.n_sources_,
             "train_spacing": getattr(estimator, "train_spacing_", None),
+            "spacing_range": getattr(estimator, "spacing_range_", None),
             # so that OnnxSBLRegressor(path) runs the density check the model was
             # shipped with (density_ceiling="auto")
             "density_ceiling": estimator.density_ceiling,

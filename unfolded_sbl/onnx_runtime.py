@@ -187,6 +187,7 @@ class OnnxSBLRegressor(_SourceEstimator):
             f"the density_ceiling recorded in {self.path}")
         self.learn_noise_ = self.metadata_["config"]["learn_noise"]
         self.train_spacing_ = self.metadata_.get("train_spacing")
+        self.spacing_range_ = self.metadata_.get("spacing_range")
         # files exported before float64 graphs carry no dtype: they are float32
         self.input_dtype_ = np.dtype(self.metadata_.get("dtype", "float32"))
         config = self.metadata_["config"]

@@ -177,9 +177,9 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         Solve samples that lie outside the regime the corrections were trained
         for (noise-free, exactly low-rank or above about 50 dB SNR data, see
         ``unfolded_sbl.estimators.regime_level_db``; or every sample when the
-        source space's spacing differs from the training one by more than
-        ``unfolded_sbl.estimators.SPACING_TOLERANCE``, e.g. ico4 for a model
-        trained at ico3) with the classical solver (the same network without
+        source space's spacing lies outside those the corrections act on,
+        ``unfolded_sbl.estimators.acting_spacings``: e.g. ico4 for a model trained
+        at ico3) with the classical solver (the same network without
         corrections).  ``classical_fallback_`` marks them after ``predict``.
     density_ceiling : float | None
         Part of the regime check: a sample whose learned estimate spreads over
@@ -235,6 +235,13 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         ``val_ratio`` (to the classical solver), ``val_f1``).
     source_var_, noise_var_ : ndarray
         Variances of the last ``predict``.
+    train_spacing_ : float | None
+        Source spacing (metres) the corrections were trained for.
+    spacing_range_ : [float, float] | None
+        (finest, coarsest) source spacing on which the corrections act, where the
+        model records one (models for denser source spaces,
+        ``unfolded_sbl.zoo.DENSER_REACH``); None: within
+        ``unfolded_sbl.estimators.SPACING_TOLERANCE`` of ``train_spacing_``.
 
     Examples
     --------
@@ -346,6 +353,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                                           **self._config()).cast(self.torch_dtype_, self.device_)
         # the corrections are learned for this source spacing (see regime_check)
         self.train_spacing_ = source_spacing(self.forward_)
+        self.spacing_range_ = None
         self.history_ = []
         return self
 
@@ -555,6 +563,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                                      list_forwards() else None),
                     "history": self.history_,
                     "train_spacing": getattr(self, "train_spacing_", None),
+                    "spacing_range": getattr(self, "spacing_range_", None),
                     # read back by load(density_ceiling="auto")
                     "density_ceiling": self.density_ceiling,
                     "state_dict": {k: v.detach().cpu() for k, v in
@@ -620,6 +629,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         est.network_.cast(est.torch_dtype_, est.device_).eval()
         est.history_ = blob.get("history", [])
         est.train_spacing_ = blob.get("train_spacing")
+        est.spacing_range_ = blob.get("spacing_range")
         if est.train_spacing_ is None and blob.get("forward_name"):
             # files written before the field: the spacing of the training template
             est.train_spacing_ = source_spacing(load_forward(blob["forward_name"]))

@@ -123,6 +123,17 @@ WIDE = {"spread": (0.006, 0.015), "patch_distance": "mesh"}
 #: ``train_spacing_`` is the training source space's divided by s, so the regime check
 #: lets their corrections act on such source spaces and solves coarser ones classically.
 DENSER = {"deep-graph-cb-joint-ico4": ("deep-graph-cb-joint", 2.0)}
+#: A :data:`DENSER` model's corrections act on source spaces down to its
+#: ``train_spacing_`` divided by this (its ``spacing_range_``; coarser ones within
+#: ``estimators.SPACING_TOLERANCE`` as for every model).  They slow the classical
+#: sparsification, which costs ClassicalCB more the denser the source space: at
+#: fsaverage ico5 (2.8 mm, 1.9x finer than the ico4 model's 5.2 mm),
+#: deep-graph-cb-joint-ico4 gave 0.75-0.77x ClassicalCB-25's rMSE on the paper's
+#: simulator (F1 +0.14-0.15) and 0.32-0.34x on the robust one, 2 caps
+#: (``python -m benchmarks.density``), and was at most 1.00x in each of nine
+#: conditions of the robustness matrix at ico5 (48 samples each, one-off), where the
+#: ico3 models' corrections lose (1.07-1.40x, one-off).
+DENSER_REACH = 2.0
 #: Their first stage (on top of the starting model's stages): the wider paper patches and
 #: the robust simulator, through the head-model ensemble; the kept epoch is the one whose
 #: worse part (ratio to ClassicalCB) is best.
@@ -139,6 +150,13 @@ DENSER_WIDE_STAGE = {**DENSER_STAGE, "learning_rate": 1e-3, "mixture_focus": 0.0
                      "max_epochs": 12}
 #: The source space their card validates on (perturbed template of the same cap).
 DENSER_FORWARD = "biosemi64-ico4"
+
+
+def denser_spacing_range(train_spacing):
+    """``spacing_range_`` of a :data:`DENSER` model trained for ``train_spacing``."""
+    from .estimators import SPACING_TOLERANCE
+
+    return [train_spacing / DENSER_REACH, train_spacing * SPACING_TOLERANCE]
 
 
 def denser_simulator_params(factor):
@@ -280,15 +298,17 @@ def default_forward(name):
 
 def suits(name, forward):
     """Whether the corrections of the shipped model ``name`` act on ``forward``'s
-    source space: its spacing within ``estimators.SPACING_TOLERANCE`` of the one
-    the model was trained for (elsewhere the classical updates solve)."""
-    from .estimators import SPACING_TOLERANCE
+    source space: its spacing within ``estimators.acting_spacings`` of the model
+    (within ``estimators.SPACING_TOLERANCE`` of its training spacing, down to
+    :data:`DENSER_REACH` times finer for :data:`DENSER` models; elsewhere the
+    classical updates solve)."""
+    from .estimators import acting_spacings
     from .forward import as_forward, load_forward, source_spacing
 
-    trained = model_card(name).get("train_spacing_m") or source_spacing(
-        load_forward(TRAIN_FORWARD))
-    spacing = source_spacing(as_forward(forward))
-    return max(spacing / trained, trained / spacing) <= SPACING_TOLERANCE
+    card = model_card(name)
+    trained = card.get("train_spacing_m") or source_spacing(load_forward(TRAIN_FORWARD))
+    finest, coarsest = acting_spacings(trained, card.get("spacing_range_m"))
+    return finest <= source_spacing(as_forward(forward)) <= coarsest
 
 
 def _evaluate(estimators, data, forward, known):
@@ -477,8 +497,9 @@ def train_denser(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, checkpoint
         checkpoint = _checkpoint_path(checkpoint_dir, f"{name}-{i}")
         stages.append(_fine_tune(est, label, stage, mixture, checkpoint, random_state + i,
                                  verbose))
-    # the card records it too (write_card), from the saved file
+    # the card records them too (write_card), from the saved file
     est.train_spacing_ = source_spacing(load_forward(TRAIN_FORWARD)) / factor
+    est.spacing_range_ = denser_spacing_range(est.train_spacing_)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_model(est, name, out_dir)
@@ -536,6 +557,7 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
         "estimator_params": params, "seed": random_state, "dtype": est.dtype,
         "onnx_dtype": ONNX_DTYPE,
         "train_spacing_m": est.train_spacing_,
+        "spacing_range_m": getattr(est, "spacing_range_", None),
         "training": {"forward": TRAIN_FORWARD, "data": "streamed from the simulator, fresh "
                      "samples every step", "stages": stages,
                      "samples_seen": sum(st["samples_seen"] for st in stages),
@@ -583,9 +605,10 @@ def refresh_export(name, out_dir=MODEL_DIR):
     computed with the torch model from the same ``.pt``, so it stays valid; the
     test suite holds the new ONNX file to the torch model."""
     out_dir = Path(out_dir)
-    _export(name, out_dir)
+    est = _export(name, out_dir)
     with open(out_dir / f"{name}.json") as fid:
         card = json.load(fid)
+    card["spacing_range_m"] = getattr(est, "spacing_range_", None)
     card["files"] = _file_records(out_dir / fname for fname in card["files"])
     card["onnx_dtype"] = ONNX_DTYPE
     with open(out_dir / f"{name}.json", "w") as fid:
