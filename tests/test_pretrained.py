@@ -491,3 +491,19 @@ def test_auto_density_ceiling_of_older_or_damaged_model_files(tmp_path, recorded
             us.UnfoldedSBLRegressor.load(tmp_path / "model.pt")
     else:
         assert us.UnfoldedSBLRegressor.load(tmp_path / "model.pt").density_ceiling is None
+
+
+def test_a_model_that_solves_classically_names_the_models_that_would_not(caplog):
+    """At ico4 the ico3 models solve classically; loading one says which shipped model's
+    corrections act there."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        us.load_pretrained("deep-cb-joint", forward="things63-ico4")
+    assert ("deep-cb-joint's corrections do not act on this source space; the shipped "
+            "models whose corrections do: deep-graph-cb-joint-ico4") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        us.load_pretrained("deep-cb-joint", forward="things63-ico3")
+        us.load_pretrained("deep-cb-joint", forward="things63-ico4", regime_check=False)
+    assert "corrections do not act" not in caplog.text

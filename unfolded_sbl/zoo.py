@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger("unfolded_sbl")
 
 MODEL_DIR = Path(__file__).parent / "data" / "models"
 
@@ -276,8 +279,18 @@ def load_pretrained(name, forward=None, backend="torch", **kwargs):
         ``intra_op_num_threads``, ...); ``density_ceiling`` defaults to the
         model's :data:`DENSITY_CEILINGS` entry.
     """
+    from .forward import as_forward
+
     forward = forward or default_forward(name)
+    if not isinstance(forward, str):
+        forward = as_forward(forward)  # an mne.Forward converted once, not per check
     kwargs.setdefault("density_ceiling", DENSITY_CEILINGS.get(name))
+    if kwargs.get("regime_check", True) and not suits(name, forward):
+        # the estimator warns that it solves classically; say which model would not
+        others = [other for other in list_pretrained(forward) if other != name]
+        if others:
+            logger.warning("%s's corrections do not act on this source space; the shipped "
+                           "models whose corrections do: %s", name, ", ".join(others))
     if backend == "torch":
         from .unfolded import UnfoldedSBLRegressor
 
