@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 import unfolded_sbl as us
+from benchmarks._forwards import template_or_built
 from benchmarks._results import HERE, write_section
 from benchmarks.robustness import ratio_interval
 from unfolded_sbl.forward import source_spacing
@@ -46,19 +47,7 @@ SEED = 8000
 
 def load_forward(cap, spacing, perturbed=False, verbose=True):
     """A shipped template, or the same cap on another source space built once."""
-    name = f"{cap}-{spacing}" + ("-perturbed" if perturbed else "")
-    if name in us.list_forwards():
-        return us.load_forward(name)
-    from unfolded_sbl.templates import make_template_forward
-
-    path = WORK / f"{name}.npz"
-    if not path.exists():
-        if verbose:
-            print(f"building forward model: {name}", flush=True)
-        WORK.mkdir(parents=True, exist_ok=True)
-        us.ForwardModel.from_mne(make_template_forward(cap, spacing, perturbed=perturbed),
-                                 name=name).save(path)
-    return us.ForwardModel.load(path)
+    return template_or_built(cap, spacing, perturbed, WORK, verbose=verbose)
 
 
 def methods(fwd):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import unfolded_sbl as us
+from benchmarks._forwards import template_or_built
 from benchmarks._results import HERE, write_section
 from unfolded_sbl import head_models as hm
 from unfolded_sbl.metrics import f1, rmse
@@ -69,17 +70,8 @@ def load_forward(name, verbose=True):
     cap = name.split("-ico3")[0]
     if cap not in BUILT_CAPS:
         return us.load_forward(name)
-    from unfolded_sbl.templates import make_template_forward
-
-    path = WORK / f"{name}.npz"
-    if not path.exists():
-        if verbose:
-            print(f"building forward model: {name}")
-        WORK.mkdir(parents=True, exist_ok=True)
-        fwd = us.ForwardModel.from_mne(make_template_forward(
-            BUILT_CAPS[cap], "ico3", perturbed=name.endswith("-perturbed")), name=name)
-        fwd.save(path)
-    return us.ForwardModel.load(path)
+    return template_or_built(cap, "ico3", name.endswith("-perturbed"), WORK, BUILT_CAPS[cap],
+                             verbose)
 
 
 def single_error_models(verbose=True):

@@ -31,3 +31,29 @@ def test_table_marks_classical_rows_and_gives_the_denser_model_its_interval():
     assert "| biosemi64-ico5 | 20484 | 2.8 mm | paper | 0.500 |" in lines[2]
     assert "1.000 (+0.000) classical" in lines[2]
     assert "0.790 [0.780, 0.800] (+0.100) |" in lines[2]
+
+
+def test_forwards_beyond_the_templates_are_built_once_and_named(tmp_path, monkeypatch):
+    from benchmarks import _forwards
+    from unfolded_sbl import templates
+
+    built = []
+
+    def fake_builder(cap, spacing, perturbed=False):
+        built.append((cap, spacing, perturbed))
+        return "an mne.Forward"
+
+    small = us.ForwardModel(np.random.default_rng(0).normal(size=(8, 20)),
+                            np.random.default_rng(1).normal(size=(20, 3)))
+    monkeypatch.setattr(templates, "make_template_forward", fake_builder)
+    monkeypatch.setattr(us.ForwardModel, "from_mne",
+                        classmethod(lambda cls, fwd, name=None: cls(
+                            small.lead_field, small.positions, name=name)))
+    shipped = _forwards.template_or_built("biosemi64", "ico3", True, tmp_path)
+    assert shipped.name == "biosemi64-ico3-perturbed" and built == []
+    first = _forwards.template_or_built("cap8", "oct6", True, tmp_path, montage=["Cz"],
+                                        verbose=False)
+    again = _forwards.template_or_built("cap8", "oct6", True, tmp_path, verbose=False)
+    assert built == [(["Cz"], "oct6", True)]  # built once, then read from the cache
+    assert first.name == again.name == "cap8-oct6-perturbed"
+    np.testing.assert_allclose(again.lead_field, small.lead_field, rtol=1e-6, atol=1e-6)
