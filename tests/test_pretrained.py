@@ -375,6 +375,14 @@ def test_save_load_and_export_keep_the_spacing_range(tmp_path):
     export_onnx(net, tmp_path / "net.onnx")
     ort = us.OnnxSBLRegressor(tmp_path / "net.onnx", forward=zoo.TRAIN_FORWARD).fit()
     assert ort.spacing_range_ == [1e-3, 2e-2]
+    for damaged in ([2e-2, 1e-3], [0.0, 1e-3], [1e-3], "wide", [np.nan, 1.0]):
+        net.spacing_range_ = damaged
+        net.save(tmp_path / "damaged.pt")
+        with pytest.raises(ValueError, match="spacing_range recorded in .*damaged.pt"):
+            us.UnfoldedSBLRegressor.load(tmp_path / "damaged.pt")
+    export_onnx(net, tmp_path / "damaged.onnx")
+    with pytest.raises(ValueError, match="spacing_range recorded in .*damaged.onnx"):
+        us.OnnxSBLRegressor(tmp_path / "damaged.onnx", forward=zoo.TRAIN_FORWARD).fit()
 
 
 @pytest.mark.parametrize("continue_training", [False, True])

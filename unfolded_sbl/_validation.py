@@ -42,6 +42,21 @@ def check_optional_fraction(value, name):
     return value
 
 
+def check_spacing_range(value, name):
+    """None, or a [finest, coarsest] pair of positive spacings in metres (a model
+    file's ``spacing_range``)."""
+    if value is None:
+        return None
+    try:
+        finest, coarsest = (float(v) for v in value)
+    except (TypeError, ValueError):
+        finest = coarsest = np.nan
+    if not (np.isfinite(finest) and np.isfinite(coarsest) and 0 < finest <= coarsest):
+        raise ValueError(f"{name} must be None or a [finest, coarsest] pair of positive "
+                         f"source spacings in metres, got {value!r}")
+    return [finest, coarsest]
+
+
 def check_range(value, name, low=0.0, high=np.inf, positive=False):
     """A number or a (low, high) interval inside [low, high]; returns a 2-tuple."""
     pair = (value, value) if isinstance(value, numbers.Real) else tuple(value)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-from ._validation import check_optional_fraction, check_positive_int
+from ._validation import check_optional_fraction, check_positive_int, check_spacing_range
 from .estimators import ClassicalCB, _plain_zeros, _SourceEstimator
 from .forward import mesh_neighbourhoods
 
@@ -187,7 +187,8 @@ class OnnxSBLRegressor(_SourceEstimator):
             f"the density_ceiling recorded in {self.path}")
         self.learn_noise_ = self.metadata_["config"]["learn_noise"]
         self.train_spacing_ = self.metadata_.get("train_spacing")
-        self.spacing_range_ = self.metadata_.get("spacing_range")
+        self.spacing_range_ = check_spacing_range(
+            self.metadata_.get("spacing_range"), f"the spacing_range recorded in {self.path}")
         # files exported before float64 graphs carry no dtype: they are float32
         self.input_dtype_ = np.dtype(self.metadata_.get("dtype", "float32"))
         config = self.metadata_["config"]

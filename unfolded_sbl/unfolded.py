@@ -11,7 +11,7 @@ import torch
 
 from . import __version__
 from ._validation import (check_device, check_finite_array, check_optional_fraction,
-                          check_positive_int)
+                          check_positive_int, check_spacing_range)
 from .estimators import _DTYPES, _SourceEstimator
 from .forward import list_forwards, load_forward, mesh_neighbourhoods, source_spacing
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
@@ -629,7 +629,8 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         est.network_.cast(est.torch_dtype_, est.device_).eval()
         est.history_ = blob.get("history", [])
         est.train_spacing_ = blob.get("train_spacing")
-        est.spacing_range_ = blob.get("spacing_range")
+        est.spacing_range_ = check_spacing_range(blob.get("spacing_range"),
+                                                 f"the spacing_range recorded in {path}")
         if est.train_spacing_ is None and blob.get("forward_name"):
             # files written before the field: the spacing of the training template
             est.train_spacing_ = source_spacing(load_forward(blob["forward_name"]))
