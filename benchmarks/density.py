@@ -26,9 +26,8 @@ import numpy as np
 import unfolded_sbl as us
 from benchmarks._forwards import template_or_built
 from benchmarks._results import HERE, write_section
-from benchmarks.robustness import ratio_interval
+from benchmarks.robustness import per_sample_scores, ratio_interval
 from unfolded_sbl.forward import source_spacing
-from unfolded_sbl.metrics import f1, rmse
 from unfolded_sbl.simulate import ROBUST_SIMULATOR
 
 WORK = HERE / "_work" / "density"
@@ -63,13 +62,7 @@ def methods(fwd):
 
 def scores(est, data):
     """Per-sample rMSE and F1, predicting :data:`CHUNK` samples at a time."""
-    errors, f1s = [], []
-    for start in range(0, len(data.sensors), CHUNK):
-        part = slice(start, start + CHUNK)
-        estimate = est.predict(data.sensors[part])
-        errors.append(rmse(data.sources[part], estimate, average=False))
-        f1s.append(f1(data.sources[part], estimate, average=False))
-    return np.concatenate(errors), np.concatenate(f1s)
+    return per_sample_scores(est, data, CHUNK)
 
 
 def run(n_samples, quick=False, verbose=True):

@@ -171,6 +171,19 @@ def _known(name):
 N_BOOTSTRAP = 2000
 
 
+def per_sample_scores(est, data, chunk=None):
+    """Per-sample rMSE and F1 of ``est`` on ``data``, predicting ``chunk`` samples at a
+    time (None: all at once); the estimates themselves are not kept."""
+    chunk = chunk or len(data.sensors)
+    errors, f1s = [], []
+    for start in range(0, len(data.sensors), chunk):
+        part = slice(start, start + chunk)
+        estimate = est.predict(data.sensors[part])
+        errors.append(rmse(data.sources[part], estimate, average=False))
+        f1s.append(f1(data.sources[part], estimate, average=False))
+    return np.concatenate(errors), np.concatenate(f1s)
+
+
 def ratio_interval(errors, reference, seed, level=0.95):
     """Paired-bootstrap ``level`` interval of ``mean(errors) / mean(reference)``.
 

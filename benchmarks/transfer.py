@@ -28,7 +28,7 @@ import unfolded_sbl as us
 from unfolded_sbl.metrics import f1, rmse
 
 from ._results import write_section
-from .robustness import ratio_interval
+from .robustness import per_sample_scores, ratio_interval
 
 TRAIN_FORWARD = "biosemi64-ico3"
 TARGETS = ("biosemi64-ico3", "things63-ico3", "biosemi128-ico3", "biosemi64-ico4",
@@ -59,9 +59,7 @@ def transfer_rows(n_samples, targets, models, backends, verbose=True):
         def scores(est):
             # per-sample scores, not the estimates: at ico4 each estimate of 256
             # samples holds 1 GB
-            estimate = est.predict(data.sensors)
-            return (rmse(data.sources, estimate, average=False),
-                    f1(data.sources, estimate, average=False))
+            return per_sample_scores(est, data)
 
         per_sample = {REFERENCE: scores(us.ClassicalCB(fwd).fit()),
                       "ClassicalCB-100": scores(us.ClassicalCB(fwd, n_iter=100).fit())}

@@ -279,15 +279,18 @@ def load_pretrained(name, forward=None, backend="torch", **kwargs):
         ``intra_op_num_threads``, ...); ``density_ceiling`` defaults to the
         model's :data:`DENSITY_CEILINGS` entry.
     """
-    from .forward import as_forward
+    from .forward import as_forward, list_forwards
 
     forward = forward or default_forward(name)
-    if not isinstance(forward, str):
-        forward = as_forward(forward)  # an mne.Forward converted once, not per check
+    # read once, for the checks below and for the load (an mne.Forward or a file would
+    # otherwise be converted by each check); a template keeps its name as the parameter
+    resolved = as_forward(forward)
+    if not (isinstance(forward, str) and forward in list_forwards()):
+        forward = resolved
     kwargs.setdefault("density_ceiling", DENSITY_CEILINGS.get(name))
-    if kwargs.get("regime_check", True) and not suits(name, forward):
+    if kwargs.get("regime_check", True) and not suits(name, resolved):
         # the estimator warns that it solves classically; say which model would not
-        others = [other for other in list_pretrained(forward) if other != name]
+        others = [other for other in list_pretrained(resolved) if other != name]
         if others:
             logger.warning("%s's corrections do not act on this source space; the shipped "
                            "models whose corrections do: %s", name, ", ".join(others))
