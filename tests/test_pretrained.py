@@ -308,8 +308,14 @@ def test_denser_model_acts_on_its_source_spacing_and_falls_back_elsewhere(backen
     card = zoo.model_card(name)
     assert card["training"]["forward"] == "biosemi64-ico3"
     assert card["validation"]["forward"] == "biosemi64-ico4-perturbed"
-    assert card["training"]["stages"][-1]["simulator"]["mixture"][0].startswith(
+    *trained, calibration = card["training"]["stages"]
+    assert trained[-1]["simulator"]["mixture"][0].startswith(
         f"paper defaults with {factor:g}x wider patches")
+    # its last correction is scaled by the grid's scale with the lowest worst part
+    assert calibration["name"] == zoo.CALIBRATION_STAGE
+    assert calibration["scales"] == list(zoo.LAST_CORRECTION_SCALES)
+    worst = [max(parts) for parts in calibration["ratio_parts"]]
+    assert calibration["scale"] == calibration["scales"][int(np.argmin(worst))]
     assert zoo.suits(name, "things63-ico4") and not zoo.suits(name, "things63-ico3")
     assert zoo.suits(start, "things63-ico3") and not zoo.suits(start, "things63-ico4")
     ico4 = us.load_forward("things63-ico4")
@@ -400,22 +406,78 @@ def test_denser_training_runs_its_stages_in_order_and_continuation_only_the_miss
                      random_state))
         return {"name": label}
 
+    def fake_calibration(est, simulator_params):
+        runs.append(("calibration", len(simulator_params)))
+        return {"name": zoo.CALIBRATION_STAGE}
+
     monkeypatch.setattr(zoo, "_fine_tune", fake_fine_tune)
+    monkeypatch.setattr(zoo, "calibrate_last_correction", fake_calibration)
     monkeypatch.setattr(zoo, "_save_model", lambda est, n, out: None)
     monkeypatch.setattr(zoo, "write_card", lambda n, out, stages, *a: {"stages": stages})
     card = zoo.train_denser(name, out_dir=tmp_path, random_state=5,
                             continue_training=continue_training)
     recipe = zoo._denser_stages(factor)
     shipped = [st["name"] for st in zoo.model_card(name)["training"]["stages"]]
-    assert [label for label, _, _ in recipe] == shipped[-len(recipe):]
+    # the recipe's stages, then the calibration of the last correction
+    assert shipped[-1] == zoo.CALIBRATION_STAGE
+    assert [label for label, _, _ in recipe] == shipped[-len(recipe) - 1:-1]
     if continue_training:
         assert runs == [] and [st["name"] for st in card["stages"]] == shipped
     else:
         assert runs == [(label, stage["learning_rate"], len(stage["simulator_params"]), 5 + i)
-                        for i, (label, stage, _) in enumerate(recipe)]
+                        for i, (label, stage, _) in enumerate(recipe)] + [("calibration", 2)]
         names = [st["name"] for st in card["stages"]]
-        assert names[-len(recipe):] == [label for label, _, _ in recipe]
-        assert all(n.startswith(f"{start}: ") for n in names[:-len(recipe)])
+        assert names[-len(recipe) - 1:] == [label for label, _, _ in recipe] + [
+            zoo.CALIBRATION_STAGE]
+        assert all(n.startswith(f"{start}: ") for n in names[:-len(recipe) - 1])
+
+
+def _tiny_net(forward, random_state=0, correction="mlp"):
+    """An untrained 4-layer network whose last source correction has random output
+    weights (so that scaling it changes the estimate)."""
+    net = us.UnfoldedSBLRegressor(forward=forward, correction=correction, n_layers=4,
+                                  max_epochs=0, random_state=random_state).fit_simulated()
+    out = net.network_.source_corrections[net.n_layers - 2].out
+    gen = torch.Generator().manual_seed(random_state)
+    with torch.no_grad():
+        out.weight.copy_(torch.randn(out.weight.shape, generator=gen, dtype=out.weight.dtype))
+        out.bias.fill_(-0.5)
+    return net
+
+
+def test_scaling_the_last_correction_scales_its_output_only(fwd):
+    data = us.simulate(fwd, 3, random_state=1, n_times=20)
+    net = _tiny_net(fwd)
+    before = net.predict_trajectory(data.sensors)
+    last = net.n_layers - 2  # the last layer has no correction (n_layers - 1 of them)
+    assert np.abs(before[last]["source_correction"]).max() > 0.1
+    zoo.scale_last_correction(net, 0.0)
+    after = net.predict_trajectory(data.sensors)
+    assert np.array_equal(after[last]["source_correction"], np.zeros_like(
+        before[last]["source_correction"]))
+    for k in range(last):  # the layers before it are untouched
+        np.testing.assert_array_equal(after[k]["sources"], before[k]["sources"])
+    with pytest.raises(ValueError, match="scale_last_correction needs"):
+        zoo.scale_last_correction(us.UnfoldedSBLRegressor(
+            forward=fwd, correction="attention", n_layers=3, max_epochs=0).fit_simulated(), 0.5)
+
+
+def test_calibration_keeps_the_scale_with_the_lowest_worst_part(fwd, monkeypatch):
+    monkeypatch.setattr(zoo, "CALIBRATION_CHUNK", 3)  # several chunks per part
+    net = _tiny_net(fwd)
+    start = net.network_.source_corrections[net.n_layers - 2].out.weight.detach().clone()
+    parts = [{}, {"snr_db": (0.0, 5.0), "head_models": "ensemble"}]
+    record = zoo.calibrate_last_correction(net, parts, scales=(0.0, 0.5, 1.0), n_samples=4)
+    worst = [max(r) for r in record["ratio_parts"]]
+    assert len(record["ratio_parts"]) == 3 and all(len(r) == 2 for r in record["ratio_parts"])
+    assert record["scale"] == (0.0, 0.5, 1.0)[int(np.argmin(worst))]
+    weight = net.network_.source_corrections[net.n_layers - 2].out.weight.detach()
+    torch.testing.assert_close(weight, start * record["scale"])
+    assert net.regime_check  # restored
+    # an untrained network (all corrections zero): every scale ties, the trained one stays
+    untrained = us.UnfoldedSBLRegressor(forward=fwd, n_layers=4, max_epochs=0).fit_simulated()
+    record = zoo.calibrate_last_correction(untrained, parts[:1], scales=(0.0, 1.0), n_samples=3)
+    assert record["ratio_parts"][0] == record["ratio_parts"][1] and record["scale"] == 1.0
 
 
 def test_default_forward_of_a_denser_model_is_its_source_space():
