@@ -131,11 +131,12 @@ DENSER = {"deep-graph-cb-joint-ico4": ("deep-graph-cb-joint", 2.0)}
 #: ``estimators.SPACING_TOLERANCE`` as for every model).  They slow the classical
 #: sparsification, which costs ClassicalCB more the denser the source space: at
 #: fsaverage ico5 (2.8 mm, 1.9x finer than the ico4 model's 5.2 mm),
-#: deep-graph-cb-joint-ico4 gave 0.75-0.77x ClassicalCB-25's rMSE on the paper's
-#: simulator (F1 +0.14-0.15) and 0.32-0.34x on the robust one, 2 caps
+#: deep-graph-cb-joint-ico4 gives 0.745-0.758x ClassicalCB-25's rMSE on the paper's
+#: simulator (F1 +0.13-0.14) and 0.39x on the robust one, 2 caps
 #: (``python -m benchmarks.density``), and was at most 1.00x in each of nine
-#: conditions of the robustness matrix at ico5 (48 samples each, one-off), where the
-#: ico3 models' corrections lose (1.07-1.40x, one-off).
+#: conditions of the robustness matrix at ico5 (48 samples each, one-off, before its
+#: last correction was scaled), where the ico3 models' corrections lose (1.07-1.40x,
+#: one-off).
 DENSER_REACH = 2.0
 #: Their first stage (on top of the starting model's stages): the wider paper patches and
 #: the robust simulator, through the head-model ensemble; the kept epoch is the one whose
