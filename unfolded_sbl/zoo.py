@@ -162,7 +162,12 @@ DENSER_FORWARD = "biosemi64-ico4"
 #: fell back only in part at the classical layer after it, on its own picture (0.906 to
 #: 0.923 to 0.914x ClassicalCB on 4-8 mm patches, one-off) and more at ico4 (0.940 to
 #: 0.967 to 0.957x at things63-ico4); the correction still gains on the robust
-#: simulator, hence a scale chosen by the rule rather than dropped.
+#: simulator, hence a scale chosen by the rule rather than dropped.  A step of these
+#: models only: on its own stage-2 parts (paper defaults, robust simulator) the rule
+#: keeps deep-cb-joint's weights and would scale deep-graph-cb-joint's last correction
+#: by 0.5, which took 6-12 mm patches, not among those parts, from 1.006x to 1.051x
+#: ClassicalCB-25 (128 samples, one-off); at ico4 the ico4 model's worst condition
+#: went from 1.046x to 1.013x (1-4 mm patches along the mesh, 48 samples, one-off).
 LAST_CORRECTION_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Samples per validation part of that choice, and their seed.
 CALIBRATION_SAMPLES = 512
