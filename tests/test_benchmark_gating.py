@@ -1,9 +1,9 @@
-"""The gating benchmark's type-II cost and gate search."""
+"""The gating benchmark's type-II cost, whitened misfit and gate search."""
 
 import numpy as np
 from scipy.stats import multivariate_normal
 
-from benchmarks.gating import REFERENCE, best_gate, gated, ratio, type2_cost
+from benchmarks.gating import REFERENCE, best_gate, gated, ratio, type2_cost, whitened_misfit
 
 
 def test_type2_cost_is_the_negative_log_evidence_up_to_constants():
@@ -62,3 +62,40 @@ def test_a_condition_the_shipped_model_already_loses_does_not_forbid_every_gate(
             "widest": _row([1.5, 1.5], [1.01, 1.01], [0.8, 0.9])}
     score, threshold, below, cells = best_gate(rows, lambda r: r["obs"])
     assert cells["nominal template"] == 0.5 and cells["widest"] == 1.01
+
+
+def _referenced_problem(n_times, seed=0):
+    rng = np.random.default_rng(seed)
+    lead_field = rng.normal(size=(6, 15))
+    lead_field -= lead_field.mean(0)
+    sources = rng.normal(size=(2, 15, n_times))
+    noise_var = rng.uniform(0.2, 3.0, size=(2, 6))
+    noise = rng.normal(size=(2, 6, n_times)) * np.sqrt(noise_var)[..., None]
+    clean = np.einsum("cs,bst->bct", lead_field, sources)
+    return lead_field, sources, clean, noise, noise_var
+
+
+def test_whitened_misfit_of_the_true_sources_is_one():
+    lead_field, sources, clean, noise, noise_var = _referenced_problem(20_000)
+    # unreferenced: the residual is the noise itself
+    assert np.allclose(whitened_misfit(lead_field, sources, clean + noise, noise_var,
+                                       referenced=False), 1.0, atol=0.03)
+    # average-referenced data, as the templates' recordings are
+    sensors = clean + noise - noise.mean(1, keepdims=True)
+    assert np.allclose(whitened_misfit(lead_field, sources, sensors, noise_var), 1.0, atol=0.03)
+    assert np.allclose(whitened_misfit(lead_field, sources, clean, noise_var), 0.0)
+
+
+def test_whitened_misfit_is_the_pseudo_inverse_quadratic_form():
+    lead_field, sources, clean, noise, noise_var = _referenced_problem(7, seed=1)
+    sensors = clean + noise - noise.mean(1, keepdims=True)
+    estimate = 0.5 * sources
+    misfit = whitened_misfit(lead_field, estimate, sensors, noise_var)
+    centre = np.eye(6) - 1 / 6
+    for b in range(2):
+        residual = sensors[b] - lead_field @ estimate[b]
+        form = np.linalg.pinv(centre @ np.diag(noise_var[b]) @ centre)
+        assert np.isclose(misfit[b], np.trace(residual.T @ form @ residual) / (5 * 7))
+    # in units of the noise: twice the noise variance halves it
+    assert np.allclose(whitened_misfit(lead_field, estimate, sensors, 2 * noise_var),
+                       misfit / 2)
