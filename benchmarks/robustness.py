@@ -56,13 +56,17 @@ SINGLE_ERRORS = {
 }
 
 
-#: Low-density caps that recordings bring and no shipped template has: the clinical
-#: 10-20 system's 19 electrodes and BioSemi's 32.  ``name-ico3`` and
+#: Caps that recordings bring and no shipped template has: low density (the clinical
+#: 10-20 system's 19 electrodes, BioSemi's 32) and high density (EGI's HydroCel nets of
+#: 128 and 256 electrodes, 2x and 4x the training cap's channels).  ``name-ico3`` and
 #: ``name-ico3-perturbed`` (as the shipped perturbed templates: skull x0.5, electrodes
 #: jittered 3 mm) are built once into ``WORK`` (``templates.make_template_forward``).
+#: New caps go at the end: each row's seed is its index.
 BUILT_CAPS = {"standard_1020-19": ("Fp1 Fp2 F7 F3 Fz F4 F8 T7 C3 Cz C4 T8 P7 P3 Pz P4 P8 "
                                    "O1 O2").split(),
-              "biosemi32": "biosemi32"}
+              "biosemi32": "biosemi32",
+              "GSN-HydroCel-128": "GSN-HydroCel-128",
+              "GSN-HydroCel-256": "GSN-HydroCel-256"}
 
 
 def load_forward(name, verbose=True):
@@ -350,9 +354,9 @@ model: `perturbed` is the shipped `-perturbed` template (skull x0.5, electrodes 
 3 mm); single-error rows are one member of the head-model builder with only that error (ico3
 BEM, so compare them with "BEM ico3 only"); other rows use the perturbed template with the
 paper simulator (5-20 patches, 2-4 mm, 5-20 dB, white noise, T = 100) except what the row
-changes. The last two rows are low-density caps that no template ships: the clinical 10-20
-system's 19 electrodes and BioSemi's 32, built on demand like the shipped templates
-(`BUILT_CAPS`; nominal and perturbed, about a minute once). Seeds {SEED} + row index. `deep-cb-known` and `ClassicalCB-25-known` get the true
+changes. The last four rows are caps that no template ships: the clinical 10-20
+system's 19 electrodes, BioSemi's 32 and EGI's HydroCel nets of 128 and 256, built on demand
+like the shipped templates (`BUILT_CAPS`; nominal and perturbed, about a minute once). Seeds {SEED} + row index. `deep-cb-known` and `ClassicalCB-25-known` get the true
 noise variances. The end-to-end baseline is trained from scratch on the robust simulator
 through the head-model ensemble (not the paper/robust mixture of Deep CB's stage 2) with Deep
 CB's stage-2 sample budget (24,000 samples); it is tied to the training cap, hence n/a
