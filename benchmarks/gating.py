@@ -50,9 +50,9 @@ import unfolded_sbl as us
 from benchmarks import budget
 from benchmarks._results import write_section
 from benchmarks.robustness import REFERENCE, condition_data, ratio_interval
-from unfolded_sbl.zoo import TRAIN_FORWARD
 from unfolded_sbl.estimators import source_spread
 from unfolded_sbl.metrics import rmse
+from unfolded_sbl.zoo import TRAIN_FORWARD
 
 SEED = 35000
 EXPERT = budget.WORK / "paper.pt"
