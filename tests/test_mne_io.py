@@ -78,8 +78,8 @@ def test_apply_says_when_the_regime_check_solved_classically(fwd, data, caplog):
     clean = mne.EvokedArray(fwd.lead_field @ data.sources[0], info, tmin=0.0, verbose=False)
     with caplog.at_level(logging.INFO, logger="unfolded_sbl"):
         stc = us.apply(clean, "deep-cb-joint")
-    said = [r.getMessage() for r in caplog.records if "classical solver" in r.getMessage()]
-    assert said == ["deep-cb-joint: the evoked response was solved by the classical solver "
+    said = [r.getMessage() for r in caplog.records if "classical updates" in r.getMessage()]
+    assert said == ["deep-cb-joint: the evoked response was solved by the classical updates "
                     "at the same depth (regime check: data outside the trained regime, or an "
                     "estimate denser than the corrections help on)"]
     direct = us.ClassicalCB(fwd).fit().predict(clean.data[None])[0]
@@ -87,7 +87,9 @@ def test_apply_says_when_the_regime_check_solved_classically(fwd, data, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="unfolded_sbl"):
         us.apply(_evoked(fwd, data), "deep-cb-joint")
-    assert not [r for r in caplog.records if "classical solver" in r.getMessage()]
+    assert not [r for r in caplog.records if "classical updates" in r.getMessage()]
+    assert stc.solver_report.solver == (
+        "deep-cb-joint, solved by the classical updates (regime check)")
 
 
 def test_apply_epochs_gives_one_stc_per_epoch(fwd, data):

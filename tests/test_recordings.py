@@ -42,8 +42,10 @@ def _evoked_with_offset(fwd, offset_channel="AF3", offset=100e-6, noise_std=0.3e
 
 
 def _top_region(csv_path):
-    header, first = csv_path.read_text().splitlines()[:2]
-    return dict(zip(header.split(","), first.split(",")))["region"]
+    import csv
+
+    with open(csv_path, newline="") as fid:
+        return next(csv.DictReader(fid))["region"]
 
 
 def test_dc_offset_channel_localised_occipitally_by_default(fwd, tmp_path, capsys):

@@ -153,7 +153,30 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         if self.average_reference_:
             Y = Y - Y.mean(axis=1, keepdims=True)
         scale = np.sqrt(np.mean(Y ** 2, axis=(1, 2)))
+        self._data_power = scale ** 2  # of the last predict, for signal_level_db_
         return Y, scale
+
+    @property
+    def signal_level_db_(self):
+        """ndarray, shape (n_samples,): power the last ``predict``'s source variances put
+        on the sensors relative to the data's, in dB
+        (:func:`unfolded_sbl.quality.signal_level_db`)."""
+        from .quality import signal_level_db
+
+        check_is_fitted(self, "source_var_")
+        lead_field = self.lead_field_ * self.lead_field_scale_
+        return signal_level_db(self.source_var_, lead_field, self._data_power)
+
+    @property
+    def empty_(self):
+        """ndarray of bool, shape (n_samples,): samples of the last ``predict`` whose
+        estimate is empty: every source pruned, no source above the noise model
+        (``signal_level_db_`` below :data:`unfolded_sbl.quality.EMPTY_LEVEL_DB`)."""
+        from .quality import EMPTY_LEVEL_DB
+
+        level = self.signal_level_db_
+        return ~(level >= EMPTY_LEVEL_DB) & np.isfinite(self._data_power) & (
+            self._data_power > 0)
 
     def _network_inputs(self, X, noise_var, learn_noise):
         """Normalised data (and known noise) for a network, plus the scales to undo.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .viz import display_units
+
 logger = logging.getLogger("unfolded_sbl")
 
 #: channel-name prefixes that are EOG even when a file stores them as EEG
@@ -183,44 +185,77 @@ def peak_report(stc, forward, n_peaks=5):
     return peaks
 
 
-def format_report(peaks, header=""):
+def format_report(peaks, header="", units="A m"):
+    """The peak table as text, amplitudes in :func:`display_units` of ``units``."""
+    factor, label = display_units(units)
     lines = [header] if header else []
     lines.append(f"{'#':>2}  {'hemisphere':10s} {'region':26s} {'x':>6s} {'y':>6s} "
-                 f"{'z':>6s} {'time (ms)':>9s} {'amplitude':>10s}")
+                 f"{'z':>6s} {'time (ms)':>9s} {'amplitude (' + label + ')':>16s}")
     for i, p in enumerate(peaks, 1):
         lines.append(f"{i:>2}  {p['hemisphere']:10s} {p['region']:26s} {p['x_mm']:6.0f} "
                      f"{p['y_mm']:6.0f} {p['z_mm']:6.0f} {1e3 * p['time_s']:9.0f} "
-                     f"{p['amplitude']:10.3g}")
+                     f"{factor * p['amplitude']:16.3g}")
     return "\n".join(lines)
 
 
+def _csv_rows(peaks, units, solver):
+    """Peak rows for the CSV: the amplitude in the report's unit, named in its header."""
+    factor, label = display_units(units)
+    column = "amplitude_nAm" if label == "nA m" else "amplitude_au"
+    rows = []
+    for peak in peaks:
+        row = {k: v for k, v in peak.items() if k != "amplitude"}
+        row[column] = float(f"{factor * peak['amplitude']:.4g}")
+        rows.append({**row, "solver": solver})
+    fields = ["hemisphere", "region", "x_mm", "y_mm", "z_mm", "time_s", column, "source",
+              "solver"]
+    return fields, rows
+
+
 def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
-                  n_peaks=5, units="A m"):
+                  n_peaks=5, units="A m", report=None):
     """Write the estimate (``stc``), the map at the peak time with the peaks' time
     courses (``png``), the interactive viewer (``html``) and the peaks (``csv``);
-    returns the peaks and the written paths."""
+    returns the peaks and the written paths.
+
+    ``report`` (default: ``stc.solver_report`` where :func:`~unfolded_sbl.apply`
+    set it) names the solver that answered in the title and the CSV.  An empty
+    estimate (no source above the noise) has no peaks: the PNG and the HTML page
+    say so instead of drawing a map, and the CSV has no rows.
+    """
     import csv
 
-    from .viz import html_viewer, plot_peak_map
+    from .viz import empty_figure, html_viewer, plot_peak_map
 
+    report = report if report is not None else getattr(stc, "solver_report", None)
+    solver = report.solver if report is not None else ""
+    empty = bool(report is not None and report.empty)
+    title = f"{title} {solver},".strip() if solver else title
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    peaks = peak_report(stc, forward, n_peaks)
+    peaks = [] if empty else peak_report(stc, forward, n_peaks)
     written = []
     if "stc" in formats:
         stc.save(str(prefix), overwrite=True, verbose=False)
         written += [f"{prefix}-lh.stc", f"{prefix}-rh.stc"]
     if "png" in formats:
-        plot_peak_map(stc, forward, peaks, title=title, units=units, fname=f"{prefix}.png")
+        if empty:
+            empty_figure(report.describe_empty(), title=title.rstrip(","),
+                         fname=f"{prefix}.png")
+        else:
+            plot_peak_map(stc, forward, peaks, title=title, units=units,
+                          fname=f"{prefix}.png")
         written.append(f"{prefix}.png")
     if "html" in formats:
         written.append(html_viewer(stc, forward, peaks, f"{prefix}.html", title=title,
-                                   units=units))
+                                   units=units,
+                                   message=report.describe_empty() if empty else None))
     if "csv" in formats:
+        fields, rows = _csv_rows(peaks, units, solver)
         with open(f"{prefix}-peaks.csv", "w", newline="") as fid:
-            writer = csv.DictWriter(fid, fieldnames=list(peaks[0]) if peaks else ["source"])
+            writer = csv.DictWriter(fid, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(peaks)
+            writer.writerows(rows)
         written.append(f"{prefix}-peaks.csv")
     return peaks, written
 

@@ -9,10 +9,12 @@ to the average of those channels, as the data are), runs a solver and returns
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from .forward import as_forward
+from .quality import EMPTY_LEVEL_DB
 
 logger = logging.getLogger("unfolded_sbl")
 
@@ -28,13 +30,65 @@ def _channel_data(inst, picks):
     return data[None] if data.ndim == 2 else data
 
 
+#: Channel types of other recording modalities: not used, said at WARNING.
+OTHER_DATA_TYPES = ("mag", "grad", "seeg", "ecog", "dbs", "hbo", "hbr", "fnirs_cw_amplitude",
+                    "fnirs_fd_ac_amplitude", "fnirs_fd_phase", "fnirs_od", "csd")
+
+
+def _unused_channels(inst):
+    """Channels that are not EEG, grouped by type: {type: [names]}."""
+    groups = {}
+    for name, kind in zip(inst.ch_names, inst.get_channel_types()):
+        if kind != "eeg":
+            groups.setdefault(kind, []).append(name)
+    return groups
+
+
+#: How channel types are named in messages.
+_TYPE_NAMES = {"mag": "MEG magnetometers", "grad": "MEG gradiometers"}
+
+
+def _describe(groups):
+    return "; ".join(f"{len(names)} {_TYPE_NAMES.get(kind, kind.upper())} "
+                     f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+                     for kind, names in groups.items())
+
+
+def _report_unused(inst):
+    """Say once which channels are not used and why: other data channels (MEG, sEEG,
+    ...) at WARNING, auxiliary ones (EOG, ECG, stimulus, misc) at INFO."""
+    groups = _unused_channels(inst)
+    data = {k: v for k, v in groups.items() if k in OTHER_DATA_TYPES}
+    aux = {k: v for k, v in groups.items() if k not in OTHER_DATA_TYPES}
+    if data:
+        logger.warning("not used: %s. This package localises EEG only (MEG is not "
+                       "supported yet); the estimate comes from the EEG channels alone",
+                       _describe(data))
+    if aux:
+        logger.info("not used (not EEG): %s", _describe(aux))
+    return groups
+
+
 def _eeg_channels(inst):
     """Names of good EEG channels with signal (flat channels are dropped)."""
     import mne
 
+    groups = _report_unused(inst)
     picks = mne.pick_types(inst.info, eeg=True, exclude="bads")
     if len(picks) == 0:
-        raise ValueError("the recording has no good EEG channels")
+        meg = sum(len(groups.get(kind, [])) for kind in ("mag", "grad"))
+        if meg:
+            raise ValueError(
+                f"the recording has {meg} MEG channels and no good EEG channels: MEG is "
+                "not supported yet (this package localises EEG). Use MNE-Python's inverse "
+                "solvers for MEG (mne.minimum_norm.apply_inverse, "
+                "mne.inverse_sparse.gamma_map), or pass a recording with EEG channels")
+        raise ValueError("the recording has no good EEG channels"
+                         + (f" (its channels: {_describe(groups)})" if groups else ""))
+    bads = [c for c in inst.info["bads"] if c in inst.ch_names
+            and inst.get_channel_types(picks=[c])[0] == "eeg"]
+    if bads:
+        logger.info("not used (marked bad): %s", ", ".join(bads))
     data = _channel_data(inst, picks)
     flat = np.std(np.moveaxis(data, 1, 0).reshape(len(picks), -1), axis=1) == 0
     if flat.any():
@@ -228,17 +282,92 @@ def _quality_checks(inst, ch_names, baseline_applied, drop_bad):
     return ch_names
 
 
-def _log_fallback(estimator, name, evoked):
-    """Say (INFO) when the model ``name``'s regime check left samples to the classical
-    solver: the user asked for a learned model and gets ClassicalCB's estimate there."""
+@dataclass(frozen=True)
+class SolverReport:
+    """What answered one estimate of :func:`apply`, attached as ``stc.solver_report``.
+
+    Attributes
+    ----------
+    model : str
+        The model asked for.
+    solver : str
+        The solver that answered, for titles and logs: ``model``, or e.g.
+        ``"deep-cb-joint, solved by the classical updates (regime check)"``.
+    classical_fallback : bool
+        A learned model's regime check handed this estimate to the classical updates.
+    empty : bool
+        No source rises above the noise: the solver pruned every source (the
+        sources put less than ``EMPTY_LEVEL_DB`` of the data's power on the
+        sensors).  The estimate is then (close to) zero and has no peaks.
+    signal_level_db : float | None
+        Power the estimate's sources put on the sensors relative to the data's
+        (dB); None for solvers without source variances (sLORETA).
+    data_to_noise_db : float | None
+        The data's power relative to the noise model's (given or learned; dB).
+    """
+
+    model: str
+    solver: str
+    classical_fallback: bool = False
+    empty: bool = False
+    signal_level_db: float | None = None
+    data_to_noise_db: float | None = None
+
+    def describe_empty(self):
+        """The warning for an empty estimate (one line)."""
+        level = ("" if self.data_to_noise_db is None else
+                 f"the data are {self.data_to_noise_db:+.1f} dB relative to the noise "
+                 "model, and ")
+        return (f"{self.solver}: no source rises above the noise: {level}the estimate's "
+                f"sources explain {self.signal_level_db:.0f} dB of the data's power "
+                f"(empty below {EMPTY_LEVEL_DB:.0f} dB). The estimate is empty; check "
+                "the noise covariance (a noisy baseline?) and the time window")
+
+
+def solver_label(name, classical_fallback):
+    """Name of the solver that answered: ``name``, or ``name`` solved classically."""
+    return f"{name}, solved by the classical updates (regime check)" if classical_fallback \
+        else name
+
+
+def _reports(estimator, name, n_samples):
+    """One :class:`SolverReport` per estimate of the estimator's last ``predict``."""
     fallback = getattr(estimator, "classical_fallback_", None)
-    if fallback is None or not np.any(fallback):
-        return
-    what = "the evoked response was" if evoked else (
-        f"{int(np.sum(fallback))} of {len(fallback)} epochs were")
-    logger.info("%s: %s solved by the classical solver at the same depth (regime check: "
-                "data outside the trained regime, or an estimate denser than the "
-                "corrections help on)", name, what)
+    fallback = np.zeros(n_samples, bool) if fallback is None else np.asarray(fallback, bool)
+    try:
+        level = estimator.signal_level_db_
+        empty = estimator.empty_
+        noise = np.mean(estimator.noise_var_, axis=1)
+        power = estimator._data_power
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = 10 * np.log10(power / noise)
+    except AttributeError:  # no source variances (sLORETA, user estimators)
+        level = empty = snr = [None] * n_samples
+    return [SolverReport(model=name, solver=solver_label(name, bool(f)),
+                         classical_fallback=bool(f), empty=bool(e),
+                         signal_level_db=None if lv is None else float(lv),
+                         data_to_noise_db=None if s is None or not np.isfinite(s) else
+                         float(s))
+            for f, e, lv, s in zip(fallback, empty, level, snr)]
+
+
+def _log_reports(reports, name, evoked):
+    """Say (INFO) which solver answered when the regime check handed estimates to the
+    classical updates, and (WARNING) which estimates are empty."""
+    fallback = [r for r in reports if r.classical_fallback]
+    if fallback:
+        what = "the evoked response was" if evoked else (
+            f"{len(fallback)} of {len(reports)} epochs were")
+        logger.info("%s: %s solved by the classical updates at the same depth (regime "
+                    "check: data outside the trained regime, or an estimate denser than "
+                    "the corrections help on)", name, what)
+    empty = [r for r in reports if r.empty]
+    if evoked and empty:
+        logger.warning(empty[0].describe_empty())
+    elif empty:
+        logger.warning("%d of %d epochs: no source rises above the noise (empty estimates,"
+                       " stc.solver_report.empty); e.g. %s", len(empty), len(reports),
+                       empty[0].describe_empty())
 
 
 def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
@@ -283,6 +412,12 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
     Returns
     -------
     stc : mne.SourceEstimate, or a list of them (one per epoch) for Epochs
+        Each carries ``stc.solver_report`` (:class:`SolverReport`): the solver
+        that answered (a learned model's regime check may hand the data to the
+        classical updates) and whether the estimate is *empty*: a sparse
+        Bayesian solver prunes every source when the noise model explains the
+        data, its answer to "which source rises above the noise?" being "none";
+        that is logged as a warning with the data's power relative to the noise.
     forward : ForwardModel
         Only with ``return_forward``.
     """
@@ -327,9 +462,13 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
     elif noise_var is not None:
         logger.warning("%s learns the sensor noise jointly: noise_cov is not used", name)
     sources = estimator.predict(X, **kwargs)
-    _log_fallback(estimator, name, isinstance(inst, mne.Evoked))
-    stcs = [mne.SourceEstimate(s, vertices=fwd.vertices, tmin=inst.times[0],
-                               tstep=1.0 / inst.info["sfreq"], subject=fwd.subject)
-            for s in sources]
+    reports = _reports(estimator, name, len(sources))
+    _log_reports(reports, name, isinstance(inst, mne.Evoked))
+    stcs = []
+    for estimate, report in zip(sources, reports):
+        stc = mne.SourceEstimate(estimate, vertices=fwd.vertices, tmin=inst.times[0],
+                                 tstep=1.0 / inst.info["sfreq"], subject=fwd.subject)
+        stc.solver_report = report
+        stcs.append(stc)
     out = stcs[0] if isinstance(inst, mne.Evoked) else stcs
     return (out, fwd) if return_forward else out

@@ -28,6 +28,11 @@ DC_OFFSET = 10.0
 #: Windows shorter than this many samples are outside the learned models'
 #: training data (``unfolded_sbl.network.TRAINED_N_TIMES``).
 MIN_SAMPLES = 10
+#: Signal level (dB, :func:`signal_level_db`) below which an estimate is *empty*: its
+#: sources put less than 1e-4 of the data's power on the sensors (a field 1 % of the
+#: data's amplitude), so no source rises above the noise model.  Relative to the data,
+#: so the same for volts and for unit-scale data.
+EMPTY_LEVEL_DB = -40.0
 #: Median channel SD (V) above which the data look like microvolts stored as
 #: volts (EEG is about 1e-6..1e-4 V), and below which like volts scaled twice.
 UNIT_RANGE = (1e-8, 1e-2)
@@ -97,3 +102,32 @@ def check_units(data):
         return (f"the median channel SD is {sd:.3g} V, below any EEG: were volts scaled "
                 "twice (e.g. by 1e-6)? The source amplitudes scale with it")
     return None
+
+
+def signal_level_db(source_var, lead_field, data_power):
+    """Power an estimate's sources put on the sensors, relative to the data's, in dB.
+
+    ``sum_m g_m ||l_m||^2 / N`` (the signal part of the model's data covariance,
+    per channel) over ``data_power`` (the mean square of the referenced data).
+    Sparse Bayesian learning prunes every source when the noise model explains
+    the data; the level then falls far below :data:`EMPTY_LEVEL_DB`.
+
+    Parameters
+    ----------
+    source_var : ndarray, shape (n_samples, n_sources)
+        Source variances in the units of the sources squared.
+    lead_field : ndarray, shape (n_channels, n_sources)
+        The lead field the data are referenced with, in data units per source unit.
+    data_power : ndarray, shape (n_samples,)
+        Mean square of the data (units of the data squared).
+
+    Returns
+    -------
+    level_db : ndarray, shape (n_samples,)
+        -inf for a sample without sources; NaN for all-zero data.
+    """
+    gain = (np.asarray(lead_field, dtype=float) ** 2).sum(axis=0)  # (M,)
+    signal = np.asarray(source_var, dtype=float) @ gain / np.shape(lead_field)[0]
+    power = np.asarray(data_power, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 10 * np.log10(np.where(power > 0, signal / power, np.nan))

@@ -118,14 +118,16 @@ def plot_source_maps(maps, forward, views=(("left", "lateral"), ("right", "later
 
 
 # -- report figures ------------------------------------------------------------------
-def _display_units(units):
-    """(factor, label): currents in A m are shown in nA m (ERP sources are ~1e-9 A m)."""
+def display_units(units):
+    """(factor, label) of the one unit every report uses (axes, tables, CSV): currents
+    in A m are shown in nA m (evoked sources are about 1e-9..1e-8 A m); other units
+    (sLORETA's standardised map) as they are."""
     return (1e9, "nA m") if units == "A m" else (1.0, units)
 
 
 def _plot_time_courses(ax, stc, peaks, units):
     """Time courses of the reported peaks, with the map's time marked."""
-    factor, units = _display_units(units)
+    factor, units = display_units(units)
     times_ms = 1e3 * stc.times
     for i, peak in enumerate(peaks, 1):
         ax.plot(times_ms, factor * stc.data[peak["source"]], lw=1.3,
@@ -134,7 +136,7 @@ def _plot_time_courses(ax, stc, peaks, units):
         ax.axvline(1e3 * peaks[0]["time_s"], color="k", ls="--", lw=0.8)
     ax.axhline(0, color="0.6", lw=0.5)
     ax.set_xlabel("time (ms)")
-    ax.set_ylabel(units)
+    ax.set_ylabel(f"amplitude ({units})")
     ax.legend(fontsize=7, loc="upper left", frameon=False)
 
 
@@ -146,7 +148,7 @@ def _peak_snapshot(stc, peaks, units):
         t_index = int(np.argmin(np.abs(stc.times - peaks[0]["time_s"])))
     else:
         t_index = int(np.argmax((stc.data ** 2).sum(0)))
-    factor, display = _display_units(units)
+    factor, display = display_units(units)
     magnitude = factor * np.abs(stc.data[:, t_index])
     return (magnitude, float(magnitude.max()) or 1.0, factor, display,
             f"t = {1e3 * stc.times[t_index]:.0f} ms")
@@ -189,9 +191,8 @@ def plot_peak_map(stc, forward, peaks, title="", units="source amplitude", fname
     meshes, sulcal = _fsaverage5()
     views = [(h, v) for v in ("lateral", "medial", "posterior") for h in HEMIS]
     fig = plt.figure(figsize=(12, 9.5))
-    grid = fig.add_gridspec(3, 4, width_ratios=[1, 1, 1, 0.06], height_ratios=[1, 1, 0.9],
-                            left=0.03, right=0.93, top=0.93, bottom=0.07, hspace=0.12,
-                            wspace=0.02)
+    grid = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 0.06], left=0.03, right=0.93,
+                            top=0.93, bottom=0.36, hspace=0.12, wspace=0.02)
     for i, (hemi, view) in enumerate(views):
         ax = fig.add_subplot(grid[i % 2, i // 2], projection="3d")
         plotting.plot_surf_stat_map(
@@ -199,10 +200,13 @@ def plot_peak_map(stc, forward, peaks, title="", units="source amplitude", fname
             bg_map=np.asarray(sulcal.data.parts[hemi]), threshold=threshold * vmax,
             vmax=vmax, cmap="hot", colorbar=False, engine="matplotlib", axes=ax, figure=fig)
         ax.set_title(f"{hemi} {view}", fontsize=10)
-    cax = fig.add_subplot(grid[:2, 3])
+    cax = fig.add_subplot(grid[:, 3])
     fig.colorbar(cm.ScalarMappable(colors.Normalize(0, vmax), "hot"), cax=cax,
-                 label=f"|{display}| (below {threshold:.0%} of the peak: not shown)")
-    _plot_time_courses(fig.add_subplot(grid[2, :3]), stc, peaks, units)
+                 label=f"|amplitude| ({display}; below {threshold:.0%} of the peak: not "
+                       "shown)")
+    # its own margins: the tick labels and the axis label stay inside the figure
+    courses = fig.add_gridspec(1, 1, left=0.09, right=0.9, top=0.31, bottom=0.07)
+    _plot_time_courses(fig.add_subplot(courses[0, 0]), stc, peaks, units)
     fig.suptitle(f"{title} {time_label}".strip(), fontsize=12)
     if fname is not None:
         fig.savefig(fname, dpi=dpi)
@@ -211,14 +215,15 @@ def plot_peak_map(stc, forward, peaks, title="", units="source amplitude", fname
 
 
 def html_viewer(stc, forward, peaks, fname, title="", units="source amplitude",
-                threshold=0.1):
+                threshold=0.1, message=None):
     """A self-contained HTML page: the rotatable 3-D map at the peak time (nilearn's
     ``view_surf`` with its bundled niivue viewer), the peaks' time courses and their
     table.
 
     Nothing is fetched from the network when the page is opened: the viewer's
     JavaScript, the meshes and the figure are inline (nilearn's favicon link,
-    the one external reference of its page, is removed).
+    the one external reference of its page, is removed).  With ``message`` (an
+    empty estimate) the page holds that message instead of a map.
 
     Returns
     -------
@@ -237,6 +242,14 @@ def html_viewer(stc, forward, peaks, fname, title="", units="source amplitude",
     from nilearn import plotting
     from nilearn.surface import SurfaceImage
 
+    if message is not None:
+        with open(fname, "w", encoding="utf-8") as fid:
+            fid.write(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+                      f"{html_escape.escape(title)}</title></head><body style='font-family:"
+                      f"Arial,sans-serif;padding:2em'><h2>{html_escape.escape(title)}</h2>"
+                      f"<p id='empty-estimate'>{html_escape.escape(message)}</p></body>"
+                      "</html>")
+        return str(fname)
     magnitude, vmax, factor, display, time_label = _peak_snapshot(stc, peaks, units)
     meshes, sulcal = _fsaverage5()
     image = SurfaceImage(mesh=meshes["inflated"], data=surface_texture(magnitude, forward))
@@ -272,11 +285,35 @@ def html_viewer(stc, forward, peaks, fname, title="", units="source amplitude",
     report = (
         '<div id="unfolded-sbl"><h3>Peak sources (MNI-like fsaverage coordinates, mm; '
         'approximate lobes)</h3><table><tr><th>#</th><th>hemisphere</th><th>region</th>'
-        f'<th>x</th><th>y</th><th>z</th><th>time (ms)</th><th>{html_escape.escape(display)}'
-        f'</th></tr>{rows}</table><h3>Time courses</h3>'
+        f'<th>x</th><th>y</th><th>z</th><th>time (ms)</th><th>amplitude '
+        f'({html_escape.escape(display)})</th></tr>{rows}</table><h3>Time courses</h3>'
         f'<img alt="time courses of the peak sources" src="data:image/png;base64,{png}"/>'
         '</div>')
     head, tail = page.rsplit("</body>", 1)
     with open(fname, "w", encoding="utf-8") as fid:
         fid.write(head + report + "</body>" + tail)
     return str(fname)
+
+
+def empty_figure(message, title="", fname=None, dpi=100):
+    """A figure that says why there is no map (an empty estimate): the message in
+    place of the cortex, so that no colour bar scaled to round-off suggests sources.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(8, 3))
+    fig.text(0.5, 0.82, title, ha="center", fontsize=12)
+    fig.text(0.5, 0.45, textwrap.fill(message, 80), ha="center", va="center", fontsize=10)
+    if fname is not None:
+        fig.savefig(fname, dpi=dpi)
+        plt.close(fig)
+    return fig
