@@ -138,7 +138,7 @@ the shipped templates. {args.n_samples} samples per row from the row's perturbed
 inversion with the nominal one. Cells: rMSE ratio to ClassicalCB-25-joint on the same
 samples (F1 difference); `{DENSER_MODEL}` with its paired-bootstrap 95 % interval;
 `classical`: the model's regime check solved every sample classically (its corrections act
-only on source spacings it was made for: `estimators.acting_spacings`). The paper's
+only on source spacings it was made for: `regime.acting_spacings`). The paper's
 simulator: 5-20 patches of 2-4 mm, 5-20 dB, T = 100; the robust one: `ROBUST_SIMULATOR`.
 
 {table}

@@ -16,7 +16,7 @@ condition of the robustness matrix (fresh samples, seeds 35000 + row):
   (with its density check) and the focal expert (the ``paper`` run's last network,
   ``benchmarks/_work/budget/paper.pt``, trained here first when missing);
 * observables a gate could use, per sample (medians per condition): the spread
-  (``estimators.source_spread``) of ClassicalCB's and of the expert's source variances,
+  (``regime.source_spread``) of ClassicalCB's and of the expert's source variances,
   the expert's noise estimate over ClassicalCB's, the SNR ClassicalCB's noise estimate
   implies;
 * the best gate of the form "the expert where one observable is below (or above) a
@@ -50,7 +50,7 @@ import unfolded_sbl as us
 from benchmarks import budget
 from benchmarks._results import write_section
 from benchmarks.robustness import REFERENCE, condition_data, ratio_interval
-from unfolded_sbl.estimators import source_spread
+from unfolded_sbl.regime import source_spread
 from unfolded_sbl.metrics import rmse
 from unfolded_sbl.zoo import TRAIN_FORWARD
 

@@ -9,7 +9,7 @@ import pytest
 
 import unfolded_sbl as us
 from unfolded_sbl import zoo
-from unfolded_sbl.estimators import SPACING_TOLERANCE
+from unfolded_sbl.regime import SPACING_TOLERANCE
 
 SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
            "deep-attn-cb-joint", "deep-graph-cb-joint")
@@ -55,7 +55,7 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
 
 
 def test_source_spread_is_the_fraction_of_sources_an_estimate_covers():
-    from unfolded_sbl.estimators import source_spread
+    from unfolded_sbl.regime import source_spread
 
     one = np.zeros((1, 100))
     one[0, 3] = 2.0
@@ -78,7 +78,7 @@ def test_estimates_denser_than_the_ceiling_are_solved_classically(fwd, focal_and
     """The density check re-solves exactly the samples whose learned estimate spreads
     over more than ``density_ceiling`` of the sources, by ClassicalCB at the same depth;
     the other samples keep the network's estimate."""
-    from unfolded_sbl.estimators import source_spread
+    from unfolded_sbl.regime import source_spread
 
     X = focal_and_dense
     free = us.load_pretrained("deep-cb-joint", forward=fwd, backend=backend,

@@ -326,7 +326,10 @@ def test_widened_corrections_compute_the_same_function_and_learn(tiny, tmp_path,
     state = widen_corrections(net.network_.state_dict(), 48)
     wide.network_.load_state_dict(state)
     out, ref = wide.predict(data.sensors[:4]), net.predict(data.sensors[:4])
-    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-12
+    # wider products sum in another order: float64 round-off (1e-16) differs and the
+    # layers' N x N solves amplify it by their conditioning; a widening that changed
+    # the function would differ by O(1e-2) or more
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-7
     hidden = wide.network_.source_corrections[0]
     hidden = (hidden.mlp if correction == "attention" else hidden).hidden
     assert hidden.weight.shape[0] == 48 and hidden.weight[32:].abs().sum() > 0
@@ -395,7 +398,7 @@ def test_inference_on_the_row_space_equals_inference_on_the_data(tiny, tmp_path,
     compressed = [net.predict(X), graph.predict(X),
                   *(layer["sources"] for layer in net.predict_trajectory(X))]
     assert np.abs(compressed[0]).max() > 0
-    monkeypatch.setattr(us.estimators._SourceEstimator, "_on_row_space",
+    monkeypatch.setattr(us._network_base._NetworkEstimator, "_on_row_space",
                         staticmethod(lambda Y: (Y, lambda sources, rows=None: sources)))
     full = [net.predict(X), graph.predict(X),
             *(layer["sources"] for layer in net.predict_trajectory(X))]
@@ -409,7 +412,7 @@ def test_regime_check_reads_the_row_space_and_mixed_batches_split_cleanly(tiny, 
     """The regime check runs on the row space (same levels as on the data), and a
     batch mixing noise-free samples (left to the classical updates) with noisy ones
     gives each sample the estimate it gets alone, in torch and onnxruntime."""
-    from unfolded_sbl.estimators import REGIME_FLOOR_DB, regime_level_db
+    from unfolded_sbl.regime import REGIME_FLOOR_DB, regime_level_db
 
     fwd, data = tiny
     net = _briefly_trained(fwd, data)

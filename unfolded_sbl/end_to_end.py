@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ._validation import check_device, check_finite_array, check_positive_int
-from .estimators import _DTYPES, _SourceEstimator
+from ._base import _DTYPES
+from ._network_base import _NetworkEstimator
 from .simulate import Simulator
 from .training import relative_error
 
@@ -36,7 +37,7 @@ class SpatioTemporalNet(nn.Module):
         return self.readout(h).transpose(1, 2)                   # (B, M, T)
 
 
-class EndToEndRegressor(_SourceEstimator):
+class EndToEndRegressor(_NetworkEstimator):
     """DeepSIF-like end-to-end source imaging network (baseline).
 
     Parameters

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .estimators import _DTYPES
+from ._base import _DTYPES
 
 OPSET = 17
 

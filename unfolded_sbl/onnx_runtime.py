@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from ._validation import check_optional_fraction, check_positive_int, check_spacing_range
-from .estimators import ClassicalCB, _plain_zeros, _SourceEstimator
+from ._base import _plain_zeros
+from ._network_base import _NetworkEstimator
+from .estimators import ClassicalCB
 from .forward import mesh_neighbourhoods
 
 logger = logging.getLogger("unfolded_sbl")
@@ -93,11 +95,11 @@ def _session(path, providers, threads):
 
 def _as_float64(array):
     """onnxruntime's output in float64: itself, or (float32 graphs) widened by torch,
-    whose allocator gives plain pages (see :func:`estimators._plain_zeros`)."""
+    whose allocator gives plain pages (see :func:`unfolded_sbl._base._plain_zeros`)."""
     return torch.from_numpy(array).to(torch.float64).numpy()
 
 
-class OnnxSBLRegressor(_SourceEstimator):
+class OnnxSBLRegressor(_NetworkEstimator):
     """Predict sources with an exported unfolded network (onnxruntime).
 
     Parameters
@@ -210,44 +212,31 @@ class OnnxSBLRegressor(_SourceEstimator):
                 "us.load_pretrained(name, backend='onnx'), which returns a fitted one")
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise_)
         data, expand = self._on_row_space(Y)
-        outside = self._outside_regime(data)
-        self.classical_fallback_ = outside
-        if not outside.any():
-            sources = self._predict_network(X, data, expand, np.arange(len(Y)), noise, safe,
-                                            nonzero)
-            dense = self._too_dense(self.source_var_)
-            if not dense.any():
-                return sources
-            # learned estimates denser than the ones the corrections help on: solved again
-            self.classical_fallback_ = dense
-            return self._with_classical(X, noise_var, dense, sources, self.source_var_,
-                                        self.noise_var_)
-        # samples outside the trained regime: the classical solver at the same depth
-        X3 = np.asarray(X, dtype=float).reshape(Y.shape)
-        sources = _plain_zeros(Y.shape[:1] + (self.n_sources_,) + Y.shape[2:])
-        source_var = np.zeros((len(Y), self.n_sources_))
-        noise_out = np.zeros((len(Y), self.n_features_in_))
-        inside = ~outside
-        if inside.any():
-            sources[inside] = self._predict_network(
-                X3[inside], data[inside], expand, np.flatnonzero(inside),
-                None if noise is None else noise[inside], safe[inside], nonzero[inside])
-            source_var[inside], noise_out[inside] = self.source_var_, self.noise_var_
-            outside[inside] = self._too_dense(self.source_var_)
-        self.classical_fallback_ = outside
-        return self._with_classical(X, noise_var, outside, sources, source_var, noise_out)
+        X3 = np.asarray(X, dtype=float).reshape(Y.shape)  # (n, N): one time sample each
 
-    def _with_classical(self, X, noise_var, rows, sources, source_var, noise_out):
-        """``sources`` (and the variances, set as attributes) with the samples ``rows``
-        (boolean) solved by the classical solver at the network's depth."""
-        X3 = np.asarray(X, dtype=float)
-        X3 = X3[:, :, None] if X3.ndim == 2 else X3  # (n, N): one time sample each
-        sources = sources[:, :, None] if sources.ndim == 2 else sources
-        kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[rows]}
-        sources[rows] = self.classical_.predict(X3[rows], **kwargs)
-        source_var[rows] = self.classical_.source_var_
-        noise_out[rows] = self.classical_.noise_var_
-        self.source_var_, self.noise_var_ = source_var, noise_out
+        def run(rows, classical, merged):
+            if classical:
+                kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[rows]}
+                part = (self.classical_.predict(X3[rows], **kwargs),
+                        self.classical_.source_var_, self.classical_.noise_var_)
+            else:
+                index = np.flatnonzero(rows)
+                part = (self._predict_network(X3[rows], data[rows], expand, index,
+                                              None if noise is None else noise[rows],
+                                              safe[rows], nonzero[rows]),
+                        self.source_var_, self.noise_var_)
+            if merged is None and rows.all():
+                return part  # every sample in one part: its outputs as they are
+            if merged is None:
+                merged = (_plain_zeros(Y.shape[:1] + part[0].shape[1:]),
+                          np.zeros((len(Y), self.n_sources_)),
+                          np.zeros((len(Y), self.n_features_in_)))
+            for whole, values in zip(merged, part):
+                whole[rows] = values
+            return merged
+
+        sources, self.source_var_, self.noise_var_ = self._with_regime_check(
+            data, run, lambda merged: merged[1])
         return self._squeeze(sources, X)
 
     def _predict_network(self, X, data, expand, rows, noise, safe, nonzero):

@@ -12,7 +12,8 @@ import torch
 from . import __version__
 from ._validation import (check_device, check_finite_array, check_optional_fraction,
                           check_positive_int, check_spacing_range)
-from .estimators import _DTYPES, _SourceEstimator
+from ._base import _DTYPES
+from ._network_base import _NetworkEstimator
 from .forward import list_forwards, load_forward, mesh_neighbourhoods, source_spacing
 from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
 from .simulate import Simulator
@@ -98,7 +99,7 @@ def _cast(out, dtype):
 
 def _expanded(out, expand):
     """Network outputs with every posterior mean mapped back by ``expand``
-    (:meth:`_SourceEstimator._on_row_space`)."""
+    (:meth:`_NetworkEstimator._on_row_space`)."""
     out["sources"] = expand(out["sources"])
     out["intermediate"] = {k: expand(v) for k, v in out["intermediate"].items()}
     for state in out.get("trajectory", ()):
@@ -106,7 +107,7 @@ def _expanded(out, expand):
     return out
 
 
-class UnfoldedSBLRegressor(_SourceEstimator):
+class UnfoldedSBLRegressor(_NetworkEstimator):
     """Unfolded Champagne with learned corrections (Bias / Deep / Deep Attn CB).
 
     Parameters
@@ -176,15 +177,15 @@ class UnfoldedSBLRegressor(_SourceEstimator):
     regime_check : bool
         Solve samples that lie outside the regime the corrections were trained
         for (noise-free, exactly low-rank or above about 50 dB SNR data, see
-        ``unfolded_sbl.estimators.regime_level_db``; or every sample when the
+        ``unfolded_sbl.regime.regime_level_db``; or every sample when the
         source space's spacing lies outside those the corrections act on,
-        ``unfolded_sbl.estimators.acting_spacings``: e.g. ico4 for a model trained
+        ``unfolded_sbl.regime.acting_spacings``: e.g. ico4 for a model trained
         at ico3) with the classical solver (the same network without
         corrections).  ``classical_fallback_`` marks them after ``predict``.
     density_ceiling : float | None
         Part of the regime check: a sample whose learned estimate spreads over
         more than this fraction of the sources
-        (``unfolded_sbl.estimators.source_spread``, the participation ratio of
+        (``unfolded_sbl.regime.source_spread``, the participation ratio of
         its source variances) is solved again by the classical solver, and
         ``classical_fallback_`` marks it too.  Learned corrections help on
         focal estimates and lose a little on the densest ones (many patches,
@@ -241,7 +242,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
         (finest, coarsest) source spacing on which the corrections act, where the
         model records one (models for denser source spaces,
         ``unfolded_sbl.zoo.DENSER_REACH``); None: within
-        ``unfolded_sbl.estimators.SPACING_TOLERANCE`` of ``train_spacing_``.
+        ``unfolded_sbl.regime.SPACING_TOLERANCE`` of ``train_spacing_``.
 
     Examples
     --------
@@ -473,26 +474,21 @@ class UnfoldedSBLRegressor(_SourceEstimator):
             raise NotFittedError("call fit, fit_simulated or load first")
         Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise)
         data, expand = self._on_row_space(Y)
-        outside = self._outside_regime(data)
         kwargs.update(self._geometry())
-        parts = [(rows, classical) for mask, classical in ((~outside, False), (outside, True))
-                 for rows in _chunks(mask, PREDICT_BATCH_SIZE)]
-        out = self._solve(data, noise, expand, parts, kwargs)
-        # learned estimates denser than the ones the corrections help on: solved again
-        dense = self._too_dense(out["source_var"]) & ~outside
-        if dense.any():
-            out = self._solve(data, noise, expand,
-                              [(rows, True) for rows in _chunks(dense, PREDICT_BATCH_SIZE)],
-                              kwargs, merged=out)
-        self.classical_fallback_ = outside | dense
+
+        def run(rows, classical, merged):
+            parts = [(chunk, classical) for chunk in _chunks(rows, PREDICT_BATCH_SIZE)]
+            return self._solve(data, noise, expand, parts, kwargs, merged=merged)
+
+        out = self._with_regime_check(data, run, lambda merged: merged["source_var"])
         return out, safe, nonzero
 
     def _solve(self, data, noise, expand, parts, kwargs, merged=None):
         """Network outputs of every sample of ``data`` that ``parts`` (boolean row
         masks, each with its ``classical`` flag) cover, written into ``merged``."""
         # samples left to the classical updates run in float64 whatever ``dtype``, as
-        # ClassicalCB's reference path and OnnxSBLRegressor's fallback do: in float32
-        # their iterations drifted by 4e-2 of the estimate at 40-60 dB (one-off)
+        # ClassicalCB's reference path does: the classical iterations drift in float32
+        # at high SNR, where the regime check sends data
         solvers = {self.torch_dtype_: (self.network_, self._tensor(self.lead_field_))}
         with torch.no_grad():
             for rows, classical in parts:
@@ -508,7 +504,7 @@ class UnfoldedSBLRegressor(_SourceEstimator):
                 if dtype != self.torch_dtype_:
                     out = _cast(out, self.torch_dtype_)
                 out = _expanded(out, partial(expand, rows=rows))
-                if merged is None and len(parts) == 1:
+                if merged is None and len(parts) == 1 and rows.all():
                     return out  # one part holds every sample: its outputs as they are
                 merged = _merge_into(merged, rows, out, len(data))
         return merged

@@ -128,7 +128,7 @@ WIDE = {"spread": (0.006, 0.015), "patch_distance": "mesh"}
 DENSER = {"deep-graph-cb-joint-ico4": ("deep-graph-cb-joint", 2.0)}
 #: A :data:`DENSER` model's corrections act on source spaces down to its
 #: ``train_spacing_`` divided by this (its ``spacing_range_``; coarser ones within
-#: ``estimators.SPACING_TOLERANCE`` as for every model).  They slow the classical
+#: ``regime.SPACING_TOLERANCE`` as for every model).  They slow the classical
 #: sparsification, which costs ClassicalCB more the denser the source space: at
 #: fsaverage ico5 (2.8 mm, 1.9x finer than the ico4 model's 5.2 mm),
 #: deep-graph-cb-joint-ico4 gives 0.745-0.758x ClassicalCB-25's rMSE on the paper's
@@ -178,7 +178,7 @@ CALIBRATION_STAGE = "last correction calibrated"
 
 def denser_spacing_range(train_spacing):
     """``spacing_range_`` of a :data:`DENSER` model trained for ``train_spacing``."""
-    from .estimators import SPACING_TOLERANCE
+    from .regime import SPACING_TOLERANCE
 
     return [train_spacing / DENSER_REACH, train_spacing * SPACING_TOLERANCE]
 
@@ -335,11 +335,11 @@ def default_forward(name):
 
 def suits(name, forward):
     """Whether the corrections of the shipped model ``name`` act on ``forward``'s
-    source space: its spacing within ``estimators.acting_spacings`` of the model
-    (within ``estimators.SPACING_TOLERANCE`` of its training spacing, down to
+    source space: its spacing within ``regime.acting_spacings`` of the model
+    (within ``regime.SPACING_TOLERANCE`` of its training spacing, down to
     :data:`DENSER_REACH` times finer for :data:`DENSER` models; elsewhere the
     classical updates solve)."""
-    from .estimators import acting_spacings
+    from .regime import acting_spacings
     from .forward import as_forward, load_forward, source_spacing
 
     card = model_card(name)
