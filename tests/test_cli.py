@@ -44,6 +44,12 @@ def test_clear_error_exit_code(capsys):
 def test_help_is_plain_text_and_every_option_is_described():
     import argparse
 
+    from unfolded_sbl import zoo
+
+    maintainers = zoo.build_parser()
+    assert "``" not in maintainers.format_help()
+    assert all(a.help for a in maintainers._actions)
+
     parser = cli.build_parser()
     text = parser.format_help()
     assert "``" not in text and "examples:" in text
@@ -77,20 +83,22 @@ def test_train_passes_units_focus_and_continuation(monkeypatch):
     from unfolded_sbl import zoo
 
     calls = _record_training(monkeypatch, "train_pretrained")
-    assert main(["train", "deep-cb-joint", "--continue", "--wide", "--epochs", "3",
+    assert zoo.main(["deep-cb-joint", "--continue", "--wide", "--epochs", "3",
                  "--units", "64", "--focus", "20", "--out", "somewhere"]) == 0
     name, kwargs = calls[-1]
     assert name == "deep-cb-joint" and kwargs["continue_training"] and kwargs["wide"]
     assert kwargs["init"] == zoo.MODEL_DIR / "deep-cb-joint.pt"
     assert kwargs["overrides"] == {"correction_units": 64}
     assert kwargs["robust_overrides"] == {"max_epochs": 3, "mixture_focus": 20.0}
-    main(["train", "deep-cb-joint", "--out", "somewhere"])
+    zoo.main(["deep-cb-joint", "--out", "somewhere"])
     assert calls[-1][1]["overrides"] is None and calls[-1][1]["robust_overrides"] is None
 
 
 def test_train_passes_a_model_file_and_the_noise_correction(monkeypatch):
+    from unfolded_sbl import zoo
+
     calls = _record_training(monkeypatch, "train_pretrained")
-    assert main(["train", "deep-cb-joint", "--init", "run/deep-cb-joint.pt", "--low-snr",
+    assert zoo.main(["deep-cb-joint", "--init", "run/deep-cb-joint.pt", "--low-snr",
                  "--noise-correction", "none", "--out", "somewhere"]) == 0
     name, kwargs = calls[-1]
     assert kwargs["init"] == "run/deep-cb-joint.pt" and kwargs["low_snr"]
@@ -111,10 +119,55 @@ def test_train_of_a_denser_model_runs_its_own_stage(monkeypatch):
 
     calls = _record_training(monkeypatch, "train_denser")
     monkeypatch.setattr(zoo, "train_pretrained", lambda *a, **k: pytest.fail("preset path"))
-    assert main(["train", "deep-graph-cb-joint-ico4", "--seed", "2", "--out", "somewhere"]) == 0
+    assert zoo.main(["deep-graph-cb-joint-ico4", "--seed", "2", "--out", "somewhere"]) == 0
     name, kwargs = calls[-1]
     assert name == "deep-graph-cb-joint-ico4"
     assert kwargs["random_state"] == 2 and str(kwargs["out_dir"]) == "somewhere"
     assert kwargs["continue_training"] is False
-    assert main(["train", "deep-graph-cb-joint-ico4", "--continue"]) == 0
+    assert zoo.main(["deep-graph-cb-joint-ico4", "--continue"]) == 0
     assert calls[-1][1]["continue_training"] is True
+
+
+def test_users_train_corrections_for_their_forward_model_with_a_card(tmp_path, capsys,
+                                                                     monkeypatch):
+    """``unfolded-sbl train``: a plain budget, a model file and its card; the same
+    command resumes from its checkpoint instead of training again."""
+    import json
+
+    out = tmp_path / "my-model.pt"
+    args = ["train", "--forward", "biosemi64-ico3", "--samples", "80", "--layers", "2",
+            "--batch-size", "4", "--n-eval", "4", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "ClassicalCB (learn), 2 it." in printed and "my-model.json" in printed
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["forward"] == "biosemi64-ico3"
+    assert card["training"]["samples_seen"] >= 80
+    assert card["estimator_params"]["correction"] == "mlp"
+    assert set(card["validation"]["metrics"]) == {"ClassicalCB (learn), 2 it.", "model"}
+    from unfolded_sbl.pretrained import sha256
+
+    assert card["files"]["my-model.pt"]["sha256"] == sha256(out)
+    net = us.UnfoldedSBLRegressor.load(out)
+    assert net.n_layers == 2 and net.correction == "mlp"
+    weights = {k: v.clone() for k, v in net.network_.state_dict().items()}
+    assert out.with_suffix(".ckpt").exists()
+    import torch
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("a resumed, finished run takes no step")
+
+    monkeypatch.setattr(torch.optim.Adam, "step", no_step)
+    assert main(args) == 0  # resumes: the checkpoint holds the finished run
+    again = us.UnfoldedSBLRegressor.load(out).network_.state_dict()
+    assert all(np.array_equal(weights[k], again[k]) for k in weights)
+
+
+def test_train_rejects_unknown_forward_models_and_budgets(tmp_path, capsys):
+    assert main(["train", "--forward", "no-such-cap", "--out", str(tmp_path / "m.pt")]) == 2
+    assert "neither a shipped template" in capsys.readouterr().err
+    assert main(["train", "--forward", "biosemi64-ico3", "--samples", "3", "--out",
+                 str(tmp_path / "m.pt")]) == 2
+    assert "n_samples must be an integer >= batch_size" in capsys.readouterr().err
+    assert main(["train", "--forward", "biosemi64-ico3", "--out", str(tmp_path / "m")]) == 2
+    assert "out must be a .pt file" in capsys.readouterr().err

@@ -1,4 +1,7 @@
-"""Command-line interface: unfolded-sbl {localize,demo,simulate,forward,train,export}."""
+"""Command-line interface: unfolded-sbl {localize,demo,simulate,forward,train,export}.
+
+The shipped models are retrained with ``python -m unfolded_sbl.zoo`` (maintainers).
+"""
 
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def _cmd_demo(args):
         "ClassicalCB (known noise)": ClassicalCB(fwd, noise="known").fit(),
     }
     known_noise_models = ["ClassicalCB (known noise)"]
-    from .zoo import list_pretrained, load_pretrained
+    from .pretrained import list_pretrained, load_pretrained
 
     # models for another source spacing (e.g. ico4) would only repeat ClassicalCB here
     for name in list_pretrained(fwd):
@@ -184,28 +187,14 @@ def _cmd_export(args):
 
 def _cmd_train(args):
     from .evaluation import format_table
-    from .zoo import DENSER, DERIVED, MODEL_DIR, derive, train_denser, train_pretrained
+    from .train_model import train_model
 
-    common = dict(out_dir=args.out or MODEL_DIR, random_state=args.seed, n_eval=args.n_eval,
-                  checkpoint_dir=args.checkpoint_dir)
-    if args.name in DERIVED:  # made from a shipped model, no training
-        card = derive(args.name, out_dir=common["out_dir"], n_eval=args.n_eval)
-    elif args.name in DENSER:
-        card = train_denser(args.name, continue_training=args.continue_, **common)
-    else:
-        init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
-        init = args.init or init
-        robust = {"max_epochs": args.epochs} if args.epochs else {}
-        if args.focus:
-            robust["mixture_focus"] = args.focus
-        overrides = {"correction_units": args.units} if args.units else {}
-        if args.noise_correction:
-            overrides["noise_correction"] = args.noise_correction
-        card = train_pretrained(args.name, init=init, overrides=overrides or None,
-                                robust_overrides=robust or None, low_snr=args.low_snr,
-                                dense=args.dense, wide=args.wide,
-                                continue_training=args.continue_, **common)
+    card = train_model(args.forward, args.out, correction=args.correction,
+                       n_samples=args.samples, noise=args.noise, n_layers=args.layers,
+                       batch_size=args.batch_size, n_eval=args.n_eval, random_state=args.seed,
+                       checkpoint=args.checkpoint)
     print(format_table(card["validation"]["metrics"]))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')} (its model card)")
     return 0
 
 
@@ -217,13 +206,12 @@ EPILOG = """examples:
   unfolded-sbl localize sub-01-ave.fif       localise an evoked file (deep-cb-joint)
   unfolded-sbl localize rec.set --model deep-cb-known --noise-cov baseline
   unfolded-sbl forward list                  the shipped template forward models
+  unfolded-sbl train --forward biosemi32 --samples 20000 --out my-model.pt
 
 'unfolded-sbl COMMAND --help' describes each command's options."""
 
 
 def build_parser():
-    from .zoo import DENSER, DERIVED, PRESETS
-
     parser = argparse.ArgumentParser(
         prog="unfolded-sbl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -304,43 +292,28 @@ def build_parser():
     exp.add_argument("--forward", default=None, help="template (default: training one)")
     exp.set_defaults(func=_cmd_export)
 
-    train = sub.add_parser("train", help="train a pretrained-model preset on the simulator")
-    names = sorted({**PRESETS, **DENSER, **DERIVED})
-    train.add_argument("name", help="preset: " + ", ".join(names))
-    train.add_argument("--out", default=None, help="output folder (default: package models)")
-    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    train.add_argument("--n-eval", type=int, default=256,
-                       help="validation samples for the model card (default: 256)")
-    train.add_argument("--checkpoint-dir", default=".checkpoints",
-                       help="resumable checkpoints (rerun the command to resume)")
-    train.add_argument("--from-shipped", action="store_true",
-                       help="skip stage 1: fine-tune the shipped model on the robust "
-                            "distribution (stage 2 only)")
-    train.add_argument("--init", default=None, metavar="PATH",
-                       help="skip stage 1: fine-tune the model file PATH (e.g. a stage 1+2 "
-                            "run's --out) instead of the shipped one")
-    train.add_argument("--noise-correction", choices=["mlp", "none"], default=None,
-                       help="the preset's noise corrections (default) or none: the "
-                            "classical noise update in every layer")
-    train.add_argument("--continue", dest="continue_", action="store_true",
-                       help="one more stage 2 on top of the shipped model (its card keeps "
-                            "every earlier stage); for a model of zoo.DENSER, the stages "
-                            "its card does not list yet")
-    train.add_argument("--low-snr", action="store_true",
-                       help="stage 2 with a third, low-SNR component (zoo.LOW_SNR)")
-    train.add_argument("--dense", action="store_true",
-                       help="stage 2 with a many-patch component (zoo.DENSE)")
-    train.add_argument("--wide", action="store_true",
-                       help="stage 2 with a wide-patch component (zoo.WIDE)")
-    train.add_argument("--epochs", type=int, default=None,
-                       help="stage-2 epochs (default: the preset's budget)")
-    train.add_argument("--units", type=int, default=None,
-                       help="hidden units of the corrections (default: the preset's, 32); "
-                            "with --continue/--from-shipped the shipped weights are widened "
-                            "to the same function")
-    train.add_argument("--focus", type=float, default=None,
-                       help="stage-2 mixture_focus: draw the worst validation components "
-                            "more often (default: 0, even draws)")
+    train = sub.add_parser("train", help="train learned corrections for your forward model")
+    train.add_argument("--forward", required=True,
+                       help="a template name (unfolded-sbl forward list), an MNE standard "
+                            "montage (e.g. easycap-M1: a forward model is built offline) or "
+                            "your -fwd.fif")
+    train.add_argument("--out", required=True, help="model file to write (.pt); its card "
+                       "goes beside it (.json)")
+    train.add_argument("--samples", type=int, default=20_000,
+                       help="training budget in simulated samples (default: 20000)")
+    train.add_argument("--correction", choices=["mlp", "attention", "graph", "bias"],
+                       default="mlp", help="learned correction of each layer (default: mlp)")
+    train.add_argument("--noise", choices=["learn", "known"], default="learn",
+                       help="learn the sensor noise jointly (default) or take it as known")
+    train.add_argument("--layers", type=int, default=25, help="layers (default: 25)")
+    train.add_argument("--batch-size", type=int, default=32,
+                       help="samples per step (default: 32)")
+    train.add_argument("--n-eval", type=int, default=64,
+                       help="held-out samples for the card's validation (default: 64)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--checkpoint", default=None,
+                       help="resumable checkpoint (default: OUT with .ckpt; rerun the "
+                            "command to resume)")
     train.set_defaults(func=_cmd_train)
 
     fwd = sub.add_parser("forward", help="list, inspect or build template forward models")

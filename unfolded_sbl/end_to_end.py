@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validation import check_device, check_finite_array, check_positive_int
 from ._base import _DTYPES
 from ._network_base import _NetworkEstimator
+from ._validation import check_device, check_finite_array, check_positive_int
 from .simulate import Simulator
 from .training import relative_error
 

@@ -15,8 +15,13 @@ import torch
 
 from ._base import _DTYPES, _plain_zeros, _SourceEstimator
 from ._champagne import champagne
-from ._validation import (check_device, check_finite_array, check_noise_var,
-                          check_positive_int)
+from ._validation import (
+    check_device,
+    check_finite_array,
+    check_noise_var,
+    check_positive_int,
+)
+
 
 class ClassicalCB(_SourceEstimator):
     """Champagne with convex-bounding updates (sparse Bayesian learning).

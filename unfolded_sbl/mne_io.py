@@ -169,7 +169,7 @@ def _montage_positions(inst, ch_names):
 
 def _make_estimator(model, fwd):
     from .estimators import SLORETA, ClassicalCB
-    from .zoo import list_pretrained, load_pretrained
+    from .pretrained import list_pretrained, load_pretrained
 
     if not isinstance(model, str):
         from sklearn.base import clone

@@ -31,9 +31,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._champagne import (FACTOR_JITTER, NOISE_FLOOR, _PairOps, diagonal, identity_like,
-                         reference_projector, referenced_model_cov, safe_cholesky,
-                         subtract_reference)
+from ._champagne import (
+    FACTOR_JITTER,
+    NOISE_FLOOR,
+    _PairOps,
+    diagonal,
+    identity_like,
+    reference_projector,
+    referenced_model_cov,
+    safe_cholesky,
+    subtract_reference,
+)
 
 CORRECTIONS = ("none", "bias", "mlp", "graph", "attention")
 NOISE_CORRECTIONS = ("none", "bias", "mlp")

@@ -9,9 +9,13 @@ import os
 import numpy as np
 import torch
 
-from ._validation import check_optional_fraction, check_positive_int, check_spacing_range
 from ._base import _plain_zeros
 from ._network_base import _NetworkEstimator
+from ._validation import (
+    check_optional_fraction,
+    check_positive_int,
+    check_spacing_range,
+)
 from .estimators import ClassicalCB
 from .forward import mesh_neighbourhoods
 

@@ -56,8 +56,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.sparse.csgraph import dijkstra
 from scipy.signal import butter, sosfiltfilt
+from scipy.sparse.csgraph import dijkstra
 
 from ._validation import check_device, check_positive_int, check_range
 from .forward import as_forward, mesh_graph

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .forward import ForwardModel, _TEMPLATE_DIR
+from .forward import _TEMPLATE_DIR, ForwardModel
 
 #: Conductivities (S/m) of brain, skull and scalp used for the training models.
 CONDUCTIVITY = (0.3, 0.006, 0.3)

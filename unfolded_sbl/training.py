@@ -38,7 +38,6 @@ from ._champagne import row_space
 from .metrics import f1 as f1_score
 from .network import TRAINED_N_TIMES
 
-
 #: Added to the classical error in the classical-relative loss.
 CLASSICAL_FLOOR = 0.02
 #: Extra weight of the part of a sample's error ratio above 1 (losing to the

@@ -10,12 +10,22 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._validation import (check_device, check_finite_array, check_optional_fraction,
-                          check_positive_int, check_spacing_range)
 from ._base import _DTYPES
 from ._network_base import _NetworkEstimator
+from ._validation import (
+    check_device,
+    check_finite_array,
+    check_optional_fraction,
+    check_positive_int,
+    check_spacing_range,
+)
 from .forward import list_forwards, load_forward, mesh_neighbourhoods, source_spacing
-from .network import CORRECTIONS, NOISE_CORRECTIONS, UnfoldedChampagne, upgrade_state_dict
+from .network import (
+    CORRECTIONS,
+    NOISE_CORRECTIONS,
+    UnfoldedChampagne,
+    upgrade_state_dict,
+)
 from .simulate import Simulator
 from .training import LOSSES, Trainer, TrainSettings
 

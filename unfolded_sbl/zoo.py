@@ -1,16 +1,12 @@
-"""Shipped pretrained models: presets, training, export and verified loading.
+"""Maintainers' recipes for the shipped models: training presets, stages,
+calibration, model cards and export.
 
-Each model ``NAME`` ships as ``NAME.pt`` (torch weights and config, for
-fine-tuning), ``NAME.onnx`` (deployment) and ``NAME.json`` (model card: training
-data and simulator settings, budget, seed, versions, validation metrics against
-ClassicalCB, sha256 of the files).  The files live in the package
-(``unfolded_sbl/data/models``; the repository's ``exported_models/`` points
-there), so an installed package finds them too.
+``python -m unfolded_sbl.zoo NAME`` retrains a shipped model (see ``--help``); what
+users import to list and load the shipped models is :mod:`unfolded_sbl.pretrained`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -18,9 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger("unfolded_sbl")
+from .pretrained import (  # noqa: F401
+    DEFAULT_FORWARDS,
+    DENSITY_CEILINGS,
+    DESCRIPTIONS,
+    MODEL_DIR,
+    TRAIN_FORWARD,
+    default_forward,
+    list_pretrained,
+    load_pretrained,
+    model_card,
+    pretrained_path,
+    sha256,
+    suits,
+)
+from .train_model import file_record
 
-MODEL_DIR = Path(__file__).parent / "data" / "models"
+logger = logging.getLogger("unfolded_sbl")
 
 #: name -> estimator parameters and training budget (2 CPU cores).
 PRESETS = {
@@ -40,7 +50,6 @@ PRESETS = {
                                 max_epochs=16, steps_per_epoch=20, progressive_steps=4,
                                 batch_size=32, learning_rate=2e-3),
 }
-TRAIN_FORWARD = "biosemi64-ico3"
 #: Precision of the shipped ONNX graphs: their O(N^2 M) products run in float32 and
 #: the N x N factorisation in float64 inside the graph (``network._precision``), as
 #: ``load_pretrained(name, dtype="float32")`` does in torch.  1.2-1.5x faster than
@@ -52,29 +61,6 @@ ONNX_DTYPE = "float32"
 #: the neighbourhood inputs: the same function), so it inherits Deep CB's
 #: training and its own stage adds the spatial context.
 STARTS = {"deep-graph-cb-joint": "deep-cb-joint"}
-DESCRIPTIONS = {
-    "deep-cb-joint": "Deep CB: pointwise-MLP corrections, joint noise",
-    "deep-cb-known": "Deep CB: pointwise-MLP corrections, known noise",
-    "deep-attn-cb-joint": "Deep Attn CB: attention corrections, joint noise",
-    "deep-graph-cb-joint": "Deep Graph CB: MLP corrections that also see each source's "
-                           "cortical neighbourhood (8 mm kernel along the mesh), joint noise",
-    "deep-graph-cb-joint-ico4": "Deep Graph CB for source spaces about 2x denser than "
-                                "ico3 (ico4): trained at ico3 on patches 2x wider",
-    "deep-cb-joint-classical-noise": "Deep CB without its noise corrections: pointwise-MLP "
-                                     "corrections of the source updates, classical joint "
-                                     "noise updates",
-}
-#: name -> ``density_ceiling`` that :func:`load_pretrained` sets (the regime check
-#: solves samples whose learned estimate spreads over more than this fraction of the
-#: sources classically).  On fresh samples of every ico3 condition of the robustness
-#: matrix (``python -m benchmarks.noise_ablation``'s, seeds 9000 + row), deep-cb-joint's
-#: estimates spread over at most 0.03 of the sources (median) where it gains and over
-#: 0.065-0.20 on 20-40 patches and below 10 dB, where it is level with or behind
-#: ClassicalCB; 0.1 falls back on 9 % of those samples and takes its worst condition
-#: from 1.008x to 1.000x ClassicalCB-25.  The ico4 model's estimates spread wider by
-#: design (wide patches on a dense source space): no ceiling.
-DENSITY_CEILINGS = {"deep-cb-joint": 0.1, "deep-cb-known": 0.1, "deep-attn-cb-joint": 0.1,
-                    "deep-graph-cb-joint": 0.1, "deep-cb-joint-classical-noise": 0.1}
 #: Models made from another shipped model without training: name -> the model it is
 #: made from.  ``deep-cb-joint-classical-noise`` is ``deep-cb-joint`` with its noise
 #: corrections removed (:func:`without_noise_corrections`): without them Deep CB does not
@@ -153,7 +139,7 @@ DENSER_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rat
 DENSER_WIDE_STAGE = {**DENSER_STAGE, "learning_rate": 1e-3, "mixture_focus": 0.0,
                      "max_epochs": 12}
 #: The source space their card validates on (perturbed template of the same cap).
-DENSER_FORWARD = "biosemi64-ico4"
+DENSER_FORWARD = DEFAULT_FORWARDS["deep-graph-cb-joint-ico4"]
 #: Their last step: the output weights of the last source correction scaled by the factor
 #: of this grid whose worst validation part (ratio to ClassicalCB at the same depth, on
 #: the training source space's perturbed template, the stages' own picture: the wider
@@ -233,119 +219,6 @@ def _stage2_components(low_snr, dense, wide=False):
 def _mixture_labels(low_snr, dense, wide=False):
     """The stage-2 mixture as the model card records it."""
     return [label for label, _ in _stage2_components(low_snr, dense, wide)]
-
-
-def list_pretrained(forward=None):
-    """Names of the shipped models (those with a model card); with ``forward``, only
-    those whose corrections act on its source space (:func:`suits`)."""
-    names = sorted(p.stem for p in MODEL_DIR.glob("*.json"))
-    return names if forward is None else [n for n in names if suits(n, forward)]
-
-
-def _file_records(paths):
-    """The card's ``files`` entries: name -> sha256 and size."""
-    return {Path(p).name: {"sha256": sha256(p), "bytes": Path(p).stat().st_size}
-            for p in paths}
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fid:
-        for block in iter(lambda: fid.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_card(name):
-    """The model card (a dict) of a shipped model."""
-    path = MODEL_DIR / f"{name}.json"
-    if not path.exists():
-        raise ValueError(f"unknown pretrained model {name!r}; available: {list_pretrained()}")
-    with open(path) as fid:
-        return json.load(fid)
-
-
-def pretrained_path(name, kind="pt"):
-    """Path of a shipped model file after checking its sha256 against the card."""
-    card = model_card(name)
-    path = MODEL_DIR / f"{name}.{kind}"
-    if not path.exists():
-        raise ValueError(f"pretrained model file {path.name} is missing")
-    expected = card["files"][path.name]["sha256"]
-    if sha256(path) != expected:
-        raise ValueError(f"{path} does not match the sha256 in its model card: the file "
-                         "is corrupted or was modified")
-    return path
-
-
-def load_pretrained(name, forward=None, backend="torch", **kwargs):
-    """Load a shipped model, verified against its model card.
-
-    Parameters
-    ----------
-    name : str
-        One of :func:`list_pretrained`, e.g. ``"deep-cb-joint"``.
-    forward : str | ForwardModel | mne.Forward | None
-        Forward model to run on (default: the training template, or
-        :data:`DENSER_FORWARD` for a :data:`DENSER` model).  MLP and attention
-        models run on any cap and source space; their corrections act where the
-        source spacing is near the one they were trained for (:func:`suits`),
-        elsewhere the classical updates solve.
-    backend : {"torch", "onnx"}
-        ``"torch"`` returns an :class:`UnfoldedSBLRegressor` (fine-tunable),
-        ``"onnx"`` a fitted :class:`OnnxSBLRegressor`.
-    **kwargs
-        Passed to :meth:`UnfoldedSBLRegressor.load` for torch (``dtype``,
-        ``device``) and to :class:`OnnxSBLRegressor` for onnx (``providers``,
-        ``intra_op_num_threads``, ...); ``density_ceiling`` defaults to the
-        model's :data:`DENSITY_CEILINGS` entry.
-    """
-    from .forward import as_forward, list_forwards
-
-    forward = forward or default_forward(name)
-    # read once, for the checks below and for the load (an mne.Forward or a file would
-    # otherwise be converted by each check); a template keeps its name as the parameter
-    resolved = as_forward(forward)
-    if not (isinstance(forward, str) and forward in list_forwards()):
-        forward = resolved
-    kwargs.setdefault("density_ceiling", DENSITY_CEILINGS.get(name))
-    if kwargs.get("regime_check", True) and not suits(name, resolved):
-        # the estimator warns that it solves classically; say which model would not
-        others = [other for other in list_pretrained(resolved) if other != name]
-        if others:
-            logger.warning("%s's corrections do not act on this source space; the shipped "
-                           "models whose corrections do: %s", name, ", ".join(others))
-    if backend == "torch":
-        from .unfolded import UnfoldedSBLRegressor
-
-        return UnfoldedSBLRegressor.load(pretrained_path(name, "pt"), forward=forward,
-                                         **kwargs)
-    if backend == "onnx":
-        from .onnx_runtime import OnnxSBLRegressor
-
-        return OnnxSBLRegressor(pretrained_path(name, "onnx"), forward=forward,
-                                **kwargs).fit()
-    raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-
-
-def default_forward(name):
-    """The template a shipped model runs on unless told otherwise."""
-    return DENSER_FORWARD if name in DENSER else TRAIN_FORWARD
-
-
-def suits(name, forward):
-    """Whether the corrections of the shipped model ``name`` act on ``forward``'s
-    source space: its spacing within ``regime.acting_spacings`` of the model
-    (within ``regime.SPACING_TOLERANCE`` of its training spacing, down to
-    :data:`DENSER_REACH` times finer for :data:`DENSER` models; elsewhere the
-    classical updates solve)."""
-    from .regime import acting_spacings
-    from .forward import as_forward, load_forward, source_spacing
-
-    card = model_card(name)
-    trained = card.get("train_spacing_m") or source_spacing(load_forward(TRAIN_FORWARD))
-    finest, coarsest = acting_spacings(trained, card.get("spacing_range_m"))
-    return finest <= source_spacing(as_forward(forward)) <= coarsest
 
 
 def _evaluate(estimators, data, forward, known):
@@ -617,6 +490,11 @@ def train_denser(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, checkpoint
     return write_card(name, out_dir, stages, params, random_state, n_eval)
 
 
+def _file_records(paths):
+    """The card's ``files`` entries: name -> sha256 and size."""
+    return {Path(p).name: file_record(p) for p in paths}
+
+
 def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0, n_eval=256):
     """Export ``NAME.pt`` (in ``out_dir``) to ONNX, validate both files against
     ClassicalCB and write the model card.
@@ -625,13 +503,10 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
     model can be re-exported and re-validated after a change of the solver code
     without retraining.
     """
-    import sklearn
-    import torch
-
-    from . import __version__
     from .estimators import ClassicalCB
     from .forward import load_forward
     from .simulate import ROBUST_SIMULATOR, simulate
+    from .train_model import versions
     from .unfolded import UnfoldedSBLRegressor
 
     out_dir = Path(out_dir)
@@ -677,8 +552,7 @@ def write_card(name, out_dir=MODEL_DIR, stages=None, params=None, random_state=0
         "validation": validation["paper"],
         "validation_robust": validation["robust"],
         "robustness": "python -m benchmarks.robustness (benchmarks/RESULTS.md)",
-        "versions": {"unfolded_sbl": __version__, "torch": torch.__version__,
-                     "numpy": np.__version__, "scikit-learn": sklearn.__version__},
+        "versions": versions(),
         "files": _file_records(files.values()),
     }
     with open(out_dir / f"{name}.json", "w") as fid:
@@ -798,3 +672,85 @@ def _previous_stages(name, init, continue_training=False):
     return [{"name": "paper", "estimator_params": card["estimator_params"],
              **{k: training[k] for k in ("samples_seen", "seconds", "machine", "simulator",
                                          "history") if k in training}}]
+
+
+def build_parser():
+    """``python -m unfolded_sbl.zoo``: the maintainers' command that (re)trains a
+    shipped model from its preset."""
+    import argparse
+
+    train = argparse.ArgumentParser(prog="python -m unfolded_sbl.zoo",
+                                    description="retrain a shipped model from its preset "
+                                    "(maintainers; users train their own with "
+                                    "'unfolded-sbl train')")
+    names = sorted({**PRESETS, **DENSER, **DERIVED})
+    train.add_argument("name", help="preset: " + ", ".join(names))
+    train.add_argument("--out", default=None, help="output folder (default: package models)")
+    train.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    train.add_argument("--n-eval", type=int, default=256,
+                       help="validation samples for the model card (default: 256)")
+    train.add_argument("--checkpoint-dir", default=".checkpoints",
+                       help="resumable checkpoints (rerun the command to resume)")
+    train.add_argument("--from-shipped", action="store_true",
+                       help="skip stage 1: fine-tune the shipped model on the robust "
+                            "distribution (stage 2 only)")
+    train.add_argument("--init", default=None, metavar="PATH",
+                       help="skip stage 1: fine-tune the model file PATH (e.g. a stage 1+2 "
+                            "run's --out) instead of the shipped one")
+    train.add_argument("--noise-correction", choices=["mlp", "none"], default=None,
+                       help="the preset's noise corrections (default) or none: the "
+                            "classical noise update in every layer")
+    train.add_argument("--continue", dest="continue_", action="store_true",
+                       help="one more stage 2 on top of the shipped model (its card keeps "
+                            "every earlier stage); for a model of zoo.DENSER, the stages "
+                            "its card does not list yet")
+    train.add_argument("--low-snr", action="store_true",
+                       help="stage 2 with a third, low-SNR component (zoo.LOW_SNR)")
+    train.add_argument("--dense", action="store_true",
+                       help="stage 2 with a many-patch component (zoo.DENSE)")
+    train.add_argument("--wide", action="store_true",
+                       help="stage 2 with a wide-patch component (zoo.WIDE)")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="stage-2 epochs (default: the preset's budget)")
+    train.add_argument("--units", type=int, default=None,
+                       help="hidden units of the corrections (default: the preset's, 32); "
+                            "with --continue/--from-shipped the shipped weights are widened "
+                            "to the same function")
+    train.add_argument("--focus", type=float, default=None,
+                       help="stage-2 mixture_focus: draw the worst validation components "
+                            "more often (default: 0, even draws)")
+    return train
+
+
+def main(argv=None):
+    return _train(build_parser().parse_args(argv))
+
+
+def _train(args):
+    from .evaluation import format_table
+
+    common = dict(out_dir=args.out or MODEL_DIR, random_state=args.seed, n_eval=args.n_eval,
+                  checkpoint_dir=args.checkpoint_dir)
+    if args.name in DERIVED:  # made from a shipped model, no training
+        card = derive(args.name, out_dir=common["out_dir"], n_eval=args.n_eval)
+    elif args.name in DENSER:
+        card = train_denser(args.name, continue_training=args.continue_, **common)
+    else:
+        init = MODEL_DIR / f"{args.name}.pt" if args.from_shipped or args.continue_ else None
+        init = args.init or init
+        robust = {"max_epochs": args.epochs} if args.epochs else {}
+        if args.focus:
+            robust["mixture_focus"] = args.focus
+        overrides = {"correction_units": args.units} if args.units else {}
+        if args.noise_correction:
+            overrides["noise_correction"] = args.noise_correction
+        card = train_pretrained(args.name, init=init, overrides=overrides or None,
+                                robust_overrides=robust or None, low_snr=args.low_snr,
+                                dense=args.dense, wide=args.wide,
+                                continue_training=args.continue_, **common)
+    print(format_table(card["validation"]["metrics"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
