@@ -1,5 +1,5 @@
 """Problem families of the robustness property test (``tests/test_robustness_properties.py``)
-and of its long random search (``python -m benchmarks.property_search``): inputs that
+and of its long random search (``python -m benchmarks.studies.property_search``): inputs that
 recordings and simulations produce, from noise-free data to unmarked bad channels."""
 
 import numpy as np

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+#: One-off studies write their sections to their own results file.
+STUDIES = HERE / "studies"
 
 
 def cpu_model():
@@ -85,3 +87,8 @@ def write_section(key, title, body, payload=None, root=HERE):
         (root / "results").mkdir(parents=True, exist_ok=True)
         with open(root / "results" / f"{key}.json", "w") as fid:
             json.dump(payload, fid, indent=2, default=float)
+
+
+def write_study_section(key, title, body, payload=None):
+    """:func:`write_section` into ``benchmarks/studies/RESULTS.md``."""
+    write_section(key, title, body, payload, root=STUDIES)

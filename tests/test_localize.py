@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import unfolded_sbl as us
-from benchmarks.report_figures import chromium, screenshot
+from benchmarks.studies.report_figures import chromium, screenshot
 from unfolded_sbl import cli, localize
 
 mne = pytest.importorskip("mne")

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 import unfolded_sbl as us
-from unfolded_sbl._champagne import (_PairOps, covariance_factor, reference_projector,
-                                     referenced_model_cov, safe_cholesky, subtract_reference)
+from unfolded_sbl._champagne import (
+    _PairOps,
+    covariance_factor,
+    reference_projector,
+    referenced_model_cov,
+    safe_cholesky,
+    subtract_reference,
+)
 from unfolded_sbl.network import MAX_CORRECTION
 
 

@@ -4,11 +4,11 @@ import json
 import shutil
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 import unfolded_sbl as us
-from unfolded_sbl import zoo
+from unfolded_sbl import pretrained, zoo
 from unfolded_sbl.regime import SPACING_TOLERANCE
 
 SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
@@ -222,7 +222,7 @@ def test_modified_file_fails_sha_check(tmp_path, monkeypatch):
     with open(tmp_path / "deep-cb-joint.pt", "r+b") as fid:
         fid.seek(200)
         fid.write(b"\x00\x01\x02")
-    monkeypatch.setattr(zoo, "MODEL_DIR", tmp_path)
+    monkeypatch.setattr(pretrained, "MODEL_DIR", tmp_path)
     with pytest.raises(ValueError, match="does not match the sha256"):
         us.load_pretrained("deep-cb-joint")
     (tmp_path / "deep-cb-joint.onnx").unlink()

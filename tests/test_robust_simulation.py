@@ -1,9 +1,9 @@
 """The broader simulator and the head-model ensemble (training data of the shipped models)."""
 
 import numpy as np
-import torch
 import pytest
 import scipy.sparse as sp
+import torch
 from scipy.sparse.csgraph import connected_components
 
 import unfolded_sbl as us

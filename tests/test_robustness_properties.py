@@ -10,7 +10,7 @@ rMSE summed over a fixed grid of those families is at most ClassicalCB's, and on
 any single problem at most 1.5x it (or both below 0.05).
 
 The hypothesis examples are derandomized (the same in every run).  ``python -m
-benchmarks.property_search`` draws the same families at random for 15 minutes: it
+benchmarks.studies.property_search`` draws the same families at random for 15 minutes: it
 found no exception and no non-finite output, and 0.7-2.3 % of problems on which a learned
 model exceeds ClassicalCB by more than the 1.05x that issue 11 asked of every problem
 (``benchmarks/RESULTS.md``): the bound holds on average, not problem by problem.
@@ -34,7 +34,7 @@ SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
 MAX_SUMMED_RATIO = 1.0
 #: ... and on any single problem at most this factor of it, or both below ``SOLVED``.
 #: Issue 11 asked for 1.05x per problem; the learned models are better on average, not
-#: on every 3-sample problem: ``python -m benchmarks.property_search`` found 0.7-2.3 % of
+#: on every 3-sample problem: ``python -m benchmarks.studies.property_search`` found 0.7-2.3 % of
 #: random problems above 1.05x (the worst at 1.35x; high SNR or long windows), so a
 #: 1.05x bound would hold or fail by which examples hypothesis happens to draw.
 MAX_RATIO_PER_PROBLEM = 1.5

@@ -64,7 +64,7 @@ STARTS = {"deep-graph-cb-joint": "deep-cb-joint"}
 #: Models made from another shipped model without training: name -> the model it is
 #: made from.  ``deep-cb-joint-classical-noise`` is ``deep-cb-joint`` with its noise
 #: corrections removed (:func:`without_noise_corrections`): without them Deep CB does not
-#: lose to ClassicalCB on many patches (``python -m benchmarks.noise_ablation``; trained
+#: lose to ClassicalCB on many patches (``python -m benchmarks.studies.noise_ablation``; trained
 #: from scratch without them it does, so they are not the cause: README).
 DERIVED = {"deep-cb-joint-classical-noise": "deep-cb-joint"}
 
@@ -295,7 +295,7 @@ def without_noise_corrections(est):
     """A copy of the fitted joint-noise ``est`` without its noise corrections: the noise
     update is the classical one in every layer, the source corrections are unchanged.
 
-    ``python -m benchmarks.noise_ablation`` measures what this does to the shipped
+    ``python -m benchmarks.studies.noise_ablation`` measures what this does to the shipped
     models: without them Deep CB no longer loses to ClassicalCB on many patches,
     though a Deep CB trained without them does (README, "Where the learned models
     still lose").

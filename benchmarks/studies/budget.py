@@ -1,8 +1,8 @@
 """Does more training close the gap?  Held-out rMSE ratios of Deep CB to ClassicalCB as the
 shipped ``deep-cb-joint`` trains further.
 
-    python -m benchmarks.budget                      # both runs, about 25 min each
-    python -m benchmarks.budget --runs stage2 --chunks 10
+    python -m benchmarks.studies.budget                      # both runs, about 25 min each
+    python -m benchmarks.studies.budget --runs stage2 --chunks 10
 
 Issue 11 asks the shipped Deep CB for rMSE <= 0.80x ClassicalCB-25 on nominal data and
 <= 0.85x on the perturbed template, while never losing to it on any condition; the paper
@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 import unfolded_sbl as us
-from benchmarks._results import HERE, write_section
+from benchmarks._results import HERE, write_study_section
 from unfolded_sbl import zoo
 from unfolded_sbl.metrics import f1, rmse
 from unfolded_sbl.simulate import ROBUST_SIMULATOR
@@ -180,7 +180,7 @@ def main(argv=None):
         sections.append(f"**{run}** ({params['loss']} loss, lr {params['learning_rate']:g}, "
                         f"{EPOCHS_PER_CHUNK * params['steps_per_epoch'] * 32} samples per "
                         f"chunk)\n\n{table(records)}\n\n{feasible(records)}")
-    body = f"""`python -m benchmarks.budget --chunks {args.chunks}` ({training_s / 60:.0f} min of \
+    body = f"""`python -m benchmarks.studies.budget --chunks {args.chunks}` ({training_s / 60:.0f} min of \
 training, resumable: every chunk's network and record are kept in `benchmarks/_work/budget`,
 and a rerun trains only the chunks not yet logged). The shipped `{NAME}` trained
 further, in chunks of {EPOCHS_PER_CHUNK} epochs (batch 32, a fresh optimiser and cosine schedule
@@ -194,7 +194,7 @@ perturbed <= 0.85 and every condition <= 1.00 at once. Nothing here is shipped.
 """
     print(body)
     if not args.no_write:
-        write_section("budget", "Training budget: more of the same training", body, results)
+        write_study_section("budget", "Training budget: more of the same training", body, results)
 
 
 if __name__ == "__main__":

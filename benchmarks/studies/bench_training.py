@@ -1,9 +1,9 @@
 """CPU training throughput (samples/s) of the shipped models' training step,
 against the same step at an earlier revision of the package, measured in one run.
 
-    python -m benchmarks.bench_training                       # baseline: cbc74de
-    python -m benchmarks.bench_training --baseline REV --rounds 6
-    python -m benchmarks.bench_training --baseline none       # this checkout only
+    python -m benchmarks.studies.bench_training                       # baseline: cbc74de
+    python -m benchmarks.studies.bench_training --baseline REV --rounds 6
+    python -m benchmarks.studies.bench_training --baseline none       # this checkout only
 
 The step is stage 2 of ``unfolded-sbl train`` (``zoo.ROBUST_STAGE``): float64,
 batch 32, classical-relative loss (one gradient-free classical pass per step) and
@@ -154,7 +154,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args.worker, args.batch_size, args.n_batches, args.seed)
-    from benchmarks._results import write_section
+    from benchmarks._results import write_study_section
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +179,7 @@ def main(argv=None):
         lines.append(f"| {name} | {cells}{ratio} |")
     simulate = {name: 1.0 / r[2] for name, r in results.items() if "stage 2" in name} or {
         name: 1.0 / r[2] for name, r in results.items()}
-    body = f"""`python -m benchmarks.bench_training --baseline {args.baseline} --rounds {args.rounds}` \
+    body = f"""`python -m benchmarks.studies.bench_training --baseline {args.baseline} --rounds {args.rounds}` \
 ({time.perf_counter() - started:.0f} s). Training steps in samples per second (batch
 {args.batch_size}, deep supervision on 5 layers), median of {args.rounds} rounds of {args.steps}
 steps per worker, the workers taking turns, on {args.n_batches} fixed batches per row:
@@ -199,7 +199,7 @@ two N x N products; diagonals are views instead of masked sums outside ONNX expo
 """
     print(body)
     if not args.no_write:
-        write_section("training", "Training throughput (CPU)", body,
+        write_study_section("training", "Training throughput (CPU)", body,
                       {name: {"median": r[0], "rounds": r[1], "simulate_s_per_sample": r[2]}
                        for name, r in results.items()})
 

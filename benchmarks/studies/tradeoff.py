@@ -1,7 +1,7 @@
 """Focal against wide patches: what one more stage-2 run on wide patches does to the
 graph model, on held-out sets at ico3 and zero-shot at ico4.
 
-    python -m benchmarks.tradeoff        # about 17 min of training (once, resumable) + 6 min
+    python -m benchmarks.studies.tradeoff        # about 17 min of training (once, resumable) + 6 min
 
 The shipped ``deep-graph-cb-joint`` loses to ClassicalCB on patches wider than its training
 data (robustness matrix: spread 12-15 mm 1.02) and to Deep CB there (issue 12).  This
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import unfolded_sbl as us
-from benchmarks._results import HERE, write_section
+from benchmarks._results import HERE, write_study_section
 from benchmarks.robustness import ratio_interval
 from unfolded_sbl import zoo
 from unfolded_sbl.metrics import f1, rmse
@@ -149,7 +149,7 @@ def main(argv=None):
     start, epochs = trajectory()
     table, versus = markdown(rows)
     paper, _, wide = np.asarray(epochs).T
-    body = f"""`python -m benchmarks.tradeoff` ({time.perf_counter() - begin:.0f} s of evaluation
+    body = f"""`python -m benchmarks.studies.tradeoff` ({time.perf_counter() - begin:.0f} s of evaluation
 after the continuation). The continuation: the shipped graph model, {STAGE['max_epochs']} x 15
 steps of 32 samples of its stage-2 mixture plus patches of 6-15 mm along the mesh
 (`zoo.WIDE`), lr {STAGE['learning_rate']:g}, group-DRO focus {STAGE['mixture_focus']:g},
@@ -169,7 +169,7 @@ The graph model against Deep CB on the same samples (rMSE ratio, paired-bootstra
 
 {versus}
 """
-    write_section("tradeoff", "Focal vs wide patches: the graph model's trade-off", body,
+    write_study_section("tradeoff", "Focal vs wide patches: the graph model's trade-off", body,
                   {"stage": STAGE, "alphas": ALPHAS, "start_validation": start,
                    "epochs": epochs, "rows": rows})
     print(table + "\n" + versus)

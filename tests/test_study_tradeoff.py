@@ -2,7 +2,7 @@
 
 import torch
 
-from benchmarks.tradeoff import interpolate
+from benchmarks.studies.tradeoff import interpolate
 
 
 def test_interpolate_runs_from_start_to_end_and_keeps_integer_buffers():

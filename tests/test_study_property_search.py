@@ -1,9 +1,10 @@
 """The long random search of the robustness properties: its draws and its counts."""
 
 import numpy as np
+import pytest
 
-from benchmarks import property_search
 from benchmarks._problems import FAMILIES
+from benchmarks.studies import property_search
 
 
 def test_draws_stay_in_the_families_and_corrupted_problems_lose_their_truth(fwd):
@@ -62,3 +63,17 @@ def test_exceptions_and_non_finite_output_are_failures():
     X = np.zeros((1, 2, 3))
     assert property_search.solve(Raises(), X, None) == (None, "RuntimeError: boom")
     assert property_search.solve(NaN(), X, None)[1] == "non-finite output"
+
+
+@pytest.mark.slow
+def test_long_random_search_finds_no_exception_and_no_non_finite_output():
+    """The robustness properties searched at random (``pytest -m slow``; minutes from
+    ``PROPERTY_SEARCH_MINUTES``, default 15): no solver raises or returns NaN/inf on any
+    problem drawn."""
+    import os
+
+    minutes = float(os.environ.get("PROPERTY_SEARCH_MINUTES", "15"))
+    stats = property_search.search(minutes, seed=0, verbose=False)
+    assert all(s["problems"] > 0 for s in stats.values())
+    failures = {name: s["failures"][:3] for name, s in stats.items() if s["failures"]}
+    assert not failures, failures

@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 import unfolded_sbl as us
-from benchmarks import budget
-from benchmarks.budget import HELD_OUT, evaluate, feasible, table
+from benchmarks.studies import budget
+from benchmarks.studies.budget import HELD_OUT, evaluate, feasible, table
 
 
 def test_the_reference_against_itself_is_ratio_one_and_no_f1_change(fwd):

@@ -1,9 +1,9 @@
 """Where do the learned models lose?  The shipped joint-noise models with and without their
 noise corrections, on every ico3 condition of the robustness matrix.
 
-    python -m benchmarks.noise_ablation                      # about 2-3 min
-    python -m benchmarks.noise_ablation --models deep-cb-joint --n-samples 64
-    python -m benchmarks.noise_ablation --files retrained=run/deep-cb-joint.pt
+    python -m benchmarks.studies.noise_ablation                      # about 2-3 min
+    python -m benchmarks.studies.noise_ablation --models deep-cb-joint --n-samples 64
+    python -m benchmarks.studies.noise_ablation --files retrained=run/deep-cb-joint.pt
 
 ``--files LABEL=PATH`` evaluates model files beside them on the same samples: e.g. Deep CB
 trained from scratch without noise corrections, ``unfolded-sbl train deep-cb-joint
@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 import unfolded_sbl as us
-from benchmarks._results import write_section
+from benchmarks._results import write_study_section
 from benchmarks.robustness import REFERENCE, condition_data, ratio_interval
 from unfolded_sbl import zoo
 from unfolded_sbl.metrics import f1, rmse
@@ -136,7 +136,7 @@ def main(argv=None):
     table, worst = report(rows, args.models + list(files))
     models = " ".join(args.models)
     files_arg = "".join(f" {label}={path}" for label, path in files.items())
-    body = f"""`python -m benchmarks.noise_ablation --models {models} --n-samples {args.n_samples}\
+    body = f"""`python -m benchmarks.studies.noise_ablation --models {models} --n-samples {args.n_samples}\
 {" --files" + files_arg if files else ""}` ({time.perf_counter() - started:.0f} s). \
 {describe_files(files)}Each model as shipped and without its noise corrections
 (`zoo.without_noise_corrections`: the classical noise update in every layer, the source
@@ -153,7 +153,7 @@ interval is above 1.00. Nothing here is shipped.
 """
     print(body)
     if not args.no_write:
-        write_section("noise_ablation",
+        write_study_section("noise_ablation",
                       "Where the learned models lose: noise corrections and training", body, rows)
 
 

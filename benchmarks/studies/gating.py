@@ -1,11 +1,11 @@
 """Can the data tell, sample by sample, when a focal expert may be trusted?
 
-    python -m benchmarks.gating                  # about 4 min (after benchmarks.budget)
-    python -m benchmarks.gating --n-samples 32
+    python -m benchmarks.studies.gating                  # about 4 min (after benchmarks.studies.budget)
+    python -m benchmarks.studies.gating --n-samples 32
 
 Issue 11 asks the shipped Deep CB for rMSE <= 0.80x ClassicalCB-25 on nominal data and
 <= 0.85x on the perturbed template while no condition of the robustness matrix is above
-1.00.  ``benchmarks.budget``'s ``paper`` run (the shipped Deep CB trained further on the
+1.00.  ``benchmarks.studies.budget``'s ``paper`` run (the shipped Deep CB trained further on the
 paper's simulator alone) comes near the first two and loses on wide patches, low SNR
 and the robust simulator.  A regime check that sends each sample to that *focal expert*,
 to the shipped model or to the classical solver would meet all three if something
@@ -47,11 +47,11 @@ import numpy as np
 from scipy.stats import spearmanr
 
 import unfolded_sbl as us
-from benchmarks import budget
-from benchmarks._results import write_section
+from benchmarks._results import write_study_section
 from benchmarks.robustness import REFERENCE, condition_data, ratio_interval
-from unfolded_sbl.regime import source_spread
+from benchmarks.studies import budget
 from unfolded_sbl.metrics import rmse
+from unfolded_sbl.regime import source_spread
 from unfolded_sbl.zoo import TRAIN_FORWARD
 
 SEED = 35000
@@ -271,9 +271,9 @@ def report(rows, misfit_rows, n_samples, seconds):
                                      "spearman": float(rho)}
     expert_samples = _expert_samples()
     misfit_text, misfit_payload = misfit_table(misfit_rows)
-    body = f"""`python -m benchmarks.gating` ({seconds / 60:.0f} min). {n_samples} samples per \
+    body = f"""`python -m benchmarks.studies.gating` ({seconds / 60:.0f} min). {n_samples} samples per \
 condition (seeds {SEED} + row; the robustness matrix's ico3 rows, from the perturbed
-template except `nominal`). The focal expert is `benchmarks.budget`'s `paper` run after
+template except `nominal`). The focal expert is `benchmarks.studies.budget`'s `paper` run after
 {expert_samples} samples (the shipped Deep CB trained further on the paper's simulator
 alone). Cells: rMSE ratio to ClassicalCB-25-joint (the shipped model's with its
 paired-bootstrap 95 % interval); observables are medians over the condition's samples.
@@ -316,7 +316,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--chunks", type=int, default=30,
-                        help="chunks of benchmarks.budget's paper run, if it must be trained")
+                        help="chunks of benchmarks.studies.budget's paper run, if it must be trained")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if not EXPERT.exists():
@@ -327,7 +327,7 @@ def main(argv=None):
     body, payload = report(rows, misfit_rows, args.n_samples, time.perf_counter() - start)
     print(body)
     if not args.no_write:
-        write_section("gating", "A gate for a focal expert?", body, payload)
+        write_study_section("gating", "A gate for a focal expert?", body, payload)
 
 
 if __name__ == "__main__":

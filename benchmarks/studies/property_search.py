@@ -1,7 +1,7 @@
 """The robustness property test's families, searched at random for many minutes.
 
-    python -m benchmarks.property_search                 # 15 min
-    python -m benchmarks.property_search --minutes 2 --seed 3
+    python -m benchmarks.studies.property_search                 # 15 min
+    python -m benchmarks.studies.property_search --minutes 2 --seed 3
 
 ``tests/test_robustness_properties.py`` checks a few dozen derandomized examples per
 estimator in CI.  This draws problems at random from the same families
@@ -25,7 +25,7 @@ import numpy as np
 
 import unfolded_sbl as us
 from benchmarks._problems import FAMILIES, make_problem
-from benchmarks._results import write_section
+from benchmarks._results import write_study_section
 from unfolded_sbl import zoo
 from unfolded_sbl.mne_io import _needs_noise  # known-noise solvers get the true noise
 
@@ -141,7 +141,7 @@ def report(stats, minutes, seed):
                      f"{len(s['worse']) if s['with_truth'] else '-'} | "
                      f"{', '.join(families) or '-'} | {worst_text} |")
     failures = [f"- {name}: {f}" for name, s in stats.items() for f in s["failures"][:5]]
-    return f"""`python -m benchmarks.property_search --minutes {minutes:g} --seed {seed}`. \
+    return f"""`python -m benchmarks.studies.property_search --minutes {minutes:g} --seed {seed}`. \
 Problems drawn at random from the property test's families (`benchmarks._problems`;
 3 samples each) on {', '.join(CAPS)}, {int(100 * sum(EXTRAS.values()))} % of them with a
 DC offset or with five flat channels and one 10^4 x the others added (those have no
@@ -165,7 +165,7 @@ def main(argv=None):
     body = report(stats, args.minutes, args.seed)
     print(body)
     if not args.no_write:
-        write_section("property_search", "Robustness properties: a long random search",
+        write_study_section("property_search", "Robustness properties: a long random search",
                       body, stats)
 
 

@@ -3,7 +3,14 @@
 import numpy as np
 from scipy.stats import multivariate_normal
 
-from benchmarks.gating import REFERENCE, best_gate, gated, ratio, type2_cost, whitened_misfit
+from benchmarks.studies.gating import (
+    REFERENCE,
+    best_gate,
+    gated,
+    ratio,
+    type2_cost,
+    whitened_misfit,
+)
 
 
 def test_type2_cost_is_the_negative_log_evidence_up_to_constants():

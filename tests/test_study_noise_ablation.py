@@ -1,6 +1,6 @@
 """The noise-ablation benchmark's report."""
 
-from benchmarks.noise_ablation import report
+from benchmarks.studies.noise_ablation import report
 
 
 def test_report_marks_intervals_above_one_and_names_the_worst_condition():

@@ -1,6 +1,6 @@
 """The localize report on recorded EEG: PNG before/after, HTML viewer, timings.
 
-    python -m benchmarks.report_figures [--data ../shared/data/real_eeg]
+    python -m benchmarks.studies.report_figures [--data ../shared/data/real_eeg]
 
 Writes ``figures/localize_before.png`` (the previous layout: six small views
 on one strip, drawn with ``plot_source_maps`` as ``localize`` did before),
@@ -23,9 +23,14 @@ from pathlib import Path
 import mne
 
 import unfolded_sbl as us
-from benchmarks._results import HERE, write_section
+from benchmarks._results import HERE, write_study_section
 from unfolded_sbl import cli
-from unfolded_sbl.localize import output_units, peak_report, peak_time_index, write_outputs
+from unfolded_sbl.localize import (
+    output_units,
+    peak_report,
+    peak_time_index,
+    write_outputs,
+)
 from unfolded_sbl.viz import plot_source_maps
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_eeg"
@@ -102,7 +107,7 @@ def main(argv=None):
     rows = "\n".join(f"| {name} | {seconds:.1f} |" for name, seconds in timings.items())
     html_line = ("![HTML viewer, headless Chromium](figures/localize_html.png)" if shot else
                  "Headless Chromium was not installed: no screenshot of the HTML page.")
-    body = f"""`python -m benchmarks.report_figures`: `unfolded-sbl localize` on the ERP CORE
+    body = f"""`python -m benchmarks.studies.report_figures`: `unfolded-sbl localize` on the ERP CORE
 P1 of {files[0].name} ({MODEL}, {1e3 * TMIN:.0f}-{1e3 * TMAX:.0f} ms, baseline-corrected by
 default). Top peak: {top['hemisphere']} {top['region']} ({top['x_mm']:.0f}, {top['y_mm']:.0f},
 {top['z_mm']:.0f}) mm at {1e3 * top['time_s']:.0f} ms.
@@ -127,7 +132,7 @@ template forward model ships with the package, the process already warm):
 |---|---|
 {rows}
 """
-    write_section("report", "The localize report: PNG before/after, HTML viewer, timings",
+    write_study_section("report", "The localize report: PNG before/after, HTML viewer, timings",
                   body, {"timings_s": timings, "top_peak": top,
                          "screenshot": bool(shot)})
     print(body)

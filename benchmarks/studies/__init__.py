@@ -1,0 +1,1 @@
+"""One-off studies: questions asked once, answered in benchmarks/studies/RESULTS.md."""
