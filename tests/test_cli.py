@@ -171,3 +171,11 @@ def test_train_rejects_unknown_forward_models_and_budgets(tmp_path, capsys):
     assert "n_samples must be an integer >= batch_size" in capsys.readouterr().err
     assert main(["train", "--forward", "biosemi64-ico3", "--out", str(tmp_path / "m")]) == 2
     assert "out must be a .pt file" in capsys.readouterr().err
+
+
+def test_models_command_shows_each_models_prior_gain_and_losses(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for row in us.list_pretrained(details=True):
+        assert row["name"] in out and row["prior"] in out
+    assert "deep-cb-known" in out and "SNR 30 to 40 dB 1.33" in out  # a known loss

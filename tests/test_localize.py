@@ -203,7 +203,8 @@ def test_localize_prints_when_the_regime_check_solved_classically(fwd, data, tmp
     mne.EvokedArray(fwd.lead_field @ data.sources[0], info, tmin=0.0,
                     verbose=False).save(fname, verbose=False)
     level = logging.getLogger("unfolded_sbl").level
-    assert cli.main(["localize", str(fname), "--formats", "csv", "--out",
+    assert cli.main(["localize", str(fname), "--model", "deep-cb-joint", "--formats", "csv",
+                     "--out",
                      str(tmp_path / "clean")]) == 0
     printed = capsys.readouterr().out
     assert "deep-cb-joint: the evoked response was solved by the classical updates" in printed

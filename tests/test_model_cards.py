@@ -115,3 +115,29 @@ def test_derive_writes_deep_cb_without_its_noise_corrections(tmp_path):
                                atol=1e-12 * np.abs(expected).max())
     with pytest.raises(ValueError, match="unknown derived model"):
         zoo.derive("deep-cb-joint", tmp_path)
+
+
+def test_card_summaries_come_from_the_robustness_results():
+    """Each shipped card's summary is :func:`zoo.robustness_summary` of the committed
+    robustness results: a loss is every condition above 1.005, the median is over
+    the conditions where the corrections act."""
+    import json
+    from pathlib import Path
+
+    from unfolded_sbl import zoo
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                          / "robustness.json").read_text())
+    for row in us.list_pretrained(details=True):
+        summary = zoo.robustness_summary(row["name"], results)
+        assert row["loses"] == summary["loses"] and row["median_ratio"] == summary["median_ratio"]
+    fake = {"n_samples": 8, "rows": {
+        "nominal template": {"cells": {"m": {"ratio": 0.9}}},
+        "perturbed template": {"cells": {"m": {"ratio": 1.0}}},
+        "wide": {"cells": {"m": {"ratio": 1.2}}}}}
+    zoo.MODEL_PRIORS["m"] = "focal"
+    try:
+        summary = zoo.robustness_summary("m", fake)
+    finally:
+        del zoo.MODEL_PRIORS["m"]
+    assert summary["loses"] == {"wide": 1.2} and summary["median_ratio"] == 1.05

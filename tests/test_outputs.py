@@ -160,8 +160,8 @@ def test_outputs_name_the_solver_that_answered(fwd, data, tmp_path, capsys, monk
 
     monkeypatch.setattr(viz, "plot_peak_map", spy)
     out = tmp_path / "clean"
-    assert cli.main(["localize", str(fname), "--formats", "png", "csv", "html", "--out",
-                     str(out)]) == 0
+    assert cli.main(["localize", str(fname), "--model", "deep-cb-joint", "--formats", "png",
+                     "csv", "html", "--out", str(out)]) == 0
     label = "deep-cb-joint, solved by the classical updates (regime check)"
     assert label in titles[0]
     printed = capsys.readouterr().out

@@ -56,7 +56,7 @@ def test_dc_offset_channel_localised_occipitally_by_default(fwd, tmp_path, capsy
     fname = tmp_path / "offset-ave.fif"
     evoked.save(fname, verbose=False)
     assert cli.main(["localize", str(fname), "--tmin", "0", "--formats", "csv", "--out",
-                     str(tmp_path / "deep")]) == 0  # the default model
+                     str(tmp_path / "deep")]) == 0  # the default model, ClassicalCB
     assert _top_region(tmp_path / "deep-peaks.csv") == "occipital"
     common = ["localize", str(fname), "--model", "sLORETA", "--tmin", "0",
               "--formats", "csv"]

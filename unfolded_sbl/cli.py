@@ -32,6 +32,21 @@ def _cmd_forward(args):
     return 0
 
 
+def _cmd_models(args):
+    from .pretrained import list_pretrained
+
+    print("ClassicalCB and sLORETA: the classical solvers (no training; ClassicalCB is the "
+          "default of localize).\nShipped learned models, with their rMSE ratio to "
+          "ClassicalCB-25 in the robustness matrix (python -m benchmarks.robustness; "
+          "below 1 is better):")
+    for row in list_pretrained(details=True):
+        loses = ", ".join(f"{k} {v:.2f}" for k, v in (row["loses"] or {}).items()) or "none"
+        print(f"\n{row['name']}: {row['description']}\n  trained on: {row['prior']}\n"
+              f"  median ratio {row['median_ratio']}, nominal {row['nominal']}, perturbed "
+              f"{row['perturbed']}\n  loses (ratio above 1.005): {loses}")
+    return 0
+
+
 def _cmd_simulate(args):
     from .simulate import simulate_to_file
 
@@ -203,7 +218,7 @@ unfolded, learned variants. Nothing is downloaded: template head models and
 pretrained models ship with the package."""
 EPILOG = """examples:
   unfolded-sbl demo                          simulate, solve, print a metric table
-  unfolded-sbl localize sub-01-ave.fif       localise an evoked file (deep-cb-joint)
+  unfolded-sbl localize sub-01-ave.fif       localise an evoked file (ClassicalCB)
   unfolded-sbl localize rec.set --model deep-cb-known --noise-cov baseline
   unfolded-sbl forward list                  the shipped template forward models
   unfolded-sbl train --forward biosemi32 --samples 20000 --out my-model.pt
@@ -232,8 +247,9 @@ def build_parser():
     loc = sub.add_parser("localize", help="source map and peak report of an EEG recording")
     loc.add_argument("recording", help="evoked/epochs .fif, raw .fif, EEGLAB .set, "
                      "BrainVision .vhdr, EDF/BDF, ... (anything MNE reads)")
-    loc.add_argument("--model", default="deep-cb-joint",
-                     help="shipped model, ClassicalCB or sLORETA (default: deep-cb-joint)")
+    loc.add_argument("--model", default="ClassicalCB",
+                     help="ClassicalCB, sLORETA or a shipped model (unfolded-sbl models; "
+                          "default: ClassicalCB, the best evidence on recorded EEG)")
     loc.add_argument("--forward", default=None, help="template name or -fwd.fif of your "
                      "head model (default: a template with the recording's channels)")
     loc.add_argument("--tmin", type=float, default=None, help="start of the window (s)")
@@ -271,6 +287,10 @@ def build_parser():
                      "from the pre-stimulus interval")
 
     loc.set_defaults(func=_cmd_localize)
+
+    models = sub.add_parser("models", help="the solvers and shipped models: training prior, "
+                            "typical gain and where each loses")
+    models.set_defaults(func=_cmd_models)
 
     sim = sub.add_parser("simulate", help="write a simulated dataset (.npz)")
     sim.add_argument("out", help="output .npz file (sensors, sources, noise_var)")

@@ -370,7 +370,7 @@ def _log_reports(reports, name, evoked):
                        empty[0].describe_empty())
 
 
-def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
+def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
           baseline=(None, 0), noise_cov=None, drop_bad="auto", return_forward=False):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
 
@@ -379,9 +379,11 @@ def apply(inst, model="deep-cb-joint", forward=None, tmin=None, tmax=None,
     inst : mne.Evoked | mne.Epochs
         EEG recording with standard channel names; bad channels are ignored.
     model : str | estimator
-        A shipped model (run with onnxruntime), ``"ClassicalCB"``,
-        ``"sLORETA"``, or an unfitted estimator with a ``forward`` parameter
-        (its own forward model, when set, is used).
+        ``"ClassicalCB"`` (default: the solver with the best evidence on
+        recorded EEG, see the documentation's "Which model" page),
+        ``"sLORETA"``, a shipped model (run with onnxruntime, e.g.
+        ``"deep-cb-joint"``), or an unfitted estimator with a ``forward``
+        parameter (its own forward model, when set, is used).
     forward : str | ForwardModel | mne.Forward | None
         Forward model holding the recording's channels (e.g. the user's own
         ``mne.Forward``); default: the estimator's own, else the first shipped

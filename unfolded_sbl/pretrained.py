@@ -44,11 +44,29 @@ DESCRIPTIONS = {
 DENSITY_CEILINGS = {"deep-cb-joint": 0.1, "deep-cb-known": 0.1, "deep-attn-cb-joint": 0.1,
                     "deep-graph-cb-joint": 0.1, "deep-cb-joint-classical-noise": 0.1}
 
-def list_pretrained(forward=None):
+def list_pretrained(forward=None, details=False):
     """Names of the shipped models (those with a model card); with ``forward``, only
-    those whose corrections act on its source space (:func:`suits`)."""
+    those whose corrections act on its source space (:func:`suits`).
+
+    With ``details=True``, one dict per model instead: ``name``, ``description``,
+    ``prior`` (the distribution it was trained on, which decides where it gains),
+    ``median_ratio`` (its median rMSE ratio to ClassicalCB over the robustness
+    matrix's conditions where its corrections act), ``nominal`` and ``perturbed``
+    (the matrix's first two rows) and ``loses`` (condition -> ratio, every
+    condition above 1.005), from its card's ``summary``.
+    """
     names = sorted(p.stem for p in MODEL_DIR.glob("*.json"))
-    return names if forward is None else [n for n in names if suits(n, forward)]
+    names = names if forward is None else [n for n in names if suits(n, forward)]
+    if not details:
+        return names
+    rows = []
+    for name in names:
+        card = model_card(name)
+        summary = card.get("summary", {})
+        rows.append({"name": name, "description": card.get("description", name),
+                     **{k: summary.get(k) for k in ("prior", "median_ratio", "nominal",
+                                                    "perturbed", "loses")}})
+    return rows
 
 
 def sha256(path):
