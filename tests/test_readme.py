@@ -16,3 +16,18 @@ def test_readme_tutorial_runs(tmp_path, monkeypatch):
     for name in ("my-evoked.png", "my-evoked.html", "my-evoked-peaks.csv"):
         assert (tmp_path / name).stat().st_size > 0
     assert namespace["search"].best_params_["solver__n_iter"] in (10, 25)
+    assert len(text.encode()) <= 10_000  # the front door stays short
+
+
+def test_readme_model_table_quotes_the_cards():
+    """The "Choose a model" table's median ratios are the cards' robustness summaries,
+    and a model that loses nowhere there is the one the table says loses on nothing."""
+    import unfolded_sbl as us
+
+    text = README.read_text()
+    rows = re.findall(r"^\| `([\w-]+)` \| [^|]+ \| ([\d.]+) \| ([^|]+) \|$", text, re.M)
+    cards = {row["name"]: row for row in us.list_pretrained(details=True)}
+    assert {name for name, _, _ in rows} == set(cards)
+    for name, ratio, loses in rows:
+        assert float(ratio) == round(cards[name]["median_ratio"], 2), name
+        assert (loses.strip() == "nothing") == (not cards[name]["loses"]), name

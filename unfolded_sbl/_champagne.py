@@ -4,7 +4,7 @@ Batched over samples that share one lead field, in torch (float64 by default).
 Everything runs on the data covariance ``Cy = Y Y^T / T`` through a factor
 ``V`` with ``V V^T = Cy``, so the cost per iteration does not grow with T.
 
-Notation (``METHOD.md``): lead field ``L`` (N x M), source variances ``gamma``
+Notation (the preprint, section 2): lead field ``L`` (N x M), source variances ``gamma``
 (M,), noise variances ``lam`` (N,), model covariance
 ``Sy = L diag(gamma) L^T + diag(lam)``, ``S = Sy^-1``.  One iteration:
 
@@ -33,7 +33,7 @@ i.e. as "sources" with lead fields ``H e_n``), each step is still an MM step
 of the Type-II cost of the referenced data, and the matrix that is factorised
 no longer has a structurally null direction filled only by the noise: that
 direction is what made the learned noise collapse and float32 factorisations
-fail at high SNR (``NUMERICS.md``).  The expensive products, ``L diag(gamma) L^T`` and
+fail at high SNR.  The expensive products, ``L diag(gamma) L^T`` and
 ``diag(L^T A L)`` for a batch, are single matrix products against the
 per-source outer products ``l_m l_m^T`` (upper triangles only).
 """

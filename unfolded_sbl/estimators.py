@@ -82,14 +82,25 @@ class ClassicalCB(_SourceEstimator):
     n_iter_ : int
         Iterations run in the last ``predict``.
     history_ : dict of ndarray
-        With ``keep_history=True``: ``cost`` (n_samples, n_iter_ + 1) in
+        With ``keep_history=True``: ``cost`` (n_samples, ``n_iter_`` + 1) in
         normalised units (data scaled to unit power, constant offset dropped),
-        ``source_var`` (n_samples, n_iter_ + 1, n_sources) and ``noise_var``.
+        ``source_var`` (n_samples, ``n_iter_`` + 1, n_sources) and ``noise_var``.
 
     Notes
     -----
     All-zero data give zero sources and variances.  Sources whose lead-field
     column is zero get zero variance.
+
+    References
+    ----------
+    .. [1] D. Wipf and S. Nagarajan, "A unified Bayesian framework for MEG/EEG source
+       imaging", NeuroImage 44(3), 2009.
+    .. [2] C. Cai, A. Hashemi, M. Diwakar, S. Haufe, K. Sekihara and S. Nagarajan,
+       "Robust estimation of noise for electromagnetic brain imaging with the
+       Champagne algorithm", NeuroImage 225, 2021.
+    .. [3] A. Hashemi, C. Cai, G. Kutyniok, K.-R. Müller, S. Nagarajan and S. Haufe,
+       "Unification of sparse Bayesian learning algorithms for electromagnetic brain
+       imaging with the majorization minimization framework", NeuroImage 239, 2021.
 
     Examples
     --------
@@ -294,6 +305,12 @@ class SLORETA(_SourceEstimator):
         ``apply_inverse(method="sLORETA")`` up to one global factor (the paper's
         baseline).  ``"current"``: the minimum-norm current estimate in the
         units of ``X`` divided by the lead-field units (A m for volts).
+
+    References
+    ----------
+    .. [1] R. D. Pascual-Marqui, "Standardized low-resolution brain electromagnetic
+       tomography (sLORETA): technical details", Methods Find. Exp. Clin. Pharmacol.
+       24 Suppl D, 2002.
 
     Examples
     --------

@@ -1,7 +1,7 @@
 """ONNX export of trained unfolded networks.
 
 Standard ONNX has no matrix inverse or Cholesky, and no torch solver exports
-to standard ops (``ONNX.md``).  The graph therefore uses onnxruntime's contrib
+to standard ops.  The graph therefore uses onnxruntime's contrib
 operator ``com.microsoft::Inverse`` (CPU and CUDA kernels) for the N x N model
 covariance, the one place the network needs it: accurate (float32 floor) and
 fast, where standard-op fallbacks were either inaccurate (Newton-Schulz) or

@@ -1,7 +1,7 @@
 """The unfolded Champagne network: one convex-bounding iteration per layer.
 
 Layer k takes the source and noise variances (gamma_k, lam_k), computes the
-log-domain statistics of ``METHOD.md`` (paper eq. 7)::
+log-domain statistics of the preprint (eq. 7)::
 
     a[m] = log((1/T)||Xbar[m]||^2)      b[m] = log(l_m^T S l_m)
     p[n] = log((1/T)||R[n]||^2)         q[n] = log(S[n, n])

@@ -1,6 +1,6 @@
 """Simulator of EEG training data: focal cortical patches with band-limited activity.
 
-Per sample (``METHOD.md``, paper appendix B):
+Per sample (the preprint, appendix B):
 
 * a number of active patches drawn uniformly from ``n_patches`` (default 5-20);
 * each patch is a Gaussian kernel of the Euclidean distance to a random centre

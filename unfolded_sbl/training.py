@@ -12,7 +12,7 @@ gradient), plus ``CLASSICAL_FLOOR``: every sample then counts by how much it
 improves on (or loses to) the classical solver, so hard samples (wide patches,
 low SNR) no longer dominate the gradient, and the floor keeps samples the
 classical solver solves almost exactly (noise-free data) from dominating it
-instead (``ROBUSTNESS.md``).  The loss is asymmetric: with ``r`` that ratio,
+instead.  The loss is asymmetric: with ``r`` that ratio,
 it is ``r + LOSS_PENALTY * max(r - 1, 0)``, so that a correction that helps
 some samples by hurting others does not pay (the learned solver is meant to
 degrade towards the classical one, never below it).

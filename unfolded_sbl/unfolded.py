@@ -254,6 +254,19 @@ class UnfoldedSBLRegressor(_NetworkEstimator):
         ``unfolded_sbl.zoo.DENSER_REACH``); None: within
         ``unfolded_sbl.regime.SPACING_TOLERANCE`` of ``train_spacing_``.
 
+    References
+    ----------
+    .. [1] D. Wipf and S. Nagarajan, "A unified Bayesian framework for MEG/EEG source
+       imaging", NeuroImage 44(3), 2009.
+    .. [2] C. Cai, A. Hashemi, M. Diwakar, S. Haufe, K. Sekihara and S. Nagarajan,
+       "Robust estimation of noise for electromagnetic brain imaging with the
+       Champagne algorithm", NeuroImage 225, 2021.
+    .. [3] A. Hashemi, C. Cai, G. Kutyniok, K.-R. Müller, S. Nagarajan and S. Haufe,
+       "Unification of sparse Bayesian learning algorithms for electromagnetic brain
+       imaging with the majorization minimization framework", NeuroImage 239, 2021.
+    .. [4] "Structure-Preserving Correction Learning for Sparse Bayesian Inference in
+       Brain Source Imaging", preprint: the unfolded network and its corrections.
+
     Examples
     --------
     Untrained, the network is the classical solver at the same depth:
