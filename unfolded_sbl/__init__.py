@@ -25,8 +25,9 @@ from .viz import plot_source_maps  # noqa: E402
 __all__ = [
     "ClassicalCB", "SLORETA", "ForwardModel", "list_forwards", "load_forward", "emd", "f1",
     "localization_error", "rmse", "SCORERS", "emd_scorer", "f1_scorer", "le_scorer",
-    "rmse_scorer", "UnfoldedSBLRegressor", "EndToEndRegressor", "export_onnx", "OnnxSBLRegressor",
-    "list_pretrained", "load_pretrained", "pretrained_path", "apply", "SimulatedData", "Simulator", "simulate",
+    "rmse_scorer", "UnfoldedSBLRegressor", "EndToEndRegressor", "export_onnx",
+    "OnnxSBLRegressor", "list_pretrained", "load_pretrained", "pretrained_path", "apply",
+    "SimulatedData", "Simulator", "simulate",
     "simulate_to_file", "forward_for_montage", "plot_source_maps", "peak_report",
     "read_recording",
 ]

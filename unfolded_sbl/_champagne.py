@@ -76,8 +76,7 @@ def covariance_factor(Y):
 
     The solver sees the data only through ``V V^T``.  QR needs no positive
     definiteness (rank-deficient data are fine) and costs a fraction of an
-    eigendecomposition of ``Y Y^T`` (4.6-5.7 vs 16-24 ms for 64 problems of
-    64 x 100, one-off).
+    eigendecomposition of ``Y Y^T``.
     """
     n_channels, n_times = Y.shape[-2:]
     if n_times <= n_channels:
@@ -149,12 +148,8 @@ class _PairOps:
         # float32 graphs gather the upper triangle with the matrix entries on the
         # first axis, so that each index copies a whole row of batch values:
         # onnxruntime's float32 Gather along the last axis copies one value at a
-        # time and took 10 % of a float32 Deep CB graph at batch 64 (7.7x slower
-        # than a transpose and a gather of rows on (128, 4096), one-off).  Its
-        # float64 Gather along the last axis is fast (1.08 vs 1.20 ms there), and
-        # float64 graphs ran 5 % faster without the transposes
-        # (one-off, batch 64, taking turns).  torch is faster with the batch first
-        # too (float64: 15 % of an inference), so only float32 exports change it.
+        # time.  Its float64 Gather is fast and torch prefers the batch first, so
+        # only float32 exports change the layout.
         self.entries_first = (torch.onnx.is_in_onnx_export()
                               and lead_field.dtype == torch.float32)
         if not self.paired:
@@ -253,9 +248,8 @@ def referenced_model_cov(signal_cov, noise_cov, ref, eye, jitter=0.0):
         # entry of R = w u u^T is r = w / N, R D R = mean(d) R, so
         #   H D H + c R = diag(d) - R o (d 1^T + 1 d^T - (mean(d) + c))
         # with c = mean(diag(signal)) + (1 - r) mean(d) computed from diagonals:
-        # three element-wise passes over the (B, N, N) batch instead of nine (the
-        # profiler put them at a quarter of ClassicalCB's self time at batch 64;
-        # measured, ClassicalCB got 4 % faster in float64).
+        # three element-wise passes over the (B, N, N) batch instead of nine (a
+        # large share of ClassicalCB's own time at batch 64).
         mean_d = noise_cov.mean(-1).reshape(-1, 1, 1)
         scale = (diagonal(signal_cov).mean(-1).reshape(-1, 1, 1)
                  + (1 - ref[..., :1, :1]) * mean_d)
@@ -404,8 +398,6 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         chol = safe_cholesky(model_cov)
         # LAPACK's inverse from the factor (potri), as the network does, rather than
         # C^-1 by a triangular solve and then C^-T C^-1: one call and no C^-1 to carry.
-        # Same speed within this machine's noise (one-off A/B at batch 64, three
-        # runs: 0.97x, 1.21x, 0.98x the old time in float64; 0.94x-1.02x in float32).
         precision = subtract_reference(torch.cholesky_inverse(chol), ref, scale, in_place=True)
         return chol, precision, torch.log(scale.reshape(-1)) * ref.trace()
 
@@ -415,9 +407,8 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         SY = precision_rows @ Y[idx]
         if len(idx) == n_batch and len(columns) == n_sources:
             # The whole batch at once (always, without per-sample stopping): into the
-            # output in place.  A fresh (B, M, T) product and a fresh scaled copy of
-            # it spent most of their time faulting in new pages (one-off, batch 64
-            # of 1284 x 100: 24-29 ms in place against 64-70 ms).
+            # output in place: a fresh (B, M, T) product and a fresh scaled copy of
+            # it spend most of their time faulting in new pages.
             torch.matmul(lead_field.T, SY, out=out_sources)
             out_sources.mul_(source_var.unsqueeze(-1))
         else:

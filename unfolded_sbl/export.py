@@ -97,7 +97,7 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
     estimator : UnfoldedSBLRegressor
         Fitted (or loaded) estimator; exported in its ``dtype``: float64 by
         default, or float32 (load it with ``dtype="float32"``) for a graph whose
-        products run in float32, about 1.4x faster; the N x N factorisation
+        products run in float32, faster; the N x N factorisation
         stays float64 inside both (``UnfoldedChampagne._precision``).
     path : str | Path
     n_channels, n_sources, n_times : int | None

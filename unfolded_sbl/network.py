@@ -72,12 +72,9 @@ FEATURE_CLIP = 60.0
 TRAINED_NOISE_DB = (-40.0, -30.0)
 TRAINED_N_TIMES = (3.0, 10.0)
 #: The corrections (MLPs, attention) run in float32 whatever the solver's dtype
-#: (:meth:`UnfoldedChampagne.cast`): torch's float64 GELU on CPU took 30x its
-#: float32 time (31 vs 1 ms on the 82,176 x 32 hidden layer of a batch of 64,
-#: one-off) and made a float64 Deep CB inference 1.5x slower; the corrections'
-#: inputs are clipped log-variances, far coarser than float32's resolution (the
-#: outputs moved by 1e-7 relative); exported graphs already ran them in float32
-#: (onnxruntime has no float64 Erf).
+#: (:meth:`UnfoldedChampagne.cast`): torch's float64 GELU on a CPU is many times
+#: slower than float32, and the corrections' inputs are clipped log-variances, far
+#: coarser than float32's resolution; onnxruntime has no float64 Erf anyway.
 CORRECTION_DTYPE = torch.float32
 
 
@@ -144,8 +141,8 @@ class SourceAttention(nn.Module):
         ``scaled_dot_product_attention`` (never materialises the sources x keys
         weights: about 2x faster on a CPU at 1284 sources) or, in an exported graph
         (which has no fused kernel), the same as plain products and a softmax.  The
-        generic path of ``nn.MultiheadAttention`` works sequence-first and cost
-        exported graphs transposes and 3-D bias adds (about 10 %)."""
+        generic path of ``nn.MultiheadAttention`` works sequence-first and costs
+        exported graphs transposes and 3-D bias adds."""
         attn = self.attn
         dim, heads = attn.embed_dim, attn.num_heads
         n_batch = h.shape[0]
@@ -204,8 +201,8 @@ class GraphCorrection(PointwiseMLP):
 def neighbour_matrix(index, weight, dtype):
     """The kernel-weighted neighbourhoods ``(index, weight)`` (M, k) as a sparse
     (M, M) matrix whose row m holds source m's weights: the graph correction's
-    smoothing is then one sparse product, about 6x faster in torch than gathering
-    the (M, k, B * 3) neighbour values (one-off, 64 samples).  Padding entries
+    smoothing is then one sparse product, much faster in torch than gathering
+    the (M, k, B * 3) neighbour values.  Padding entries
     (weight 0) are summed into their source's own entry by ``coalesce``."""
     n_sources, n_neighbours = index.shape
     rows = torch.arange(n_sources, device=index.device).repeat_interleave(n_neighbours)
@@ -221,9 +218,7 @@ def _smooth_rows(rows, neighbours):
     graphs: ONNX has no sparse product; a gather along the middle axis would copy
     3 values at a time, slow in onnxruntime).  The gathered rows are weighted by a
     batched (1, k) x (k, C) product per source rather than multiplied and summed,
-    which would write a weighted copy of all (M, k, C) values first: onnxruntime
-    took 9.8 against 15.8 ms per layer at ico4 (M = 5124, k = 54, C = 192: batch
-    64; one-off)."""
+    which would write a weighted copy of all (M, k, C) values first."""
     if torch.is_tensor(neighbours):
         return torch.sparse.mm(neighbours.to(rows.dtype), rows)
     index, weight = neighbours[:2]

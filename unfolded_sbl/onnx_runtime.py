@@ -33,22 +33,16 @@ def _session_options(threads=None, park_threads=True):
       folding and GEMM fusions), the CPU memory arena (the per-layer N x N buffers
       are reused across calls) and sequential execution (the layers are a chain).
     * Memory-pattern reuse off (``enable_mem_reuse = False``): with it on,
-      onnxruntime's allocation planner takes about 1 ms per node to plan the
-      buffer sharing, 11-20 s for the 17,000 nodes of a 25-layer network, paid by
-      every session that opens a model (``us.apply``, ``load_pretrained(...,
-      backend="onnx")``); off, 1-3 s.  The arena still recycles the buffers, and
-      inference speed and peak memory were the same within noise at batch 1, 64
-      and 256 (``python -m benchmarks.bench_onnx``, session-options table).
+      onnxruntime's allocation planner spends many seconds planning the buffer
+      sharing of the thousands of nodes of a 25-layer network, paid by every
+      session that opens a model; the arena still recycles the buffers
+      (``python -m benchmarks.bench_onnx``, session-options table).
     * Threads that stop spinning when a call returns
       (``session.force_spinning_stop``).  onnxruntime's intra-op threads otherwise
-      keep spinning for 0.1-0.2 s after every ``run`` and take the cores from
-      whatever runs next: this wrapper's own work around the graph (the checks, the
-      row space, the mapping of the estimate back to the time samples) took 7.7-9.6
-      ms at batch 1 against 1.7-2.0 ms around the torch network (one-off), and the
-      user's code after ``predict`` paid the same.  They still spin during a call,
-      where it speeds up the dispatch of the graph's many small nodes: turning
-      spinning off altogether (``session.intra_op.allow_spinning = 0``) made
-      batch-64 calls 13 % slower (``python -m benchmarks.bench_onnx``,
+      keep spinning after every ``run`` and take the cores from whatever runs
+      next: this wrapper's own work around the graph and the user's code after
+      ``predict``.  They still spin during a call, where it speeds up the dispatch
+      of the graph's many small nodes (``python -m benchmarks.bench_onnx``,
       session-options table).
     * onnxruntime's thread count unless ``threads`` is given.
 

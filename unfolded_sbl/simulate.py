@@ -271,9 +271,8 @@ class Simulator:
     def _assemble(self, kernels, courses, n_active):
         """Sources (B, M, T): the sum over each sample's patches of kernel x course.
 
-        On the CPU with numpy, as before devices existed: doing this and the
-        projection with torch made a whole draw 1.5x slower here (measured in
-        turns); on a GPU one batched product, each sample's patches zero-padded
+        On the CPU with numpy, which is faster there than torch for these small
+        products; on a GPU one batched product, each sample's patches zero-padded
         to the largest count.
         """
         if self._work.type != "cpu":

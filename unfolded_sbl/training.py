@@ -365,8 +365,8 @@ class Trainer:
         network's under ``select_best="relative"``, else to the classical solver's):
         ``p ~ exp(mixture_focus * ratio)``, a group-DRO reweighting that spends the
         steps where the network is worst instead of evenly, so that improving one
-        component at another's expense pays less (it did not remove that trade in the
-        one continuation it was tried on: README, training section)."""
+        component at another's expense pays less (see the documentation's "Training
+        distribution of the shipped models" for what it did)."""
         weights = self.mixture_weights(record)
         if weights is not None:
             self.state["mixture_weights"] = weights

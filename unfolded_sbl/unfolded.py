@@ -50,11 +50,9 @@ def _ensemble_for(forward, kind, verbose):
     return load_head_ensemble(*parts, verbose=verbose)
 
 
-#: Samples that ``predict`` runs through the network at a time.  Larger batches
-#: gain nothing on a CPU and lose to cache misses: Deep CB took 10.75 ms/sample
-#: inside the network for 256 samples at once against 8.79 for 64 (one-off), the
-#: size at which onnxruntime's wrapper runs its graph too
-#: (``OnnxSBLRegressor(batch_size=64)``).
+#: Samples that ``predict`` runs through the network at a time: larger batches gain
+#: nothing on a CPU and lose to cache misses (onnxruntime's wrapper runs its graph at
+#: the same size, ``OnnxSBLRegressor(batch_size=64)``).
 PREDICT_BATCH_SIZE = 64
 
 

@@ -52,9 +52,9 @@ PRESETS = {
 }
 #: Precision of the shipped ONNX graphs: their O(N^2 M) products run in float32 and
 #: the N x N factorisation in float64 inside the graph (``network._precision``), as
-#: ``load_pretrained(name, dtype="float32")`` does in torch.  1.2-1.5x faster than
-#: float64 graphs at the same rMSE within 0.001 from 5 to 60 dB; the torch default
-#: stays float64 (``python -m benchmarks.bench_onnx``, "float64 graphs").
+#: ``load_pretrained(name, dtype="float32")`` does in torch: faster than float64 graphs
+#: at the same rMSE (``python -m benchmarks.bench_onnx``, "float64 graphs"); the torch
+#: default stays float64.
 ONNX_DTYPE = "float32"
 #: Presets that start from another shipped model instead of a stage 1 of their
 #: own: the graph model starts as Deep CB (its pointwise weights, zero weights on
@@ -64,8 +64,8 @@ STARTS = {"deep-graph-cb-joint": "deep-cb-joint"}
 #: Models made from another shipped model without training: name -> the model it is
 #: made from.  ``deep-cb-joint-classical-noise`` is ``deep-cb-joint`` with its noise
 #: corrections removed (:func:`without_noise_corrections`): without them Deep CB does not
-#: lose to ClassicalCB on many patches (``python -m benchmarks.studies.noise_ablation``; trained
-#: from scratch without them it does, so they are not the cause: README).
+#: lose to ClassicalCB on many patches (``python -m benchmarks.studies.noise_ablation``);
+#: trained from scratch without them it does, so they are not the cause.
 DERIVED = {"deep-cb-joint-classical-noise": "deep-cb-joint"}
 
 #: Stage 2 of every shipped model: joint fine-tuning on the robust distribution
@@ -115,14 +115,8 @@ DENSER = {"deep-graph-cb-joint-ico4": ("deep-graph-cb-joint", 2.0)}
 #: A :data:`DENSER` model's corrections act on source spaces down to its
 #: ``train_spacing_`` divided by this (its ``spacing_range_``; coarser ones within
 #: ``regime.SPACING_TOLERANCE`` as for every model).  They slow the classical
-#: sparsification, which costs ClassicalCB more the denser the source space: at
-#: fsaverage ico5 (2.8 mm, 1.9x finer than the ico4 model's 5.2 mm),
-#: deep-graph-cb-joint-ico4 gives 0.745-0.758x ClassicalCB-25's rMSE on the paper's
-#: simulator (F1 +0.13-0.14) and 0.39x on the robust one, 2 caps
-#: (``python -m benchmarks.density``), and was at most 1.00x in each of nine
-#: conditions of the robustness matrix at ico5 (48 samples each, one-off, before its
-#: last correction was scaled), where the ico3 models' corrections lose (1.07-1.40x,
-#: one-off).
+#: sparsification, which costs ClassicalCB more the denser the source space
+#: (``python -m benchmarks.density``).
 DENSER_REACH = 2.0
 #: Their first stage (on top of the starting model's stages): the wider paper patches and
 #: the robust simulator, through the head-model ensemble; the kept epoch is the one whose
@@ -130,12 +124,9 @@ DENSER_REACH = 2.0
 DENSER_STAGE = dict(loss="classical_relative", progressive_steps=0, learning_rate=5e-4,
                     deep_supervision=0.3, n_val=256, select_best=True, mixture_focus=10.0,
                     max_epochs=24, steps_per_epoch=15, batch_size=32)
-#: Their second stage: the wider paper patches alone, at twice the first stage's rate.
-#: The first stage ended with that part's validation ratio flat at 0.95 while the robust
-#: part was at 0.88 (group-DRO already gave it two thirds of the steps); alone it went
-#: to 0.92 at ico3, and at ico4 (the card's validation) the robust simulator went from
-#: 0.65x to 0.56x ClassicalCB and F1 on the paper's patches from +0.03 to +0.06, rMSE
-#: level there (README).
+#: Their second stage: the wider paper patches alone, at twice the first stage's rate,
+#: because the first stage's mixture left that part behind the robust one (the card
+#: records both stages' validation).
 DENSER_WIDE_STAGE = {**DENSER_STAGE, "learning_rate": 1e-3, "mixture_focus": 0.0,
                      "max_epochs": 12}
 #: The source space their card validates on (perturbed template of the same cap).
@@ -144,16 +135,10 @@ DENSER_FORWARD = DEFAULT_FORWARDS["deep-graph-cb-joint-ico4"]
 #: of this grid whose worst validation part (ratio to ClassicalCB at the same depth, on
 #: the training source space's perturbed template, the stages' own picture: the wider
 #: paper patches and the robust simulator) is lowest, the same rule that kept their
-#: epochs.  Layer by layer, the shipped ico4 model's rMSE rose at its last correction and
-#: fell back only in part at the classical layer after it, on its own picture (0.906 to
-#: 0.923 to 0.914x ClassicalCB on 4-8 mm patches, one-off) and more at ico4 (0.940 to
-#: 0.967 to 0.957x at things63-ico4); the correction still gains on the robust
-#: simulator, hence a scale chosen by the rule rather than dropped.  A step of these
-#: models only: on its own stage-2 parts (paper defaults, robust simulator) the rule
-#: keeps deep-cb-joint's weights and would scale deep-graph-cb-joint's last correction
-#: by 0.5, which took 6-12 mm patches, not among those parts, from 1.006x to 1.051x
-#: ClassicalCB-25 (128 samples, one-off); at ico4 the ico4 model's worst condition
-#: went from 1.046x to 1.013x (1-4 mm patches along the mesh, 48 samples, one-off).
+#: epochs: the ico4 model's last correction raised its error layer by layer while still
+#: gaining on the robust simulator, hence a scale rather than dropping it.  A step of
+#: these models only: on the ico3 models' own parts the rule would trade wide patches
+#: away (the commit that introduced it records the figures).
 LAST_CORRECTION_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Samples per validation part of that choice, and their seed.
 CALIBRATION_SAMPLES = 512
@@ -295,8 +280,8 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     Stage 1 (``PRESETS``) trains from scratch on the paper's simulator; stage 2
     (``ROBUST_STAGE`` with ``ROBUST_BUDGETS``) fine-tunes on the robust
     distribution (with ``low_snr``, ``dense`` and ``wide``, plus a low-SNR, a
-    many-patch and a wide-patch component: see :func:`robust_simulator_params`).  ``init`` (a model file, e.g. the shipped
-    ``.pt``) skips stage 1 and fine-tunes that model; its card's stage-1 record
+    many-patch and a wide-patch component: see :func:`robust_simulator_params`).
+    ``init`` (a model file, e.g. the shipped ``.pt``) skips stage 1 and fine-tunes that model; its card's stage-1 record
     is kept when it is a shipped model, and with ``continue_training`` its
     stage-2 records too (the new stage is then recorded as one more stage), and
     the new stage selects its epoch relative to the starting model
@@ -351,8 +336,8 @@ def without_noise_corrections(est):
 
     ``python -m benchmarks.studies.noise_ablation`` measures what this does to the shipped
     models: without them Deep CB no longer loses to ClassicalCB on many patches,
-    though a Deep CB trained without them does (README, "Where the learned models
-    still lose").
+    though a Deep CB trained without them does (the documentation's "Training
+    distribution of the shipped models").
     """
     import copy
 
