@@ -47,8 +47,8 @@ def test_forwards_beyond_the_templates_are_built_once_and_named(tmp_path, monkey
                             np.random.default_rng(1).normal(size=(20, 3)))
     monkeypatch.setattr(templates, "make_template_forward", fake_builder)
     monkeypatch.setattr(us.ForwardModel, "from_mne",
-                        classmethod(lambda cls, fwd, name=None: cls(
-                            small.lead_field, small.positions, name=name)))
+                        classmethod(lambda cls, fwd, name=None, **fields: cls(
+                            small.lead_field, small.positions, name=name, **fields)))
     shipped = _forwards.template_or_built("biosemi64", "ico3", True, tmp_path)
     assert shipped.name == "biosemi64-ico3-perturbed" and built == []
     first = _forwards.template_or_built("cap8", "oct6", True, tmp_path, montage=["Cz"],
@@ -56,4 +56,5 @@ def test_forwards_beyond_the_templates_are_built_once_and_named(tmp_path, monkey
     again = _forwards.template_or_built("cap8", "oct6", True, tmp_path, verbose=False)
     assert built == [(["Cz"], "oct6", True)]  # built once, then read from the cache
     assert first.name == again.name == "cap8-oct6-perturbed"
+    assert (again.cap, again.spacing, again.variant) == ("cap8", "oct6", "perturbed")
     np.testing.assert_allclose(again.lead_field, small.lead_field, rtol=1e-6, atol=1e-6)

@@ -131,3 +131,48 @@ def test_pick_channels_refuses_unknown_and_duplicate_names(fwd):
         fwd.pick_channels(["Cz", "XYZ"])
     with pytest.raises(ValueError, match="duplicates"):
         fwd.pick_channels(["Cz", "cz"])
+
+
+def test_templates_carry_cap_spacing_and_variant_as_fields(tmp_path):
+    """A forward model says its cap, spacing and variant in fields (not in its name);
+    they survive save/load and channel subsets, and resolve the perturbed variant."""
+    from unfolded_sbl.forward import find_template
+    from unfolded_sbl.resolve import perturbed_variant
+
+    fwd = us.load_forward("things63-ico4")
+    assert (fwd.cap, fwd.spacing, fwd.variant) == ("things63", "ico4", "nominal")
+    assert find_template("things63", "ico4", "perturbed") == "things63-ico4-perturbed"
+    assert find_template("nope", "ico3") is None
+    perturbed = perturbed_variant(fwd)
+    assert perturbed.name == "things63-ico4-perturbed" and perturbed.variant == "perturbed"
+    sub = fwd.pick_channels(fwd.ch_names[:20])
+    assert sub.cap == "things63" and perturbed_variant(sub) is None  # not the template
+    fwd.save(tmp_path / "f.npz")
+    back = us.ForwardModel.load(tmp_path / "f.npz")
+    assert (back.cap, back.spacing, back.variant) == ("things63", "ico4", "nominal")
+    renamed = us.ForwardModel(fwd.lead_field, fwd.positions, fwd.ch_names,
+                              name="biosemi64-ico3")  # a misleading name alone
+    assert perturbed_variant(renamed) is None
+    with pytest.raises(ValueError, match="variant"):
+        us.ForwardModel(fwd.lead_field, fwd.positions, variant="odd")
+
+
+def test_one_resolver_for_names_files_objects_and_channels(tmp_path):
+    from unfolded_sbl.resolve import resolve_forward
+
+    default = resolve_forward()
+    assert default.name == "biosemi64-ico3"
+    assert resolve_forward("things63-ico3").n_channels == 63
+    default.save(tmp_path / "mine.npz")
+    assert resolve_forward(tmp_path / "mine.npz").n_sources == default.n_sources
+    assert resolve_forward(default) is default
+    # a recording's channels: the first template holding them, rows in its order
+    picked = resolve_forward(ch_names=["cz", "Oz", "Fp1"])
+    assert picked.ch_names == ["cz", "Oz", "Fp1"] and picked.cap == "biosemi64"
+    with pytest.raises(ValueError, match=r"missing from the forward model.*\['XYZ'\]"):
+        resolve_forward("biosemi64-ico3", ch_names=["Cz", "XYZ"])
+    with pytest.raises(ValueError, match="neither a shipped template"):
+        resolve_forward("no-such-cap")
+    # estimators resolve their forward parameter the same way
+    est = us.ClassicalCB(forward=tmp_path / "mine.npz").fit()
+    assert est.forward_.n_channels == 64

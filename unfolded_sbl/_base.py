@@ -21,8 +21,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import check_finite_array, check_sensor_data
-from .forward import as_forward
 from .metrics import rmse
+from .resolve import resolve_forward
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -45,7 +45,7 @@ class _SourceEstimator(RegressorMixin, BaseEstimator):
         return tags
 
     def _fit_forward(self, X):
-        forward = as_forward(self.forward)
+        forward = resolve_forward(self.forward)
         self.forward_ = forward
         self.n_features_in_ = forward.n_channels
         self.n_sources_ = forward.n_sources

@@ -49,6 +49,12 @@ class ForwardModel:
         Subject of the source space (``"fsaverage"`` for templates).
     name : str | None
         Template name, if any.
+    cap, spacing : str | None
+        The electrode cap (e.g. ``"biosemi64"``) and source spacing (e.g.
+        ``"ico3"``) of a template or built forward model; None for others.
+    variant : {"nominal", "perturbed"} | None
+        ``"perturbed"``: the validation variant of a template (other skull
+        conductivity, jittered electrodes).
     average_reference : bool
         Re-reference the lead field to the channel average (default).  Data are
         re-referenced the same way by the solvers, so both stay consistent.
@@ -56,7 +62,7 @@ class ForwardModel:
 
     def __init__(self, lead_field, positions, ch_names=None, adjacency=None, *,
                  normals=None, ch_pos=None, vertices=None, subject="fsaverage",
-                 name=None, average_reference=True):
+                 name=None, average_reference=True, cap=None, spacing=None, variant=None):
         lead_field = check_finite_array(lead_field, "lead_field", ndim=2,
                                         shape_doc="(n_channels, n_sources)")
         n_channels, n_sources = lead_field.shape
@@ -90,6 +96,9 @@ class ForwardModel:
         self.vertices = None if vertices is None else [np.asarray(v, int) for v in vertices]
         self.subject = subject
         self.name = name
+        if variant not in (None, "nominal", "perturbed"):
+            raise ValueError(f"variant must be 'nominal', 'perturbed' or None, got {variant!r}")
+        self.cap, self.spacing, self.variant = cap, spacing, variant
 
     @property
     def n_channels(self):
@@ -134,7 +143,8 @@ class ForwardModel:
                             normals=self.normals,
                             ch_pos=None if self.ch_pos is None else self.ch_pos[rows],
                             vertices=self.vertices, subject=self.subject, name=name,
-                            average_reference=self.average_reference)
+                            average_reference=self.average_reference, cap=self.cap,
+                            spacing=self.spacing, variant=self.variant)
 
     def __repr__(self):
         label = f" {self.name!r}" if self.name else ""
@@ -142,7 +152,7 @@ class ForwardModel:
                 f"{self.n_sources} sources>")
 
     @classmethod
-    def from_mne(cls, forward, name=None):
+    def from_mne(cls, forward, name=None, **fields):
         """Adapt an ``mne.Forward`` (converted to fixed orientation if needed)."""
         import mne
 
@@ -161,7 +171,7 @@ class ForwardModel:
         ch_pos = np.array([ch["loc"][:3] for ch in forward["info"]["chs"]])
         return cls(forward["sol"]["data"], forward["source_rr"], forward["info"]["ch_names"],
                    adjacency, normals=forward["source_nn"], ch_pos=ch_pos, vertices=vertices,
-                   subject=src._subject or "unknown", name=name)
+                   subject=src._subject or "unknown", name=name, **fields)
 
     def save(self, fname):
         """Write to a compressed ``.npz`` (lead field in float32)."""
@@ -171,7 +181,9 @@ class ForwardModel:
                       ch_names=np.array(self.ch_names),
                       edges=np.stack([adj.row, adj.col]).astype(np.int32),
                       subject=np.array(self.subject), name=np.array(self.name or ""),
-                      average_reference=np.array(self.average_reference))
+                      average_reference=np.array(self.average_reference),
+                      **{k: np.array(getattr(self, k)) for k in ("cap", "spacing", "variant")
+                         if getattr(self, k) is not None})
         if self.normals is not None:
             arrays["normals"] = self.normals.astype(np.float32)
         if self.ch_pos is not None:
@@ -206,12 +218,31 @@ class ForwardModel:
                    vertices=vertices, subject=str(arrays.get("subject", "fsaverage")),
                    name=str(arrays.get("name", "")) or None,
                    # re-referencing removes the float32 rounding of the stored sums
-                   average_reference=bool(arrays.get("average_reference", True)))
+                   average_reference=bool(arrays.get("average_reference", True)),
+                   **{k: str(arrays[k]) for k in ("cap", "spacing", "variant")
+                      if k in arrays})
 
 
 def list_forwards():
     """Names of the template forward models shipped with the package."""
     return sorted(p.stem for p in _TEMPLATE_DIR.glob("*.npz"))
+
+
+def template_catalogue():
+    """The shipped templates' fields: name -> {"cap", "spacing", "variant"}
+    (``data/forward/templates.json``, written by the template builder)."""
+    import json
+
+    with open(_TEMPLATE_DIR / "templates.json") as fid:
+        return json.load(fid)
+
+
+def find_template(cap, spacing, variant="nominal"):
+    """Name of the shipped template with these fields, or None."""
+    for name, fields in template_catalogue().items():
+        if fields == {"cap": cap, "spacing": spacing, "variant": variant}:
+            return name
+    return None
 
 
 def load_forward(name=DEFAULT_FORWARD):
@@ -230,7 +261,10 @@ def load_forward(name=DEFAULT_FORWARD):
     fname = _TEMPLATE_DIR / f"{name}.npz"
     if not fname.exists():
         raise ValueError(f"unknown forward model {name!r}; available: {list_forwards()}")
-    return ForwardModel.load(fname)
+    fwd = ForwardModel.load(fname)
+    fields = template_catalogue().get(name, {})
+    fwd.cap, fwd.spacing, fwd.variant = (fields.get(k) for k in ("cap", "spacing", "variant"))
+    return fwd
 
 
 def as_forward(forward):

@@ -13,13 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forward import as_forward
 from .quality import EMPTY_LEVEL_DB
+from .resolve import TEMPLATE_SEARCH, resolve_forward  # noqa: F401
 
 logger = logging.getLogger("unfolded_sbl")
-
-#: Templates searched, in order, for a recording's channel names.
-TEMPLATE_SEARCH = ("biosemi64-ico3", "things63-ico3", "biosemi128-ico3")
 
 
 def _channel_data(inst, picks):
@@ -96,63 +93,9 @@ def _eeg_channels(inst):
     return [inst.ch_names[p] for p in picks[~flat]]
 
 
-def _subset(fwd, ch_names):
-    """Rows of ``fwd`` for ``ch_names`` (case-insensitive), or the missing names."""
-    known = {name.lower() for name in fwd.ch_names}
-    missing = [c for c in ch_names if c.lower() not in known]
-    if missing:
-        return None, missing
-    sub = fwd.pick_channels(ch_names)
-    sub.ch_names = list(ch_names)  # the recording's spelling: the forward pairs with it
-    return sub, []
-
-
 def forward_for_channels(ch_names, forward=None, positions=None, log=print):
-    """A forward model with exactly ``ch_names`` (matched case-insensitively).
-
-    With ``forward`` given, its matching rows (a clear error lists channels it
-    lacks).  Otherwise the first shipped template holding every channel
-    (:data:`TEMPLATE_SEARCH`), else a template built offline for these channels
-    and cached (:func:`unfolded_sbl.templates.forward_for_montage`): 10-05 names
-    take their standard positions, other channels their entry in ``positions``
-    (head frame, metres).
-    """
-    if forward is not None:
-        fwd = as_forward(forward)
-        sub, missing = _subset(fwd, ch_names)
-        if missing:
-            raise ValueError(f"channels missing from the forward model {fwd.name!r}: "
-                             f"{missing}; mark them bad or pass a forward model with them")
-        return sub
-    unmatched = set(ch_names)
-    for name in TEMPLATE_SEARCH:
-        sub, missing = _subset(as_forward(name), ch_names)
-        if sub is not None:
-            return sub
-        unmatched &= set(missing)
-    from .templates import forward_for_montage
-
-    _report_unmatched([c for c in ch_names if c in unmatched], positions or {}, log)
-
-    return forward_for_montage(ch_names, positions=positions, log=log)
-
-
-def _report_unmatched(unmatched, positions, log):
-    """Say, before an offline forward build, which channels no template has (a
-    misspelt name triggers a build for a custom cap)."""
-    import difflib
-
-    known = {c.lower(): c for name in TEMPLATE_SEARCH for c in as_forward(name).ch_names}
-    hints = []
-    for ch in unmatched:
-        close = difflib.get_close_matches(ch.lower(), sorted(known), n=1, cutoff=0.6)
-        where = "its montage position" if ch in positions else "a standard 10-05 position"
-        hints.append(f"{ch} (did you mean {known[close[0]]}?; needs {where})" if close else
-                     f"{ch} (needs {where})")
-    log(f"{len(unmatched)} channel(s) match no shipped template ({', '.join(TEMPLATE_SEARCH)}):"
-        f" {'; '.join(hints)}. Building a forward model offline for this cap (about a "
-        "minute, cached); rename misspelt channels, mark them bad, or pass forward= to "
-        "avoid it.")
+    """A forward model with exactly ``ch_names``: :func:`unfolded_sbl.resolve.resolve_forward`."""
+    return resolve_forward(forward, ch_names=ch_names, positions=positions, log=log)
 
 
 def _montage_positions(inst, ch_names):

@@ -120,12 +120,13 @@ def load_pretrained(name, forward=None, backend="torch", **kwargs):
         ``intra_op_num_threads``, ...); ``density_ceiling`` defaults to the
         model's :data:`DENSITY_CEILINGS` entry.
     """
-    from .forward import as_forward, list_forwards
+    from .forward import list_forwards
+    from .resolve import resolve_forward
 
     forward = forward or default_forward(name)
-    # read once, for the checks below and for the load (an mne.Forward or a file would
-    # otherwise be converted by each check); a template keeps its name as the parameter
-    resolved = as_forward(forward)
+    # resolved once, for the checks below and for the load (an mne.Forward or a file
+    # would otherwise be converted by each check); a template keeps its name
+    resolved = resolve_forward(forward)
     if not (isinstance(forward, str) and forward in list_forwards()):
         forward = resolved
     kwargs.setdefault("density_ceiling", DENSITY_CEILINGS.get(name))
@@ -158,10 +159,11 @@ def suits(name, forward):
     source space: its spacing within ``regime.acting_spacings`` of the model
     (within ``regime.SPACING_TOLERANCE`` of its training spacing, or the range its
     card records; elsewhere the classical updates solve)."""
-    from .forward import as_forward, load_forward, source_spacing
+    from .forward import load_forward, source_spacing
     from .regime import acting_spacings
+    from .resolve import resolve_forward
 
     card = model_card(name)
     trained = card.get("train_spacing_m") or source_spacing(load_forward(TRAIN_FORWARD))
     finest, coarsest = acting_spacings(trained, card.get("spacing_range_m"))
-    return finest <= source_spacing(as_forward(forward)) <= coarsest
+    return finest <= source_spacing(resolve_forward(forward)) <= coarsest

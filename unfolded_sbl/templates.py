@@ -343,8 +343,9 @@ def forward_for_montage(ch_names, positions=None, spacing="ico3", bem_ico=4, cac
     if not bem_cached:
         log("  solving the 3-layer BEM first (a few minutes, once)")
     fwd = ForwardModel.from_mne(make_template_forward(montage, spacing, bem_ico=bem_ico,
-                                                      subjects_dir=subjects_dir))
-    fwd.name = name
+                                                      subjects_dir=subjects_dir),
+                                name=name, cap=f"custom{len(ch_names)}", spacing=spacing,
+                                variant="nominal")
     path.parent.mkdir(parents=True, exist_ok=True)
     fwd.save(path)
     log(f"  done in {time.perf_counter() - start:.0f} s")
@@ -433,16 +434,20 @@ def build_templates(out_dir=None, caps=None, spacings=SPACINGS, bem_ico=4,
         report["timings_s"][f"bem_solution_{'perturbed' if perturbed else 'nominal'}"] = (
             time.perf_counter() - t0)
         log(f"BEM solution {cond}: {time.perf_counter() - t0:.1f} s")
+    catalogue_path = out_dir / "templates.json"
+    catalogue = json.loads(catalogue_path.read_text()) if catalogue_path.exists() else {}
     for cap in caps:
         for spacing in spacings:
             models = {}
             for perturbed in (False, True):
                 name = template_name(cap, spacing, perturbed)
                 t0 = time.perf_counter()
+                variant = "perturbed" if perturbed else "nominal"
                 fwd = ForwardModel.from_mne(make_template_forward(
-                    cap, spacing, perturbed, bem_ico=bem_ico, subjects_dir=subjects_dir))
-                fwd.name = name
+                    cap, spacing, perturbed, bem_ico=bem_ico, subjects_dir=subjects_dir),
+                    name=name, cap=cap, spacing=spacing, variant=variant)
                 fwd.save(out_dir / f"{name}.npz")
+                catalogue[name] = {"cap": cap, "spacing": spacing, "variant": variant}
                 report["timings_s"][name] = time.perf_counter() - t0
                 log(f"{name}: {fwd.n_channels} x {fwd.n_sources} in "
                     f"{time.perf_counter() - t0:.1f} s")
@@ -452,4 +457,5 @@ def build_templates(out_dir=None, caps=None, spacings=SPACINGS, bem_ico=4,
             log(f"  perturbation: {diff}")
     with open(out_dir / "build_report.json", "w") as fid:
         json.dump(report, fid, indent=2)
+    catalogue_path.write_text(json.dumps(dict(sorted(catalogue.items())), indent=2) + "\n")
     return report

@@ -17,30 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .resolve import resolve_forward
+
 #: Adam steps per epoch of a user training run (one validation per epoch).
 STEPS_PER_EPOCH = 20
-
-
-def resolve_training_forward(forward, log=print):
-    """The forward model named by ``forward``: a template name, a ``-fwd.fif`` (or a
-    saved ForwardModel), a ForwardModel or ``mne.Forward``, or the name of an MNE
-    standard montage (a cap), whose channels get a template forward model built
-    offline (:func:`unfolded_sbl.templates.forward_for_montage`, cached)."""
-    from .forward import as_forward, list_forwards
-
-    if isinstance(forward, str) and forward not in list_forwards() and not Path(
-            forward).suffix:
-        import mne
-
-        if forward in mne.channels.get_builtin_montages():
-            from .templates import forward_for_montage
-
-            montage = mne.channels.make_standard_montage(forward)
-            return forward_for_montage(montage.ch_names, log=log)
-        raise ValueError(f"forward {forward!r} is neither a shipped template "
-                         f"({', '.join(list_forwards())}), a file nor an MNE standard "
-                         "montage (mne.channels.get_builtin_montages())")
-    return as_forward(forward)
 
 
 def budget(n_samples, batch_size):
@@ -60,7 +40,8 @@ def train_model(forward, out, correction="mlp", n_samples=20_000, noise="learn",
     Parameters
     ----------
     forward : str | Path | ForwardModel | mne.Forward
-        See :func:`resolve_training_forward`.
+        A template name, an MNE standard montage (built offline), a file or a
+        forward model (:func:`unfolded_sbl.resolve.resolve_forward`).
     out : str | Path
         The model file (``.pt``); the card goes beside it (``.json``).
     correction : {"mlp", "attention", "graph", "bias"}
@@ -92,7 +73,7 @@ def train_model(forward, out, correction="mlp", n_samples=20_000, noise="learn",
     out = Path(out)
     if out.suffix != ".pt":
         raise ValueError(f"out must be a .pt file, got {str(out)!r}")
-    fwd = resolve_training_forward(forward, log=print if verbose else None)
+    fwd = resolve_forward(forward, log=print if verbose else None)
     params = dict(correction=correction, n_layers=n_layers, learn_noise=noise == "learn",
                   noise_correction="mlp" if noise == "learn" else "none",
                   batch_size=batch_size, learning_rate=learning_rate,

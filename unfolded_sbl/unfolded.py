@@ -26,6 +26,7 @@ from .network import (
     UnfoldedChampagne,
     upgrade_state_dict,
 )
+from .resolve import perturbed_variant
 from .simulate import Simulator
 from .training import LOSSES, Trainer, TrainSettings
 
@@ -43,11 +44,10 @@ def _ensemble_for(forward, kind, verbose):
     if kind != "ensemble":
         raise ValueError(f"simulator_params['head_models'] must be 'ensemble' or a "
                          f"HeadModelEnsemble, got {kind!r}")
-    parts = (forward.name or "").split("-")
-    if len(parts) != 2 or forward.name not in list_forwards():
-        raise ValueError("head_models='ensemble' needs a shipped template forward model "
-                         f"(one of {list_forwards()}), got {forward!r}")
-    return load_head_ensemble(*parts, verbose=verbose)
+    if forward.variant != "nominal" or forward.name not in list_forwards():
+        raise ValueError("head_models='ensemble' needs a shipped nominal template forward "
+                         f"model (one of {list_forwards()}), got {forward!r}")
+    return load_head_ensemble(forward.cap, forward.spacing, verbose=verbose)
 
 
 #: Samples that ``predict`` runs through the network at a time: larger batches gain
@@ -399,14 +399,7 @@ class UnfoldedSBLRegressor(_NetworkEstimator):
         """One fixed validation set per mixture component (the ``-perturbed`` template)."""
         if self.n_val == 0:
             return None
-        forward = self.forward_
-        name = forward.name
-        val_forward = forward
-        if name and f"{name}-perturbed" in list_forwards():
-            perturbed = load_forward(f"{name}-perturbed")
-            # a model built from arrays may carry a template's name with other channels
-            if perturbed.ch_names == forward.ch_names:
-                val_forward = perturbed
+        val_forward = perturbed_variant(self.forward_) or self.forward_
         components = self._simulator_components()
         parts = []
         for params in components:

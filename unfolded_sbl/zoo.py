@@ -446,13 +446,16 @@ def calibrate_last_correction(est, simulator_params, scales=LAST_CORRECTION_SCAL
     import time
 
     from .estimators import ClassicalCB
-    from .forward import load_forward
     from .metrics import rmse
+    from .resolve import perturbed_variant
     from .simulate import simulate
 
     begin = time.perf_counter()
     fwd = est.forward_
-    val_forward = load_forward(f"{fwd.name}-perturbed")
+    val_forward = perturbed_variant(fwd)
+    if val_forward is None:
+        raise ValueError(f"calibration needs a template forward model with a perturbed "
+                         f"variant, got {fwd!r}")
     classical = ClassicalCB(fwd, n_iter=est.n_layers).fit()
     start = copy.deepcopy(est.network_.state_dict())
     regime_check = est.regime_check
