@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import unfolded_sbl as us
 
@@ -47,3 +48,27 @@ def test_input_errors(small_fwd, small_data):
         us.EndToEndRegressor(small_fwd, kernel_size=4).fit_simulated()
     zero = est.predict(np.zeros((1, 16, 20)))
     assert np.all(zero == 0)
+
+
+def test_end_to_end_trains_through_the_unfolded_networks_trainer(fwd, monkeypatch):
+    """One training loop: EndToEndRegressor's steps are the Trainer's, with its history
+    records and its checkpoint-free joint phase."""
+    from unfolded_sbl import training
+
+    runs = []
+    original = training.Trainer.run
+
+    def spy(self):
+        runs.append(self.s)
+        return original(self)
+
+    monkeypatch.setattr(training.Trainer, "run", spy)
+    net = us.EndToEndRegressor(fwd, hidden=8, max_epochs=2, steps_per_epoch=2, batch_size=4,
+                               random_state=0).fit_simulated()
+    assert len(runs) == 1 and runs[0].compress is False and runs[0].progressive_steps == 0
+    assert [r["epoch"] for r in net.history_] == [0, 1]
+    assert all(r["phase"] == "joint" and np.isfinite(r["loss"]) for r in net.history_)
+    again = us.EndToEndRegressor(fwd, hidden=8, max_epochs=2, steps_per_epoch=2, batch_size=4,
+                                 random_state=0).fit_simulated()
+    for a, b in zip(net.network_.parameters(), again.network_.parameters()):
+        assert torch.equal(a, b)  # seeded: the same weights

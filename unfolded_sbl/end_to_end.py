@@ -10,7 +10,6 @@ learn only corrections of a Bayesian update.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,7 +17,7 @@ from ._base import _DTYPES
 from ._network_base import _NetworkEstimator
 from ._validation import check_device, check_finite_array, check_positive_int
 from .simulate import Simulator
-from .training import relative_error
+from .training import Trainer, TrainSettings
 
 
 class SpatioTemporalNet(nn.Module):
@@ -35,6 +34,20 @@ class SpatioTemporalNet(nn.Module):
         h = self.spatial(Y.transpose(1, 2))                      # (B, T, H)
         h = h + nn.functional.elu(self.temporal(h.transpose(1, 2))).transpose(1, 2)
         return self.readout(h).transpose(1, 2)                   # (B, M, T)
+
+
+class _OneLayer(nn.Module):
+    """A :class:`SpatioTemporalNet` seen by the unfolded networks' :class:`Trainer`: one
+    layer, no lead field, no classical counterpart."""
+
+    n_layers = 1
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, Y, lead_field=None, noise_var=None, **kwargs):
+        return {"sources": self.network(Y), "intermediate": {}}
 
 
 class EndToEndRegressor(_NetworkEstimator):
@@ -69,7 +82,8 @@ class EndToEndRegressor(_NetworkEstimator):
     ----------
     network_ : SpatioTemporalNet
     history_ : list of dict
-        Mean training loss per epoch.
+        Mean training loss per epoch (``phase="joint"``, ``epoch``, ``steps``,
+        ``loss``), from the trainer of the unfolded networks.
     train_seconds_ : float
 
     Examples
@@ -125,30 +139,18 @@ class EndToEndRegressor(_NetworkEstimator):
         return self
 
     def _train(self, draw_batch):
-        import time
-
-        from tqdm.auto import tqdm
-
-        rng = np.random.default_rng(self.random_state)
-        net = self.network_.train()
-        optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(self.max_epochs, 1))
-        start = time.perf_counter()
-        for epoch in tqdm(range(self.max_epochs), desc="end-to-end", disable=not self.verbose):
-            losses = []
-            for _ in range(self.steps_per_epoch):
-                Y, X, _ = draw_batch(self.batch_size, rng)
-                loss = relative_error(net(Y), X)
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                optimizer.step()
-                losses.append(loss.item())
-            scheduler.step()
-            self.history_.append({"epoch": epoch, "loss": float(np.mean(losses))})
-        self.train_seconds_ = time.perf_counter() - start
-        net.eval()
+        # the unfolded networks' trainer: its joint phase is plain Adam with a cosine
+        # schedule; no progressive phase, no deep supervision (one "layer"), and no
+        # row-space compression (the temporal convolution sees every time sample)
+        settings = TrainSettings(max_epochs=self.max_epochs, steps_per_epoch=self.steps_per_epoch,
+                                 progressive_steps=0, batch_size=self.batch_size,
+                                 learning_rate=self.learning_rate, deep_supervision=0.0,
+                                 loss="relative", compress=False, verbose=self.verbose)
+        trainer = Trainer(_OneLayer(self.network_), None, draw_batch, None, settings,
+                          random_state=self.random_state)
+        self.history_ = trainer.run()
+        self.train_seconds_ = trainer.state["seconds"]
+        self.network_.eval()
         return self
 
     def fit(self, X, y):
