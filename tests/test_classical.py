@@ -146,7 +146,8 @@ def test_bad_inputs(fwd, data):
         us.ClassicalCB(fwd, noise=-np.ones(64)).fit()
     with pytest.raises(ValueError, match=r"noise must have shape \(64,\)"):
         us.ClassicalCB(fwd, noise=np.ones(3)).fit()
-    with pytest.raises(ValueError, match="noise must be 'learn'"):
+    with pytest.raises(ValueError, match="'noise' parameter of ClassicalCB must be a str "
+                                         "among"):
         us.ClassicalCB(fwd, noise="loud").fit()
     with pytest.raises(ValueError, match="n_iter"):
         us.ClassicalCB(fwd, n_iter=0).fit()
@@ -156,8 +157,21 @@ def test_bad_inputs(fwd, data):
         us.SLORETA(fwd, alpha=-1).fit()
     with pytest.raises(TypeError, match="forward must be"):
         us.ClassicalCB(forward=3.5).fit()
-    with pytest.raises(ValueError, match="unknown forward model"):
+    with pytest.raises(ValueError, match="neither a shipped template"):
         us.ClassicalCB(forward="nope").fit()
+    # sklearn's parameter validation, and what it cannot say
+    for bad in ({"n_iter": 2.5}, {"batch_size": 0}, {"dtype": "float16"}, {"tol": -1.0},
+                {"keep_history": "yes"}, {"prune_threshold": -0.1}):
+        with pytest.raises(ValueError, match=f"'{next(iter(bad))}' parameter of ClassicalCB"):
+            us.ClassicalCB(fwd, **bad).fit()
+    for bad in ({"init_noise_var": np.inf}, {"init_source_var": np.nan},
+                {"prune_threshold": 1.0}):
+        with pytest.raises(ValueError, match=f"'{next(iter(bad))}' parameter of ClassicalCB"):
+            us.ClassicalCB(fwd, **bad).fit()
+    with pytest.raises(ValueError, match="'alpha' parameter of SLORETA"):
+        us.SLORETA(fwd, alpha=np.inf).fit()
+    with pytest.raises(ValueError, match="'output' parameter of SLORETA"):
+        us.SLORETA(fwd, output="z").fit()
 
 
 def test_unfitted_predict_raises(fwd, data):

@@ -7,11 +7,13 @@ the reference and the scaling is :class:`unfolded_sbl._base._SourceEstimator`.
 
 from __future__ import annotations
 
-import numbers
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.linalg
 import torch
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import _DTYPES, _plain_zeros, _SourceEstimator
 from ._champagne import champagne
@@ -19,7 +21,6 @@ from ._validation import (
     check_device,
     check_finite_array,
     check_noise_var,
-    check_positive_int,
 )
 
 
@@ -138,28 +139,27 @@ class ClassicalCB(_SourceEstimator):
         self.batch_size = batch_size
         self.device = device
 
+    _parameter_constraints = {
+        "forward": "no_validation",  # resolve_forward says what it accepts
+        "noise": [StrOptions({"learn", "homoscedastic", "known"}), "array-like"],
+        "n_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "init_source_var": [Interval(Real, 0, None, closed="neither")],
+        "init_noise_var": [Interval(Real, 0, None, closed="neither")],
+        "prune_threshold": [None, Interval(Real, 0, 1, closed="left")],
+        "keep_history": ["boolean"],
+        "dtype": [StrOptions(set(_DTYPES))],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+    }
+
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Validate parameters and forward model (``X`` optional, ``y`` ignored)."""
-        self._check_params()
         self.device_ = check_device(self.device)
         self._fit_forward(X)
         self.noise_mode_, self.fixed_noise_ = self._check_noise()
         return self
-
-    def _check_params(self):
-        check_positive_int(self.n_iter, "n_iter")
-        check_positive_int(self.batch_size, "batch_size")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
-        for name in ("init_source_var", "init_noise_var"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not isinstance(self.tol, numbers.Real) or not self.tol >= 0:
-            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if self.prune_threshold is not None and not 0 <= self.prune_threshold < 1:
-            raise ValueError(f"prune_threshold must be in [0, 1) or None, "
-                             f"got {self.prune_threshold!r}")
 
     def _check_noise(self):
         noise, n = self.noise, self.n_features_in_
@@ -333,12 +333,15 @@ class SLORETA(_SourceEstimator):
         self.alpha = alpha
         self.output = output
 
+    _parameter_constraints = {
+        "forward": "no_validation",  # resolve_forward says what it accepts
+        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "output": [StrOptions({"standardized", "current"})],
+    }
+
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Compute the inverse operator (``X`` optional, ``y`` ignored)."""
-        if not isinstance(self.alpha, numbers.Real) or not self.alpha > 0:
-            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
-        if self.output not in ("standardized", "current"):
-            raise ValueError(f"output must be 'standardized' or 'current', got {self.output!r}")
         self._fit_forward(X)
         L = self.lead_field_
         gram = L @ L.T + self.alpha * np.eye(L.shape[0])
