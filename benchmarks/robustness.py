@@ -20,6 +20,7 @@ isolates that difference from the error each row adds.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -35,7 +36,8 @@ from unfolded_sbl.zoo import ROBUST_BUDGETS, TRAIN_FORWARD
 
 WORK = HERE / "_work" / "robustness"
 SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
-           "deep-attn-cb-joint", "deep-graph-cb-joint", "deep-graph-cb-joint-ico4")
+           "deep-attn-cb-joint", "deep-graph-cb-joint", "deep-graph-cb-joint-ico4",
+           "deep-cb-joint-focal")
 REFERENCE = "ClassicalCB-25"
 
 #: single head-model errors: label -> member parameters (others nominal)
@@ -155,11 +157,14 @@ def end_to_end_baseline(verbose=True):
     return est
 
 
-def methods(fwd, e2e):
-    out = {REFERENCE: us.ClassicalCB(fwd).fit(),
-           "ClassicalCB-100": us.ClassicalCB(fwd, n_iter=100).fit(),
-           "ClassicalCB-25-known": us.ClassicalCB(fwd, noise="known").fit()}
-    for name in SHIPPED:
+def methods(fwd, e2e, models=None):
+    """The matrix's columns on ``fwd``; with ``models``, ClassicalCB-25 and those shipped
+    models only (to add them to an existing matrix: :func:`merge`)."""
+    out = {REFERENCE: us.ClassicalCB(fwd).fit()}
+    if models is None:
+        out["ClassicalCB-100"] = us.ClassicalCB(fwd, n_iter=100).fit()
+        out["ClassicalCB-25-known"] = us.ClassicalCB(fwd, noise="known").fit()
+    for name in [n for n in SHIPPED if n in us.list_pretrained()] if models is None else models:
         out[f"{name}"] = us.load_pretrained(name, forward=fwd)
         out[f"{name} (onnx)"] = us.load_pretrained(name, forward=fwd, backend="onnx")
     if e2e is not None and fwd.name == TRAIN_FORWARD:
@@ -231,11 +236,12 @@ def condition_data(n_samples, seed, solvers_for, quick=False, ico3_only=False,
                                               singles)
 
 
-def run(n_samples, quick=False, verbose=True):
-    e2e = None if quick else end_to_end_baseline(verbose)
+def run(n_samples, quick=False, verbose=True, models=None):
+    e2e = None if quick or models is not None else end_to_end_baseline(verbose)
     rows = {}
     for i, (label, group, fwd_name, _, params), fwd, solvers, data in condition_data(
-            n_samples, SEED, lambda fwd: methods(fwd, e2e), quick=quick, verbose=verbose):
+            n_samples, SEED, lambda fwd: methods(fwd, e2e, models), quick=quick,
+            verbose=verbose):
         seed = SEED + i
         start = time.perf_counter()
         preds = {}
@@ -259,6 +265,21 @@ def run(n_samples, quick=False, verbose=True):
                                              for n, c in cells.items()),
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     return rows
+
+
+def merge(rows, new_rows):
+    """``rows`` (a whole matrix) with the cells of ``new_rows`` (a run with ``models``)
+    added: the same seeds draw the same samples, so the reference's rMSE must agree."""
+    merged = {}
+    for label, row in rows.items():
+        new = new_rows[label]["cells"]
+        old_reference, new_reference = row["cells"][REFERENCE]["rmse"], new[REFERENCE]["rmse"]
+        if not np.isclose(old_reference, new_reference, rtol=1e-9, atol=0):
+            raise ValueError(f"{label}: ClassicalCB-25's rMSE {new_reference} differs from the "
+                             f"matrix's {old_reference}: not the same samples")
+        merged[label] = {**row, "cells": {**row["cells"],
+                                          **{k: v for k, v in new.items() if k != REFERENCE}}}
+    return merged
 
 
 def heatmap(rows, path):
@@ -337,16 +358,27 @@ def main(argv=None):
     parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="4 conditions, no baseline")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--models", nargs="+", default=None, choices=SHIPPED, metavar="MODEL",
+                        help="run these shipped models only and add their columns to the "
+                             "matrix in results/robustness.json")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    rows = run(args.n_samples, args.quick)
+    if args.models:
+        previous = json.loads((HERE / "results" / "robustness.json").read_text())
+        rows = merge(previous["rows"], run(previous["n_samples"], models=args.models))
+        args.n_samples = previous["n_samples"]
+    else:
+        rows = run(args.n_samples, args.quick)
     table, worst = markdown(rows, args.n_samples)
     figure = HERE / "figures" / "robustness.png"
     if args.no_write:
         print(table)
         return
     heatmap(rows, figure)
-    body = f"""`python -m benchmarks.robustness` ({time.perf_counter() - start:.0f} s). Each cell:
+    timing = (f"{time.perf_counter() - start:.0f} s" if not args.models else
+              f"the columns of {', '.join(args.models)} added by `--models` in "
+              f"{time.perf_counter() - start:.0f} s, on the same samples")
+    body = f"""`python -m benchmarks.robustness` ({timing}). Each cell:
 rMSE of the method divided by the rMSE of ClassicalCB (25 iterations, joint noise) on the
 same {args.n_samples} samples, and in brackets the F1 difference to it (higher is better).
 Every method inverts with the nominal template of its cap; the data come from the row's head
@@ -366,7 +398,8 @@ spaces about 2x denser than ico3: its regime check solves the ico3 rows classica
 and its corrections act in the ico4 row. The learned models run as `load_pretrained` gives
 them: the ico3 models' regime check includes the density check (`zoo.DENSITY_CEILINGS`: a
 sample whose learned estimate spreads over more than 10 % of the sources is solved by
-ClassicalCB at the same depth).
+ClassicalCB at the same depth). deep-cb-joint-focal is Deep CB trained further on the
+paper's focal simulator alone (its card says how far): a focal prior, not a safe one.
 
 {table}
 

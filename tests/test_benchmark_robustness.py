@@ -1,6 +1,7 @@
 """The robustness matrix's paired-bootstrap interval of a cell's rMSE ratio."""
 
 import numpy as np
+import pytest
 
 from benchmarks.robustness import ratio_interval
 
@@ -35,3 +36,16 @@ def test_above_one_lists_losses_but_not_round_off_ties():
     assert "loss 1.020 [1.010, 1.030]" in text and "tie" not in text and "win" not in text
     assert "(1 of 1 with the whole interval above 1)" in text
     assert above_one({"tie": rows["tie"]}, names=("m",)) == "- m: none"
+
+
+def test_merge_adds_columns_only_on_the_same_samples():
+    from benchmarks.robustness import REFERENCE, merge
+
+    rows = {"a": {"group": "g", "cells": {REFERENCE: {"rmse": 0.5}, "m": {"rmse": 0.4}}}}
+    new = {"a": {"cells": {REFERENCE: {"rmse": 0.5}, "focal": {"rmse": 0.3}}}}
+    merged = merge(rows, new)
+    assert set(merged["a"]["cells"]) == {REFERENCE, "m", "focal"}
+    assert merged["a"]["group"] == "g" and "focal" not in rows["a"]["cells"]
+    new["a"]["cells"][REFERENCE]["rmse"] = 0.51
+    with pytest.raises(ValueError, match="not the same samples"):
+        merge(rows, new)

@@ -31,6 +31,8 @@ DESCRIPTIONS = {
                            "cortical neighbourhood (8 mm kernel along the mesh), joint noise",
     "deep-graph-cb-joint-ico4": "Deep Graph CB for source spaces about 2x denser than "
                                 "ico3 (ico4): trained at ico3 on patches 2x wider",
+    "deep-cb-joint-focal": "Deep CB trained further on the paper's focal patches alone: "
+                           "a focal prior, gains on focal sources, loses on wide patches",
     "deep-cb-joint-classical-noise": "Deep CB without its noise corrections: pointwise-MLP "
                                      "corrections of the source updates, classical joint "
                                      "noise updates",
@@ -42,7 +44,8 @@ DESCRIPTIONS = {
 #: ``python -m benchmarks.studies.noise_ablation``).  The ico4 model's estimates spread
 #: wider by design (wide patches on a dense source space): no ceiling.
 DENSITY_CEILINGS = {"deep-cb-joint": 0.1, "deep-cb-known": 0.1, "deep-attn-cb-joint": 0.1,
-                    "deep-graph-cb-joint": 0.1, "deep-cb-joint-classical-noise": 0.1}
+                    "deep-graph-cb-joint": 0.1, "deep-cb-joint-classical-noise": 0.1,
+                    "deep-cb-joint-focal": 0.1}
 
 def list_pretrained(forward=None, details=False):
     """Names of the shipped models (those with a model card); with ``forward``, only

@@ -282,8 +282,8 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     distribution (with ``low_snr``, ``dense`` and ``wide``, plus a low-SNR, a
     many-patch and a wide-patch component: see :func:`robust_simulator_params`).
     ``init`` (a model file, e.g. the shipped ``.pt``) skips stage 1 and fine-tunes
-    that model; its card's stage-1 record is kept when it is a shipped model, and with ``continue_training`` its
-    stage-2 records too (the new stage is then recorded as one more stage), and
+    that model; its card's stage-1 record is kept when it is a shipped model, and
+    with ``continue_training`` its stage-2 records too (the new stage is then recorded as one more stage), and
     the new stage selects its epoch relative to the starting model
     (``select_best="relative"``: the start is kept unless an epoch improves on
     it in every validation part).
@@ -714,6 +714,41 @@ def _previous_stages(name, init, continue_training=False):
     return [{"name": "paper", "estimator_params": card["estimator_params"],
              **{k: training[k] for k in ("samples_seen", "seconds", "machine", "simulator",
                                          "history") if k in training}}]
+
+
+#: Made from a shipped model trained further elsewhere: name -> (the model it starts from,
+#: the stage's estimator parameters, the command that trained it).  The focal model is
+#: the one-off training-budget study's ``paper`` run: Deep CB continued on the paper's
+#: simulator alone, in chunks of warm restarts.
+ADOPTED = {"deep-cb-joint-focal": (
+    "deep-cb-joint", {"loss": "relative", "progressive_steps": 0, "learning_rate": 5e-4,
+                      "steps_per_epoch": 20, "batch_size": 32},
+    "python -m benchmarks.studies.budget --runs paper --chunks {chunks}")}
+
+
+def adopt(name, path, samples_seen, seconds, chunks, out_dir=MODEL_DIR, n_eval=256,
+          random_state=0):
+    """Ship the network at ``path`` as ``name`` (:data:`ADOPTED`): its stages are the
+    starting model's plus the one that made it (``samples_seen``, ``seconds``,
+    ``chunks`` as its run logged them); exported, validated and carded like every
+    shipped model."""
+    from .unfolded import UnfoldedSBLRegressor
+
+    start, stage_params, command = ADOPTED[name]
+    est = UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD, density_ceiling=None)
+    stages = [{**st, "name": f"{start}: {st['name']}"}
+              for st in model_card(start)["training"]["stages"]]
+    stages.append({"name": "paper (focal)", "estimator_params": stage_params,
+                   "samples_seen": int(samples_seen), "seconds": round(float(seconds), 1),
+                   "machine": f"{platform.machine()}, CPU only",
+                   "simulator": "paper defaults (5-20 patches of 2-4 mm, 5-20 dB, white "
+                                "noise, T = 100), nominal template",
+                   "command": command.format(chunks=chunks)})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_model(est, name, out_dir)
+    return write_card(name, out_dir, stages, model_card(start)["estimator_params"],
+                      random_state, n_eval)
 
 
 def build_parser():
