@@ -31,3 +31,19 @@ def test_readme_model_table_quotes_the_cards():
     for name, ratio, loses in rows:
         assert float(ratio) == round(cards[name]["median_ratio"], 2), name
         assert (loses.strip() == "nothing") == (not cards[name]["loses"]), name
+
+
+def test_readme_deploy_section_runs_without_the_package():
+    """The Deploy section's code imports onnxruntime and numpy, not this package, and
+    runs as written from the repository root."""
+    import subprocess
+    import sys
+
+    text = README.read_text()
+    start = text.index("## Deploy")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    assert "unfolded_sbl" not in code and "import us" not in code
+    check = code + "\nassert sources.shape == (1, 1284, 100) and not fallback.any()\n"
+    run = subprocess.run([sys.executable, "-c", check], cwd=README.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

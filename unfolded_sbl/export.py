@@ -89,25 +89,44 @@ def _inverse_symbolic(g, matrix):
     return g.op("com.microsoft::Inverse", matrix).setType(matrix.type())
 
 
-def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
-    """Write a fitted :class:`UnfoldedSBLRegressor` as one ONNX file.
+def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20,
+                embed_forward=False):
+    """Write a fitted estimator as one ONNX file.
 
     Parameters
     ----------
-    estimator : UnfoldedSBLRegressor
-        Fitted (or loaded) estimator; exported in its ``dtype``: float64 by
-        default, or float32 (load it with ``dtype="float32"``) for a graph whose
-        products run in float32, faster; the N x N factorisation
-        stays float64 inside both (``UnfoldedChampagne._precision``).
+    estimator : UnfoldedSBLRegressor | ClassicalCB | SLORETA
+        Fitted (or loaded) estimator, exported in its ``dtype``.  A network
+        (float64 by default, or float32 with ``dtype="float32"``: products in
+        float32, the N x N factorisation in float64 inside the graph) takes
+        normalised inputs, as :class:`~unfolded_sbl.OnnxSBLRegressor` prepares
+        them.  ``ClassicalCB`` (``noise="learn"`` or ``"known"``, ``tol=0``) and
+        ``SLORETA`` give self-contained files: they take ``sensors`` in volts
+        (any reference) and return sources in A m (sLORETA's standardised map
+        in its units), so plain onnxruntime runs them (see :func:`contract`).
     path : str | Path
     n_channels, n_sources, n_times : int | None
-        Sizes of the example inputs used to trace the graph (default: the
+        Sizes of the example inputs used to trace a network (default: the
         estimator's forward model); the axes stay dynamic.
+    embed_forward : bool
+        Classical solvers: the lead field is a constant of the file, whose only
+        inputs are then ``sensors`` (and ``noise_var`` for known noise).
 
     Returns
     -------
     path : str
     """
+    from .estimators import SLORETA, ClassicalCB
+
+    if isinstance(estimator, (ClassicalCB, SLORETA)):
+        return _export_classical(estimator, path, embed_forward, n_times)
+    if embed_forward:
+        raise ValueError("embed_forward=True is for ClassicalCB and SLORETA; a network's "
+                         "file takes its lead field as an input")
+    return _export_network(estimator, path, n_channels, n_sources, n_times)
+
+
+def _export_network(estimator, path, n_channels=None, n_sources=None, n_times=20):
     import onnx
     from torch.onnx import register_custom_op_symbolic
 
@@ -170,3 +189,178 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20):
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return str(path)
+
+
+# -- self-contained classical solvers -------------------------------------------------
+#: Version of the self-contained contract (inputs in volts, outputs in A m).
+CONTRACT_VERSION = 1
+
+
+def _physical_lead_field(lead_field, average_reference):
+    """The referenced lead field scaled to ``trace(L L^T)`` = independent channels, and
+    that scale: what every estimator's ``fit`` computes, inside the graph."""
+    if average_reference:
+        lead_field = lead_field - lead_field.mean(dim=0, keepdim=True)
+    n_effective = lead_field.shape[0] - int(average_reference)
+    scale = (lead_field.pow(2).sum() / n_effective).sqrt()
+    return lead_field / scale, scale
+
+
+class _ClassicalGraph(nn.Module):
+    """Volts in, A m out around the classical updates: the reference and the scaling
+    of :class:`~unfolded_sbl.ClassicalCB`, undone on the outputs."""
+
+    def __init__(self, network, average_reference, with_noise, lead_field=None):
+        super().__init__()
+        self.network = network
+        self.average_reference = average_reference
+        self.with_noise = with_noise
+        self.embedded = lead_field is not None
+        if self.embedded:
+            self.register_buffer("lead_field", lead_field)
+
+    def forward(self, sensors, *extra):
+        extra = list(extra)
+        lead_field = self.lead_field if self.embedded else extra.pop(0)
+        noise_var = extra.pop(0) if self.with_noise else None
+        Y = sensors - sensors.mean(dim=1, keepdim=True) if self.average_reference else sensors
+        power = Y.pow(2).mean(dim=(1, 2))
+        nonzero = power > 0
+        scale = torch.where(nonzero, power, torch.ones_like(power)).sqrt()
+        normalised, lead_scale = _physical_lead_field(lead_field, self.average_reference)
+        noise = None if noise_var is None else noise_var / scale[:, None] ** 2
+        out = self.network(Y / scale[:, None, None], normalised, noise)
+        source_scale = scale / lead_scale * nonzero.to(scale.dtype)
+        return (out["sources"] * source_scale[:, None, None],
+                out["source_var"] * source_scale[:, None] ** 2,
+                out["noise_var"] * (scale * nonzero.to(scale.dtype))[:, None] ** 2,
+                torch.zeros_like(nonzero))
+
+
+class _SLORETAGraph(nn.Module):
+    """sLORETA from volts: ``K = L^T (L L^T + alpha I)^-1`` on the scaled lead field,
+    standardised by the resolution matrix's diagonal, or as currents in A m."""
+
+    def __init__(self, alpha, output, average_reference, lead_field=None):
+        super().__init__()
+        self.alpha, self.output = float(alpha), output
+        self.average_reference = average_reference
+        self.embedded = lead_field is not None
+        if self.embedded:
+            self.register_buffer("lead_field", lead_field)
+
+    def forward(self, sensors, *extra):
+        lead_field = self.lead_field if self.embedded else extra[0]
+        Y = sensors - sensors.mean(dim=1, keepdim=True) if self.average_reference else sensors
+        L, lead_scale = _physical_lead_field(lead_field, self.average_reference)
+        eye = torch.eye(L.shape[0], dtype=L.dtype)
+        operator = L.T @ torch.linalg.inv(L @ L.T + self.alpha * eye)  # (M, N)
+        if self.output == "standardized":
+            resolution = (operator * L.T).sum(dim=1)
+            weight = torch.where(resolution > 0, resolution.clamp(min=1e-300).rsqrt(),
+                                 torch.zeros_like(resolution))
+        else:
+            weight = torch.ones(L.shape[1], dtype=L.dtype) / lead_scale
+        return (operator * weight[:, None]) @ Y
+
+
+def _classical_network(est):
+    """The unfolded network without corrections: ClassicalCB's iterations as layers."""
+    from .network import UnfoldedChampagne
+
+    if est.noise_mode_ not in ("learn", "known") or est.tol != 0:
+        raise ValueError("ClassicalCB exports with noise='learn' or 'known' and tol=0 "
+                         f"(a fixed depth), got noise={est.noise!r}, tol={est.tol!r}")
+    network = UnfoldedChampagne(n_layers=est.n_iter, correction="none",
+                                noise_correction="none", learn_noise=est.noise_mode_ == "learn",
+                                init_source_var=est.init_source_var,
+                                init_noise_var=est.init_noise_var,
+                                prune_threshold=est.prune_threshold)
+    return network.cast(_DTYPES[est.dtype]).eval()
+
+
+def _export_classical(est, path, embed_forward, n_times):
+    """ClassicalCB or SLORETA as a self-contained file (see :func:`export_onnx`)."""
+    import onnx
+    from sklearn.utils.validation import check_is_fitted
+    from torch.onnx import register_custom_op_symbolic
+
+    from .estimators import ClassicalCB
+
+    check_is_fitted(est, "lead_field_")
+    fwd = est.forward_
+    classical = isinstance(est, ClassicalCB)
+    dtype = _DTYPES[est.dtype] if classical else torch.float64
+    lead_field = torch.as_tensor(fwd.lead_field, dtype=dtype)
+    embedded = lead_field if embed_forward else None
+    known = classical and est.noise_mode_ == "known"
+    if classical:
+        module = _ClassicalGraph(_classical_network(est), est.average_reference_, known,
+                                 embedded)
+        outputs = ["sources", "source_var", "noise_var", "classical_fallback"]
+    else:
+        module = _SLORETAGraph(est.alpha, est.output, est.average_reference_, embedded)
+        outputs = ["sources"]
+    n_channels = fwd.n_channels
+    args, names = (torch.randn(2, n_channels, n_times, dtype=dtype),), ["sensors"]
+    axes = {"sensors": {0: "batch", 2: "times"}, "sources": {0: "batch", 2: "times"},
+            "source_var": {0: "batch"}, "noise_var": {0: "batch"},
+            "classical_fallback": {0: "batch"}}
+    if not embed_forward:
+        args, names = args + (lead_field,), names + ["lead_field"]
+        axes["lead_field"] = {1: "sources"}
+        for key in ("sources", "source_var"):
+            axes[key][1] = "sources"
+    if known:
+        args, names = args + (torch.ones(2, n_channels, dtype=dtype),), names + ["noise_var_in"]
+        axes["noise_var_in"] = {0: "batch"}
+    axes = {k: v for k, v in axes.items() if k in names or k in outputs}
+    register_custom_op_symbolic("aten::linalg_inv", _inverse_symbolic, OPSET)
+    network = getattr(module, "network", None)
+    if network is not None:
+        network.use_inverse = True
+    try:
+        with torch.no_grad():
+            # an embedded lead field is not folded into its products at export: the
+            # file keeps the lead field, onnxruntime folds at session start
+            torch.onnx.export(module.eval(), args, str(path), dynamo=False,
+                              input_names=names, output_names=outputs, dynamic_axes=axes,
+                              opset_version=OPSET, custom_opsets={"com.microsoft": 1},
+                              do_constant_folding=not embed_forward)
+    finally:
+        if network is not None:
+            network.use_inverse = False
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="unfolded_sbl.contract", value=json.dumps(
+        contract(est, names, outputs, embed_forward)))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def contract(est, inputs, outputs, embed_forward):
+    """The self-contained file's contract, stored as its ``unfolded_sbl.contract``
+    metadata (JSON): what goes in and comes out, in which units, for which forward
+    model; readable with ``onnx`` or ``onnxruntime`` alone."""
+    from .estimators import ClassicalCB
+
+    fwd = est.forward_
+    units_out = {"sources": "A m" if getattr(est, "output", "current") == "current"
+                 else "standardized (a.u.)", "source_var": "(A m)^2", "noise_var": "V^2",
+                 "classical_fallback": "bool: the sample took the classical updates"}
+    shapes_in = {"sensors": "(batch, channels, times)", "lead_field": "(channels, sources)",
+                 "noise_var_in": "(batch, channels)"}
+    units_in = {"sensors": "V, any reference", "lead_field": "V / (A m)",
+                "noise_var_in": "V^2"}
+    return {"contract_version": CONTRACT_VERSION, "unfolded_sbl_version": __version__,
+            "solver": type(est).__name__, "params": {
+                k: v for k, v in est.get_params().items()
+                if k != "forward" and isinstance(v, (str, int, float, bool, type(None)))},
+            "inputs": {n: {"shape": shapes_in[n], "units": units_in[n]} for n in inputs},
+            "outputs": {n: {"units": units_out[n]} for n in outputs},
+            "reference": "average" if est.average_reference_ else "as given",
+            "forward": {"name": fwd.name, "cap": fwd.cap, "spacing": fwd.spacing,
+                        "n_channels": fwd.n_channels, "n_sources": fwd.n_sources,
+                        "ch_names": fwd.ch_names, "embedded": bool(embed_forward)},
+            "regime_check": "none: the classical solver" if isinstance(est, ClassicalCB)
+            else "none: a linear solver"}

@@ -1,0 +1,144 @@
+"""Self-contained ONNX files of the classical solvers, and the deployment examples that
+run them without this package."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import unfolded_sbl as us
+
+ort = pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+MODEL = DEPLOY / "classical-cb-biosemi64-ico3.onnx"
+SAMPLE = DEPLOY / "sample-evoked.npy"
+
+
+def _run(path, feeds):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def _relative(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("noise", ["learn", "known"])
+@pytest.mark.parametrize("embed", [False, True])
+def test_classicalcb_file_takes_volts_and_returns_a_m(small_fwd, tmp_path, noise, embed):
+    data = us.simulate(small_fwd, 4, random_state=0, n_times=30)
+    est = us.ClassicalCB(small_fwd, noise=noise, n_iter=10).fit()
+    kwargs = {"noise_var": data.noise_var} if noise == "known" else {}
+    path = us.export_onnx(est, tmp_path / "cb.onnx", embed_forward=embed)
+    feeds = {"sensors": data.sensors + 3e-5}  # an offset: the file references the data
+    if not embed:
+        feeds["lead_field"] = small_fwd.lead_field
+    if noise == "known":
+        feeds["noise_var_in"] = data.noise_var
+    out = _run(path, feeds)
+    reference = est.predict(data.sensors, **kwargs)
+    assert _relative(out["sources"], reference) < 1e-6
+    assert _relative(out["source_var"], est.source_var_) < 1e-6
+    assert _relative(out["noise_var"], est.noise_var_) < 1e-6
+    assert out["classical_fallback"].dtype == bool and not out["classical_fallback"].any()
+
+
+@pytest.mark.parametrize("output", ["standardized", "current"])
+def test_sloreta_file_matches_the_estimator(small_fwd, tmp_path, output):
+    data = us.simulate(small_fwd, 3, random_state=1, n_times=20)
+    est = us.SLORETA(small_fwd, output=output).fit()
+    out = _run(us.export_onnx(est, tmp_path / "s.onnx", embed_forward=True),
+               {"sensors": data.sensors})
+    assert _relative(out["sources"], est.predict(data.sensors)) < 1e-6
+
+
+def test_file_contract_is_readable_without_the_package(small_fwd, tmp_path):
+    est = us.ClassicalCB(small_fwd, n_iter=3).fit()
+    path = us.export_onnx(est, tmp_path / "cb.onnx", embed_forward=True)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    contract = json.loads(session.get_modelmeta().custom_metadata_map["unfolded_sbl.contract"])
+    assert [i.name for i in session.get_inputs()] == ["sensors"]
+    assert contract["inputs"]["sensors"]["units"] == "V, any reference"
+    assert contract["outputs"]["sources"]["units"] == "A m"
+    assert contract["forward"]["ch_names"] == small_fwd.ch_names
+    assert contract["params"]["n_iter"] == 3 and contract["solver"] == "ClassicalCB"
+
+
+def test_bad_input_through_the_file_alone(small_fwd, tmp_path):
+    est = us.ClassicalCB(small_fwd, n_iter=5).fit()
+    path = us.export_onnx(est, tmp_path / "cb.onnx", embed_forward=True)
+    rng = np.random.default_rng(0)
+    good = rng.normal(size=(2, 16, 20)) * 1e-5
+    flat = good.copy()
+    flat[:, 3] = 0.0
+    for sensors in (flat, np.zeros((2, 16, 20)), good[:, :, :1]):
+        out = _run(path, {"sensors": sensors})
+        assert np.all(np.isfinite(out["sources"]))
+    assert not np.any(_run(path, {"sensors": np.zeros((1, 16, 5))})["sources"])
+    with pytest.raises(Exception, match="sensors"):
+        _run(path, {"sensors": good[:, :10]})  # a wrong channel count names the input
+    with pytest.raises(ValueError, match="embed_forward=True is for ClassicalCB"):
+        net = us.UnfoldedSBLRegressor(small_fwd, n_layers=2, max_epochs=0).fit_simulated()
+        us.export_onnx(net, tmp_path / "n.onnx", embed_forward=True)
+    with pytest.raises(ValueError, match="tol=0"):
+        us.export_onnx(us.ClassicalCB(small_fwd, tol=1e-3).fit(), tmp_path / "t.onnx")
+
+
+def test_shipped_deployment_file_is_classicalcb_on_the_default_cap():
+    """deploy/'s file (deploy/build.py) has one input and gives ClassicalCB's estimate."""
+    eeg = np.load(SAMPLE)
+    out = _run(MODEL, {"sensors": eeg[None].astype(np.float64)})
+    reference = us.ClassicalCB(us.load_forward()).fit().predict(eeg[None].astype(np.float64))
+    assert _relative(out["sources"], reference) < 1e-6
+
+
+def test_python_example_runs_with_only_onnxruntime_and_numpy(tmp_path):
+    """A fresh virtual environment with onnxruntime and numpy alone (not torch, not this
+    package) runs deploy/python/localize.py and gets the package's numbers."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    python = env / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "onnxruntime",
+                              "numpy"], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    missing = subprocess.run([str(python), "-c", "import unfolded_sbl"], capture_output=True)
+    assert missing.returncode != 0  # the package is not there
+    out = tmp_path / "sources.npy"
+    run = subprocess.run([str(python), str(DEPLOY / "python" / "localize.py"), str(MODEL),
+                          str(SAMPLE), "--out", str(out)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    eeg = np.load(SAMPLE)[None].astype(np.float64)
+    reference = us.ClassicalCB(us.load_forward()).fit().predict(eeg)
+    assert _relative(np.load(out), reference) < 1e-4
+    peak = int(np.abs(reference[0, :, (reference[0] ** 2).sum(0).argmax()]).argmax())
+    assert f"peak source {peak}" in run.stdout
+
+
+def test_node_example_matches_the_package(tmp_path):
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("Node.js is not installed")
+    work = tmp_path / "node"
+    work.mkdir()
+    shutil.copy(DEPLOY / "node" / "localize.mjs", work)
+    (work / "package.json").write_text('{"name": "deploy-test", "private": true}')
+    install = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
+                              "onnxruntime-node"], cwd=work, capture_output=True, text=True,
+                             timeout=600)
+    if install.returncode != 0:
+        pytest.skip(f"onnxruntime-node could not be installed: {install.stderr[-300:]}")
+    run = subprocess.run([node, "localize.mjs", str(MODEL), str(SAMPLE), "out.json"],
+                         cwd=work, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((work / "out.json").read_text())
+    sources = np.asarray(result["data"]).reshape(result["dims"])
+    eeg = np.load(SAMPLE)[None].astype(np.float64)
+    reference = us.ClassicalCB(us.load_forward()).fit().predict(eeg)
+    assert _relative(sources, reference) < 1e-3
