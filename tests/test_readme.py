@@ -42,7 +42,7 @@ def test_readme_deploy_section_runs_without_the_package():
     text = README.read_text()
     start = text.index("## Deploy")
     code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
-    assert "unfolded_sbl" not in code and "import us" not in code
+    assert "import unfolded_sbl" not in code and "us." not in code
     check = code + "\nassert sources.shape == (1, 1284, 100) and not fallback.any()\n"
     run = subprocess.run([sys.executable, "-c", check], cwd=README.parent,
                          capture_output=True, text=True, timeout=120)
