@@ -45,8 +45,8 @@ def _ensemble_for(forward, kind, verbose):
         raise ValueError(f"simulator_params['head_models'] must be 'ensemble' or a "
                          f"HeadModelEnsemble, got {kind!r}")
     if forward.variant != "nominal" or forward.name not in list_forwards():
-        raise ValueError("head_models='ensemble' needs a shipped nominal template forward "
-                         f"model (one of {list_forwards()}), got {forward!r}")
+        raise ValueError("head_models='ensemble' needs a shipped template forward model, "
+                         f"nominal variant (one of {list_forwards()}), got {forward!r}")
     return load_head_ensemble(forward.cap, forward.spacing, verbose=verbose)
 
 
