@@ -269,17 +269,26 @@ def run(n_samples, quick=False, verbose=True, models=None):
 
 def merge(rows, new_rows):
     """``rows`` (a whole matrix) with the cells of ``new_rows`` (a run with ``models``)
-    added: the same seeds draw the same samples, so the reference's rMSE must agree."""
-    merged = {}
+    added where the same seeds drew the same samples (ClassicalCB-25's rMSE agrees);
+    returns the merged rows and the labels of the rows left out (their data differ,
+    e.g. a head model built anew)."""
+    merged, left_out = {}, []
     for label, row in rows.items():
         new = new_rows[label]["cells"]
         old_reference, new_reference = row["cells"][REFERENCE]["rmse"], new[REFERENCE]["rmse"]
         if not np.isclose(old_reference, new_reference, rtol=1e-9, atol=0):
-            raise ValueError(f"{label}: ClassicalCB-25's rMSE {new_reference} differs from the "
-                             f"matrix's {old_reference}: not the same samples")
+            left_out.append(label)
+            merged[label] = row
+            continue
         merged[label] = {**row, "cells": {**row["cells"],
                                           **{k: v for k, v in new.items() if k != REFERENCE}}}
-    return merged
+    return merged, left_out
+
+
+def _columns(rows):
+    """Every method of the matrix but the reference, in the order the rows hold them."""
+    return list(dict.fromkeys(n for row in rows.values() for n in row["cells"]
+                              if n != REFERENCE))
 
 
 def heatmap(rows, path):
@@ -289,7 +298,7 @@ def heatmap(rows, path):
     import matplotlib.pyplot as plt
 
     labels = list(rows)
-    names = [n for n in next(iter(rows.values()))["cells"] if n != REFERENCE]
+    names = _columns(rows)
     ratio = np.full((len(labels), len(names)), np.nan)
     for i, label in enumerate(labels):
         for j, name in enumerate(names):
@@ -313,7 +322,7 @@ def heatmap(rows, path):
 
 
 def markdown(rows, n_samples):
-    names = [n for n in next(iter(rows.values()))["cells"] if n != REFERENCE]
+    names = _columns(rows)
     head = "| condition | " + " | ".join(names) + " |"
     lines = [head, "|---|" + "---|" * len(names)]
     for label, row in rows.items():
@@ -363,9 +372,13 @@ def main(argv=None):
                              "matrix in results/robustness.json")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    left_out = []
     if args.models:
         previous = json.loads((HERE / "results" / "robustness.json").read_text())
-        rows = merge(previous["rows"], run(previous["n_samples"], models=args.models))
+        added = run(previous["n_samples"], models=args.models)
+        WORK.mkdir(parents=True, exist_ok=True)
+        (WORK / "added.json").write_text(json.dumps(added, default=float))
+        rows, left_out = merge(previous["rows"], added)
         args.n_samples = previous["n_samples"]
     else:
         rows = run(args.n_samples, args.quick)
@@ -377,7 +390,9 @@ def main(argv=None):
     heatmap(rows, figure)
     timing = (f"{time.perf_counter() - start:.0f} s" if not args.models else
               f"the columns of {', '.join(args.models)} added by `--models` in "
-              f"{time.perf_counter() - start:.0f} s, on the same samples")
+              f"{time.perf_counter() - start:.0f} s, on the same samples"
+              + (f"; n/a in {', '.join(left_out)}, whose data drawn again differed"
+                 if left_out else ""))
     body = f"""`python -m benchmarks.robustness` ({timing}). Each cell:
 rMSE of the method divided by the rMSE of ClassicalCB (25 iterations, joint noise) on the
 same {args.n_samples} samples, and in brackets the F1 difference to it (higher is better).

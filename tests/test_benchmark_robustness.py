@@ -1,7 +1,6 @@
 """The robustness matrix's paired-bootstrap interval of a cell's rMSE ratio."""
 
 import numpy as np
-import pytest
 
 from benchmarks.robustness import ratio_interval
 
@@ -38,14 +37,14 @@ def test_above_one_lists_losses_but_not_round_off_ties():
     assert above_one({"tie": rows["tie"]}, names=("m",)) == "- m: none"
 
 
-def test_merge_adds_columns_only_on_the_same_samples():
+def test_merge_adds_columns_only_where_the_samples_are_the_same():
     from benchmarks.robustness import REFERENCE, merge
 
     rows = {"a": {"group": "g", "cells": {REFERENCE: {"rmse": 0.5}, "m": {"rmse": 0.4}}}}
     new = {"a": {"cells": {REFERENCE: {"rmse": 0.5}, "focal": {"rmse": 0.3}}}}
-    merged = merge(rows, new)
-    assert set(merged["a"]["cells"]) == {REFERENCE, "m", "focal"}
+    merged, left_out = merge(rows, new)
+    assert set(merged["a"]["cells"]) == {REFERENCE, "m", "focal"} and left_out == []
     assert merged["a"]["group"] == "g" and "focal" not in rows["a"]["cells"]
-    new["a"]["cells"][REFERENCE]["rmse"] = 0.51
-    with pytest.raises(ValueError, match="not the same samples"):
-        merge(rows, new)
+    new["a"]["cells"][REFERENCE]["rmse"] = 0.51  # other samples: the row is left out
+    merged, left_out = merge(rows, new)
+    assert left_out == ["a"] and "focal" not in merged["a"]["cells"]

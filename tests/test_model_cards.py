@@ -141,3 +141,16 @@ def test_card_summaries_come_from_the_robustness_results():
     finally:
         del zoo.MODEL_PRIORS["m"]
     assert summary["loses"] == {"wide": 1.2} and summary["median_ratio"] == 1.05
+
+
+def test_focal_model_card_records_its_prior_and_where_it_loses():
+    """The paper-distribution model ships with the stages that made it and a summary
+    that names its losses: wide patches, where the focal prior does not hold."""
+    card = zoo.model_card("deep-cb-joint-focal")
+    stages = [st["name"] for st in card["training"]["stages"]]
+    assert stages[-1] == "paper (focal)" and stages[0].startswith("deep-cb-joint: ")
+    assert "benchmarks.studies.budget --runs paper" in card["training"]["stages"][-1]["command"]
+    summary = card["summary"]
+    assert summary["prior"] == zoo.PRIORS["focal"]
+    assert summary["nominal"] < us.list_pretrained(details=True)[1]["nominal"]  # deep-cb-joint
+    assert any(k.startswith("spread") for k in summary["loses"])

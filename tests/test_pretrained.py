@@ -12,7 +12,7 @@ from unfolded_sbl import pretrained, zoo
 from unfolded_sbl.regime import SPACING_TOLERANCE
 
 SHIPPED = ("deep-cb-joint", "deep-cb-joint-classical-noise", "deep-cb-known",
-           "deep-attn-cb-joint", "deep-graph-cb-joint")
+           "deep-attn-cb-joint", "deep-graph-cb-joint", "deep-cb-joint-focal")
 
 
 def test_all_presets_are_shipped():
@@ -50,6 +50,9 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
                 "deep-cb-joint-classical-noise": ["deep-cb-joint: paper", "deep-cb-joint: robust",
                                                   "deep-cb-joint: robust-2",
                                                   "noise corrections removed"],
+                # deep-cb-joint trained further on the paper's simulator alone (zoo.adopt)
+                "deep-cb-joint-focal": ["deep-cb-joint: paper", "deep-cb-joint: robust",
+                                        "deep-cb-joint: robust-2", "paper (focal)"],
                 }.get(name, ["paper", "robust"])
     assert stages == expected
 
