@@ -142,3 +142,73 @@ def test_node_example_matches_the_package(tmp_path):
     eeg = np.load(SAMPLE)[None].astype(np.float64)
     reference = us.ClassicalCB(us.load_forward()).fit().predict(eeg)
     assert _relative(sources, reference) < 1e-3
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=60000"]
+
+
+def test_browser_page_localises_in_the_browser_and_draws_a_map(tmp_path):
+    """deploy/web/index.html with onnxruntime-web (wasm) in headless Chromium: the peak it
+    prints is the package's, and the canvas holds a map."""
+    import socket
+    import time
+
+    chromium, npm = _chromium(), shutil.which("npm")
+    if chromium is None or npm is None:
+        pytest.skip("headless Chromium or npm is not installed")
+    work = tmp_path / "npm"
+    work.mkdir()
+    (work / "package.json").write_text('{"name": "web-test", "private": true}')
+    install = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
+                              "onnxruntime-web"], cwd=work, capture_output=True, text=True,
+                             timeout=600)
+    if install.returncode != 0:
+        pytest.skip(f"onnxruntime-web could not be installed: {install.stderr[-300:]}")
+    site = tmp_path / "site"
+    (site / "web").mkdir(parents=True)
+    shutil.copy(MODEL, site)
+    shutil.copy(SAMPLE, site)
+    shutil.copy(DEPLOY / "web" / "index.html", site / "web")
+    dist = work / "node_modules" / "onnxruntime-web" / "dist"
+    for runtime in [dist / "ort.min.js", *dist.glob("ort-wasm-simd-threaded.*")]:
+        shutil.copy(runtime, site / "web")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1"], cwd=site, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        url = f"http://127.0.0.1:{port}/web/index.html"
+        dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'a'}",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=180)
+        shot = tmp_path / "page.png"
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'b'}",
+                        "--window-size=900,900", f"--screenshot={shot}", url],
+                       capture_output=True, timeout=180)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    import re
+
+    found = re.search(r"peak source (\d+) at time index (\d+), (\S+) nA m \(ClassicalCB",
+                      dom.stdout)
+    assert found, dom.stdout[-2000:]
+    eeg = np.load(SAMPLE)[None].astype(np.float64)
+    reference = us.ClassicalCB(us.load_forward()).fit().predict(eeg)[0]
+    t = int((reference ** 2).sum(0).argmax())
+    peak = int(np.abs(reference[:, t]).argmax())
+    assert (int(found.group(1)), int(found.group(2))) == (peak, t)
+    assert float(found.group(3)) == pytest.approx(1e9 * reference[peak, t], rel=1e-3)
+    from matplotlib.image import imread
+
+    canvas = imread(shot)[170:700, 40:500, :3]  # the map's canvas
+    assert canvas.std() > 0.02 and (canvas[..., 0] > 0.9).sum() > 20  # sources drawn, hot ones

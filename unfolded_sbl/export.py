@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -361,6 +362,9 @@ def contract(est, inputs, outputs, embed_forward):
             "reference": "average" if est.average_reference_ else "as given",
             "forward": {"name": fwd.name, "cap": fwd.cap, "spacing": fwd.spacing,
                         "n_channels": fwd.n_channels, "n_sources": fwd.n_sources,
-                        "ch_names": fwd.ch_names, "embedded": bool(embed_forward)},
+                        "ch_names": fwd.ch_names, "embedded": bool(embed_forward),
+                        # where the sources are, for a map drawn without the package
+                        "source_positions_mm": (np.round(1e3 * fwd.positions, 1).tolist()
+                                                if embed_forward else None)},
             "regime_check": "none: the classical solver" if isinstance(est, ClassicalCB)
             else "none: a linear solver"}
