@@ -93,3 +93,30 @@ def test_feasible_counts_the_chunks_that_lose_nowhere():
                                  "nominal ratio among them 0.800 (perturbed 0.950, after "
                                  "300 samples).")
     assert feasible(records[:2]) == "Chunks with every condition <= 1.00: 0 of 1."
+
+
+def test_gpu_budget_dry_run_trains_a_chunk_scores_it_and_resumes(tmp_path, capsys):
+    """The prepared GPU run (benchmarks.studies.gpu_budget) on the CPU with tiny sizes:
+    one chunk trained and scored, samples per second printed; a second call resumes
+    after the logged chunk instead of starting again."""
+    from benchmarks.studies import gpu_budget
+
+    records = gpu_budget.main(["--dry-run", "--recipe", "paper"])
+    out = capsys.readouterr().out
+    assert "samples/s" in out and "| 0 (shipped) |" in out
+    assert [r["chunk"] for r in records] == [-1, 0] and records[1]["samples"] == 2
+
+    def _tiny_sets():
+        import unfolded_sbl as us
+
+        fwd = us.load_forward()
+        data = us.simulate(fwd, 2, random_state=1)
+        reference = us.ClassicalCB(fwd).fit().predict(data.sensors)
+        return {label: (data, reference) for label in HELD_OUT}
+
+    first = gpu_budget.train("paper", 0.0, "cpu", 2, 1, 1, _tiny_sets, work=tmp_path,
+                             verbose=False)
+    again = gpu_budget.train("paper", 0.0, "cpu", 2, 1, 1, _tiny_sets, work=tmp_path,
+                             verbose=False)
+    assert [r["chunk"] for r in first] == [-1, 0]
+    assert [r["chunk"] for r in again] == [-1, 0, 1] and again[2]["samples"] == 4
