@@ -117,46 +117,155 @@ def _cmd_demo(args):
 
 
 def _cmd_localize(args):
+    recordings = _recordings(args)
+    if len(recordings) == 1 and args.bids_root is None:
+        prefix = args.out or f"{Path(recordings[0]).name.split('.')[0]}-{args.model}"
+        _localize_one(recordings[0], args, prefix, print)
+        return 0
+    return _localize_group(recordings, args)
+
+
+def _recordings(args):
+    """The recordings named on the command line (globs expanded) and found in a BIDS
+    dataset (``--bids-root`` with ``--task``, ``--subjects``, ``--sessions``)."""
+    import glob
+
+    found = []
+    for pattern in args.recording:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise FileNotFoundError(f"no recording matches {pattern}")
+        found += matches
+    if args.bids_root is not None:
+        from mne_bids import find_matching_paths
+
+        paths = find_matching_paths(args.bids_root, subjects=args.subjects,
+                                    sessions=args.sessions, tasks=args.task,
+                                    datatypes="eeg", suffixes="eeg",
+                                    extensions=[".vhdr", ".edf", ".bdf", ".set", ".fif"])
+        if not paths:
+            raise FileNotFoundError(f"no EEG recording in the BIDS dataset {args.bids_root} "
+                                    "for these subjects, sessions and task")
+        found += paths  # BIDSPath: read with their events.tsv (read_raw_bids)
+    if not found:
+        raise ValueError("give a recording, several, a glob, or --bids-root")
+    return found
+
+
+def _localize_one(recording, args, prefix, echo):
+    """Localise one recording as ``localize`` does; returns its group-summary row."""
     from .localize import format_report, output_units, read_recording, write_outputs
     from .mne_io import apply
 
     start = time.perf_counter()
     condition = int(args.condition) if str(args.condition).isdigit() else args.condition
-    inst = read_recording(args.recording, montage=args.montage, event=args.event,
+    source = recording
+    if hasattr(recording, "fpath"):  # a BIDS recording
+        from mne_bids import read_raw_bids
+
+        source = read_raw_bids(recording, verbose=False)
+        recording = recording.fpath
+    inst = read_recording(source, montage=args.montage, event=args.event,
                           condition=condition, tmin=args.epoch[0], tmax=args.epoch[1],
                           l_freq=args.l_freq, h_freq=args.h_freq)
     baseline = None if args.no_baseline else tuple(
         None if v is None else float(v) for v in args.baseline)
     if baseline is not None and inst.times[0] >= 0:
-        print("baseline: none (the recording has no pre-stimulus samples)")
+        echo("baseline: none (the recording has no pre-stimulus samples)")
         baseline = None
     else:
-        print("baseline: " + ("none (--no-baseline)" if baseline is None else
-                              f"{_interval(baseline)} (mean removed per channel)"))
+        echo("baseline: " + ("none (--no-baseline)" if baseline is None else
+                             f"{_interval(baseline)} (mean removed per channel)"))
     noise_cov = args.noise_cov
     if noise_cov not in (None, "baseline"):
         import mne
 
         noise_cov = mne.read_cov(_existing(noise_cov), verbose=False)
-    with _info_to_stdout():  # which solver ran: the regime check's fallback, the provider
+    with _info_to_stdout() if echo is print else contextlib.nullcontext():
         stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
                              tmax=args.tmax, baseline=baseline, noise_cov=noise_cov,
                              drop_bad=args.drop_bad, return_forward=True)
-    prefix = args.out or f"{Path(args.recording).name.split('.')[0]}-{args.model}"
     units = output_units(args.model)
     report = stc.solver_report
     peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
-                                   title=f"{Path(args.recording).name},", units=units)
+                                   title=f"{Path(recording).name},", units=units)
     if report.empty:
-        print(f"{args.recording}: {report.describe_empty()}; no peak table and no map")
+        echo(f"{recording}: {report.describe_empty()}; no peak table and no map")
     else:
-        print(format_report(peaks, units=units,
-                            header=f"{args.recording}: {report.solver}, peak sources "
-                            "(MNI-like fsaverage coordinates in mm; approximate lobes)"))
+        echo(format_report(peaks, units=units,
+                           header=f"{recording}: {report.solver}, peak sources "
+                           "(MNI-like fsaverage coordinates in mm; approximate lobes)"))
     for path in written:
-        print(f"wrote {path}")
-    print(f"done in {time.perf_counter() - start:.1f} s")
-    return 0
+        echo(f"wrote {path}")
+    seconds = time.perf_counter() - start
+    echo(f"done in {seconds:.1f} s")
+    top = peaks[0] if peaks else {}
+    return {"recording": str(recording), "status": "ok", "solver": report.solver,
+            "empty": report.empty, "hemisphere": top.get("hemisphere", ""),
+            "region": top.get("region", ""), "x_mm": top.get("x_mm", ""),
+            "y_mm": top.get("y_mm", ""), "z_mm": top.get("z_mm", ""),
+            "time_s": top.get("time_s", ""), "prefix": str(prefix),
+            "seconds": round(seconds, 2), "error": ""}
+
+
+def _localize_or_report(recording, args, prefix):
+    """One recording of a group: its row, or a row with the reason it failed (the rest of
+    the group goes on)."""
+    import warnings
+
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _localize_one(recording, args, prefix, lambda *_: None)
+    except Exception as err:  # reported in the summary: one bad file must not stop all
+        return {"recording": str(getattr(recording, "fpath", recording)), "status": "failed",
+                "prefix": str(prefix),
+                "seconds": round(time.perf_counter() - start, 2),
+                "error": f"{type(err).__name__}: {err}"}
+
+
+GROUP_FIELDS = ("recording", "status", "solver", "empty", "hemisphere", "region", "x_mm",
+                "y_mm", "z_mm", "time_s", "seconds", "prefix", "error")
+
+
+def _localize_group(recordings, args):
+    """Several recordings, in parallel (``--n-jobs``; ``--scheduler`` spreads them over a
+    dask cluster), each written as ``localize`` writes one, plus ``group-summary.csv``."""
+    import csv
+
+    from joblib import Parallel, delayed, parallel_config
+
+    out = Path(args.out or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    files = [Path(getattr(r, "fpath", r)) for r in recordings]
+    names = [f.name.split(".")[0] for f in files]
+    prefixes = [out / (f"{n}-{args.model}" if names.count(n) == 1 else
+                       f"{f.parent.name}-{n}-{args.model}") for f, n in zip(files, names)]
+    start = time.perf_counter()
+    backend = {}
+    if args.scheduler:
+        from distributed import Client
+
+        backend = {"backend": "dask"}
+        client = Client(args.scheduler)  # noqa: F841  (joblib's dask backend uses it)
+    with parallel_config(**backend):
+        rows = Parallel(n_jobs=args.n_jobs)(delayed(_localize_or_report)(r, args, p)
+                                            for r, p in zip(recordings, prefixes))
+    summary = out / "group-summary.csv"
+    with open(summary, "w", newline="") as fid:
+        writer = csv.DictWriter(fid, fieldnames=GROUP_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in GROUP_FIELDS} for row in rows)
+    failed = [row for row in rows if row["status"] != "ok"]
+    for row in rows:
+        where = (f"{row['hemisphere']} {row['region']}" if row["status"] == "ok" and
+                 not row["empty"] else "no source above the noise" if row["status"] == "ok"
+                 else row["error"])
+        print(f"{row['status']:6s} {row['recording']}: {where}")
+    print(f"{len(rows) - len(failed)} of {len(rows)} recordings localised in "
+          f"{time.perf_counter() - start:.1f} s ({args.n_jobs} job(s)); wrote {summary}")
+    return 0 if len(failed) < len(rows) else 1
 
 
 @contextlib.contextmanager
@@ -245,8 +354,10 @@ def build_parser():
                       "sample on the cortex into this PNG")
 
     loc = sub.add_parser("localize", help="source map and peak report of an EEG recording")
-    loc.add_argument("recording", help="evoked/epochs .fif, raw .fif, EEGLAB .set, "
-                     "BrainVision .vhdr, EDF/BDF, ... (anything MNE reads)")
+    loc.add_argument("recording", nargs="*",
+                     help="evoked/epochs .fif, raw .fif, EEGLAB .set, BrainVision .vhdr, "
+                          "EDF/BDF, ... (anything MNE reads); several, or a glob in quotes, "
+                          "localise a group with a summary")
     loc.add_argument("--model", default="ClassicalCB",
                      help="ClassicalCB, sLORETA or a shipped model (unfolded-sbl models; "
                           "default: ClassicalCB, the best evidence on recorded EEG)")
@@ -255,7 +366,17 @@ def build_parser():
     loc.add_argument("--tmin", type=float, default=None, help="start of the window (s)")
     loc.add_argument("--tmax", type=float, default=None, help="end of the window (s)")
     loc.add_argument("--out", default=None, help="output prefix (default: "
-                     "<recording>-<model> in the current folder)")
+                     "<recording>-<model> in the current folder); for several recordings "
+                     "a folder (default: the current one)")
+    loc.add_argument("--n-jobs", type=int, default=1,
+                     help="recordings localised in parallel (default: 1)")
+    loc.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="a dask scheduler (tcp://host:8786) to spread the recordings over")
+    loc.add_argument("--bids-root", default=None, help="a BIDS dataset: localise its EEG "
+                     "recordings (with --task, --subjects, --sessions)")
+    loc.add_argument("--task", default=None, help="BIDS task")
+    loc.add_argument("--subjects", nargs="+", default=None, help="BIDS subjects (default: all)")
+    loc.add_argument("--sessions", nargs="+", default=None, help="BIDS sessions (default: all)")
     loc.add_argument("--formats", nargs="+", default=["stc", "png", "csv"],
                      choices=["stc", "png", "csv", "html"],
                      help="outputs: MNE source estimate, map at the peak time with the "

@@ -36,10 +36,11 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
 
     Parameters
     ----------
-    path : str | Path
+    path : str | Path | mne.io.BaseRaw
         Evoked (``*ave.fif``), epochs (``*epo.fif``, epoched EEGLAB ``.set``) or
         raw data (``.fif``, ``.set``, BrainVision ``.vhdr``, ``.edf``/``.bdf``,
-        anything ``mne.io.read_raw`` reads).
+        anything ``mne.io.read_raw`` reads), or raw data already read (e.g. by
+        ``mne_bids.read_raw_bids``, whose annotations come from ``events.tsv``).
     montage : str | None
         Name of an MNE standard montage to set (for files without positions,
         e.g. EDF); channel names must match it.
@@ -59,6 +60,9 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
     """
     import mne
 
+    if isinstance(path, mne.io.BaseRaw):
+        return _from_raw(path.copy().load_data(), montage, event, tmin, tmax, l_freq, h_freq,
+                         average, path.filenames[0] if path.filenames else "raw")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -72,22 +76,7 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
         inst = mne.read_epochs_eeglab(path, verbose=False)
     else:
         raw = mne.io.read_raw(path, preload=True, verbose=False)
-        _mark_eog(raw)
-        if montage is not None:
-            raw.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
-        if l_freq is not None or h_freq is not None:
-            raw.filter(l_freq, h_freq, picks="eeg", verbose=False)
-            filtered = True
-        if event is None:  # the continuous data as one segment; apply() crops it
-            data = raw.pick("eeg")
-            return mne.EvokedArray(data.get_data(), data.info, tmin=0.0, nave=1,
-                                   comment=path.stem, verbose=False)
-        events, event_id = mne.events_from_annotations(raw, verbose=False)
-        if event not in event_id:
-            raise ValueError(f"event {event!r} is not in the recording; its annotations "
-                             f"are {sorted(event_id)}")
-        inst = mne.Epochs(raw, events, {event: event_id[event]}, tmin=tmin, tmax=tmax,
-                          baseline=(None, 0), preload=True, verbose=False)
+        return _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path)
     _mark_eog(inst)
     if montage is not None:
         inst.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
@@ -96,6 +85,29 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
     if isinstance(inst, mne.BaseEpochs) and average:
         return inst.average(picks="eeg")
     return inst
+
+
+def _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path):
+    """Raw data, filtered, as one Evoked segment or epoched (and averaged) on ``event``."""
+    import mne
+
+    _mark_eog(raw)
+    if montage is not None:
+        raw.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
+    if l_freq is not None or h_freq is not None:
+        raw.filter(l_freq, h_freq, picks="eeg", verbose=False)
+    if event is None:  # the continuous data as one segment; apply() crops it
+        data = raw.pick("eeg")
+        return mne.EvokedArray(data.get_data(), data.info, tmin=0.0, nave=1,
+                               comment=Path(str(path)).stem, verbose=False)
+    events, event_id = mne.events_from_annotations(raw, verbose=False)
+    if event not in event_id:
+        raise ValueError(f"event {event!r} is not in the recording; its annotations "
+                         f"are {sorted(event_id)}")
+    epochs = mne.Epochs(raw, events, {event: event_id[event]}, tmin=tmin, tmax=tmax,
+                        baseline=(None, 0), preload=True, verbose=False)
+    _mark_eog(epochs)
+    return epochs.average(picks="eeg") if average else epochs
 
 
 def _is_epoched_eeglab(path):
