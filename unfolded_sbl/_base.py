@@ -26,6 +26,7 @@ from .resolve import resolve_forward
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
+
 def _plain_zeros(shape):
     """A float64 array of zeros allocated by torch, for large outputs filled piece
     by piece: numpy asks the kernel for transparent huge pages on large arrays,
