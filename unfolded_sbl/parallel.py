@@ -5,8 +5,8 @@ and scipy, onnxruntime's thread pool).  When several jobs run at once, scikit-le
 ``n_jobs`` or a dask cluster, each job should use its share only, or the cores are
 oversubscribed and every job slows down.  :func:`limit_threads` sets the share in the
 current process; :func:`thread_limits_plugin` does it in every worker of a
-``dask.distributed`` cluster (scikit-learn's default loky backend limits BLAS and OpenMP, which torch follows,
-by itself).
+``dask.distributed`` cluster (scikit-learn's default loky backend limits BLAS and OpenMP,
+which torch follows, by itself).
 """
 
 from __future__ import annotations

@@ -283,8 +283,8 @@ def train_pretrained(name, out_dir=MODEL_DIR, random_state=0, n_eval=256, overri
     many-patch and a wide-patch component: see :func:`robust_simulator_params`).
     ``init`` (a model file, e.g. the shipped ``.pt``) skips stage 1 and fine-tunes
     that model; its card's stage-1 record is kept when it is a shipped model, and
-    with ``continue_training`` its stage-2 records too (the new stage is then recorded as one more stage), and
-    the new stage selects its epoch relative to the starting model
+    with ``continue_training`` its stage-2 records too (the new stage is then recorded
+    as one more stage), and the new stage selects its epoch relative to the starting model
     (``select_best="relative"``: the start is kept unless an epoch improves on
     it in every validation part).
     Both stages checkpoint into ``checkpoint_dir``.
