@@ -95,6 +95,9 @@ def _cmd_demo(args):
     print(format_table(rows))
     print(TABLE_NOTE)
     print(TIMING_NOTE.format(k=DEMO_TIMING_REPEATS))
+    print("The samples come from the paper's simulator (focal patches), the training prior "
+          "of deep-cb-joint-focal: a model's rank here is not its rank on wide patches or "
+          "recorded EEG ('unfolded-sbl models' lists where each loses)")
     if args.png:
         from .metrics import rms_map
         from .viz import plot_source_maps
