@@ -320,6 +320,8 @@ def _cmd_train(args):
                        n_samples=args.samples, noise=args.noise, n_layers=args.layers,
                        batch_size=args.batch_size, n_eval=args.n_eval, random_state=args.seed,
                        checkpoint=args.checkpoint)
+    if card is None:  # another rank of a torchrun launch: rank 0 reports
+        return 0
     print(format_table(card["validation"]["metrics"]))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')} (its model card)")
     return 0

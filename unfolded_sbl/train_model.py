@@ -47,7 +47,9 @@ def train_model(forward, out, correction="mlp", n_samples=20_000, noise="learn",
     correction : {"mlp", "attention", "graph", "bias"}
         The learned correction of each layer.
     n_samples : int
-        Training budget in simulated samples (fresh ones every step).
+        Training budget in simulated samples (fresh ones every step).  Launched by
+        ``torchrun`` on several processes, ``batch_size`` is each rank's and the
+        budget is counted over all ranks.
     noise : {"learn", "known"}
         Joint noise learning, or noise variances given at ``predict``.
     n_layers, batch_size, learning_rate
@@ -77,13 +79,18 @@ def train_model(forward, out, correction="mlp", n_samples=20_000, noise="learn",
     params = dict(correction=correction, n_layers=n_layers, learn_noise=noise == "learn",
                   noise_correction="mlp" if noise == "learn" else "none",
                   batch_size=batch_size, learning_rate=learning_rate,
-                  max_epochs=budget(n_samples, batch_size), steps_per_epoch=STEPS_PER_EPOCH,
+                  max_epochs=budget(n_samples, batch_size * _n_ranks()),
+                  steps_per_epoch=STEPS_PER_EPOCH,
                   progressive_steps=0)
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(checkpoint) if checkpoint else out.with_suffix(".ckpt")
     est = UnfoldedSBLRegressor(forward=fwd, random_state=random_state,
                                checkpoint=str(checkpoint), verbose=verbose, **params)
     est.fit_simulated()
+    from .distributed import world
+
+    if world()[0] != 0:  # every rank holds the same weights: rank 0 writes them
+        return None
     est.save(out)
     card = {"name": out.stem, "format_version": 2,
             "description": f"{correction} corrections trained for {fwd.name or 'a user forward'}",
@@ -93,7 +100,8 @@ def train_model(forward, out, correction="mlp", n_samples=20_000, noise="learn",
                          "n_sources": fwd.n_sources,
                          "data": "streamed from the simulator, fresh samples every step",
                          "samples_seen": int(params["max_epochs"] * STEPS_PER_EPOCH
-                                             * batch_size),
+                                             * batch_size * _n_ranks()),
+                         "processes": _n_ranks(),
                          "seconds": round(est.train_seconds_, 1),
                          "machine": platform.machine()},
             "validation": validate(est, fwd, n_eval, 10_000 + random_state),
@@ -102,6 +110,13 @@ def train_model(forward, out, correction="mlp", n_samples=20_000, noise="learn",
     with open(out.with_suffix(".json"), "w") as fid:
         json.dump(card, fid, indent=2, default=float)
     return card
+
+
+def _n_ranks():
+    """Processes of a ``torchrun`` launch (joined first), else 1."""
+    from .distributed import init_from_env
+
+    return init_from_env()[1]
 
 
 def validate(est, forward, n_eval, seed):

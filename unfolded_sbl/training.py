@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ._champagne import row_space
+from .distributed import world
 from .metrics import f1 as f1_score
 from .network import TRAINED_N_TIMES
 
@@ -158,13 +159,24 @@ class Trainer:
         self.state = {"phase": "progressive", "layer": 0, "epoch": 0, "seconds": 0.0}
         self.best = None  # (score, epoch, state_dict) with settings.select_best
         self._clock = time.perf_counter()
+        # the gradient's forward pass: the model, or its DistributedDataParallel wrapper
+        # when ranks train together (the gradients are then averaged across them)
+        self.rank, n_ranks = world()
+        self.forward_model = model
+        if n_ranks > 1:
+            if settings.progressive_steps > 0:
+                raise ValueError("distributed training runs the joint phase only: set "
+                                 "progressive_steps=0")
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(model, find_unused_parameters=True)
 
     # -- checkpoints -----------------------------------------------------------------
     def _save(self, optimizer, scheduler=None):
         now = time.perf_counter()
         self.state["seconds"] = self.state.get("seconds", 0.0) + now - self._clock
         self._clock = now
-        if not self.s.checkpoint:
+        if not self.s.checkpoint or self.rank != 0:  # every rank holds the same state
             return
         tmp = f"{self.s.checkpoint}.tmp"
         torch.save({"model": self.model.state_dict(), "best": self.best,
@@ -202,8 +214,8 @@ class Trainer:
         if deep and self.s.deep_supervision > 0 and n_active > 1:
             k = min(self.s.n_deep, n_active - 1)
             layers = tuple(self.rng.choice(n_active - 1, size=k, replace=False).tolist())
-        out = self.model(Y, self.lead_field, noise, return_layers=layers,
-                         n_layers_active=n_active, **self.geometry)
+        out = self.forward_model(Y, self.lead_field, noise, return_layers=layers,
+                                 n_layers_active=n_active, **self.geometry)
         weight = 1.0
         if self.s.loss == "classical_relative":
             with torch.no_grad():

@@ -19,6 +19,7 @@ from ._validation import (
     check_positive_int,
     check_spacing_range,
 )
+from .distributed import init_from_env
 from .forward import list_forwards, load_forward, mesh_neighbourhoods, source_spacing
 from .network import (
     CORRECTIONS,
@@ -233,6 +234,13 @@ class UnfoldedSBLRegressor(_NetworkEstimator):
         classical solver, or to the starting network with
         ``select_best="relative"``), so that the steps go where the network is
         worst (group-DRO reweighting).
+    data_streams : int
+        ``fit_simulated`` draws each batch from this many independent simulator
+        streams (seeded by ``random_state`` and the stream), as many ranks of a
+        ``torchrun`` launch do, one stream each: one process with ``data_streams=k``
+        and ``batch_size=k b`` trains as ``k`` ranks with ``batch_size=b``.  Launched
+        by ``torchrun``, training is data-parallel (gradients averaged across ranks by
+        ``DistributedDataParallel``; the joint phase only, ``progressive_steps=0``).
 
     Attributes
     ----------
@@ -294,8 +302,9 @@ class UnfoldedSBLRegressor(_NetworkEstimator):
                  prune_threshold=None, init_source_var=1.0, init_noise_var=0.1,
                  regime_check=True, density_ceiling=None, dtype="float64", device="cpu",
                  checkpoint=None, random_state=None, verbose=False, attention_keys=None,
-                 correction_units=32, mixture_focus=0.0):
+                 correction_units=32, mixture_focus=0.0, data_streams=1):
         self.forward = forward
+        self.data_streams = data_streams
         self.correction = correction
         self.noise_correction = noise_correction
         self.learn_noise = learn_noise
@@ -462,24 +471,54 @@ class UnfoldedSBLRegressor(_NetworkEstimator):
         list of ``simulator_params`` (a mixture), each batch comes from one
         component drawn at random.
         """
+        rank, n_ranks = init_from_env(self.device)
         self._build()
+        check_positive_int(self.data_streams, "data_streams")
         rng = np.random.default_rng(self.random_state)
-        simulators = []
-        for params in self._simulator_components(simulator_params):
+        components = self._simulator_components(simulator_params)
+        for params in components:
             if isinstance(params.get("head_models"), str):
                 params["head_models"] = _ensemble_for(self.forward_, params["head_models"],
                                                       self.verbose)
+        if n_ranks == 1 and self.data_streams == 1:
             # batches are built on the network's device (no host round trip)
-            simulators.append(Simulator(self.forward_, random_state=rng, device=self.device_,
-                                        **params))
+            simulators = [Simulator(self.forward_, random_state=rng, device=self.device_,
+                                    **params) for params in components]
+
+            def draw_batch(batch_size, batch_rng, weights=None):
+                simulator = simulators[batch_rng.choice(len(simulators), p=weights)]
+                data = simulator.draw(batch_size)
+                return tuple(self._normalise(data.sensors, data.sources,
+                                             None if self.learn_noise else data.noise_var))
+        else:
+            draw_batch = self._stream_batches(components, [rank] if n_ranks > 1 else
+                                              range(self.data_streams))
+        return self._train(draw_batch, rng)
+
+    def _stream_batches(self, components, streams):
+        """``draw_batch`` over independent simulator streams, one per rank of a
+        distributed run (``streams=[rank]``) or several in one process
+        (``data_streams``): stream ``s`` is seeded by ``(random_state, s)``, so that one
+        process with ``data_streams=k`` and batch ``k b`` draws exactly the samples of
+        ``k`` ranks with batch ``b`` each."""
+        if self.batch_size % len(streams):
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of the "
+                             f"data streams ({len(streams)})")
+        seed = 0 if self.random_state is None else int(self.random_state)
+        simulators = {s: [Simulator(self.forward_, device=self.device_,
+                                    random_state=np.random.default_rng([seed, s, c]), **params)
+                          for c, params in enumerate(components)] for s in streams}
+        choosers = {s: np.random.default_rng([seed, s, len(components)]) for s in streams}
 
         def draw_batch(batch_size, batch_rng, weights=None):
-            simulator = simulators[batch_rng.choice(len(simulators), p=weights)]
-            data = simulator.draw(batch_size)
-            return tuple(self._normalise(data.sensors, data.sources,
-                                         None if self.learn_noise else data.noise_var))
+            parts = [simulators[s][choosers[s].choice(len(components), p=weights)].draw(
+                batch_size // len(streams)) for s in streams]
+            join = (torch.cat if torch.is_tensor(parts[0].sensors) else np.concatenate)
+            noise = None if self.learn_noise else join([p.noise_var for p in parts])
+            return tuple(self._normalise(join([p.sensors for p in parts]),
+                                         join([p.sources for p in parts]), noise))
 
-        return self._train(draw_batch, rng)
+        return draw_batch
 
     def _run(self, X, noise_var, **kwargs):
         if not hasattr(self, "network_"):
