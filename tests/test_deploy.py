@@ -121,19 +121,24 @@ def test_python_example_runs_with_only_onnxruntime_and_numpy(tmp_path):
     assert f"peak source {peak}" in run.stdout
 
 
+def _npm_install(npm, work, package):
+    """``package`` installed from the npm registry into ``work`` (its binaries ship in the
+    package: no install scripts), or the test skipped where the registry is out of reach."""
+    work.mkdir()
+    (work / "package.json").write_text('{"name": "deploy-test", "private": true}')
+    install = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
+                              package], cwd=work, capture_output=True, text=True, timeout=600)
+    if install.returncode != 0:
+        pytest.skip(f"{package} could not be installed: {install.stderr[-300:]}")
+    return work
+
+
 def test_node_example_matches_the_package(tmp_path):
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("Node.js is not installed")
-    work = tmp_path / "node"
-    work.mkdir()
+    work = _npm_install(npm, tmp_path / "node", "onnxruntime-node")
     shutil.copy(DEPLOY / "node" / "localize.mjs", work)
-    (work / "package.json").write_text('{"name": "deploy-test", "private": true}')
-    install = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
-                              "onnxruntime-node"], cwd=work, capture_output=True, text=True,
-                             timeout=600)
-    if install.returncode != 0:
-        pytest.skip(f"onnxruntime-node could not be installed: {install.stderr[-300:]}")
     run = subprocess.run([node, "localize.mjs", str(MODEL), str(SAMPLE), "out.json"],
                          cwd=work, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -163,14 +168,7 @@ def test_browser_page_localises_in_the_browser_and_draws_a_map(tmp_path):
     chromium, npm = _chromium(), shutil.which("npm")
     if chromium is None or npm is None:
         pytest.skip("headless Chromium or npm is not installed")
-    work = tmp_path / "npm"
-    work.mkdir()
-    (work / "package.json").write_text('{"name": "web-test", "private": true}')
-    install = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund",
-                              "onnxruntime-web"], cwd=work, capture_output=True, text=True,
-                             timeout=600)
-    if install.returncode != 0:
-        pytest.skip(f"onnxruntime-web could not be installed: {install.stderr[-300:]}")
+    work = _npm_install(npm, tmp_path / "npm", "onnxruntime-web")
     site = tmp_path / "site"
     (site / "web").mkdir(parents=True)
     shutil.copy(MODEL, site)
