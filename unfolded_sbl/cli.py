@@ -246,15 +246,16 @@ def _localize_group(recordings, args):
     prefixes = [out / (f"{n}-{args.model}" if names.count(n) == 1 else
                        f"{f.parent.name}-{n}-{args.model}") for f, n in zip(files, names)]
     start = time.perf_counter()
-    backend = {}
-    if args.scheduler:
-        from distributed import Client
+    with contextlib.ExitStack() as stack:
+        backend = {}
+        if args.scheduler:  # joblib's dask backend runs on the client made current here
+            from distributed import Client
 
-        backend = {"backend": "dask"}
-        client = Client(args.scheduler)  # noqa: F841  (joblib's dask backend uses it)
-    with parallel_config(**backend):
-        rows = Parallel(n_jobs=args.n_jobs)(delayed(_localize_or_report)(r, args, p)
-                                            for r, p in zip(recordings, prefixes))
+            stack.enter_context(Client(args.scheduler))
+            backend = {"backend": "dask"}
+        with parallel_config(**backend):
+            rows = Parallel(n_jobs=args.n_jobs)(delayed(_localize_or_report)(r, args, p)
+                                                for r, p in zip(recordings, prefixes))
     summary = out / "group-summary.csv"
     with open(summary, "w", newline="") as fid:
         writer = csv.DictWriter(fid, fieldnames=GROUP_FIELDS)
