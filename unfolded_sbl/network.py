@@ -139,7 +139,7 @@ class SourceAttention(nn.Module):
         """``nn.MultiheadAttention`` of ``h`` over ``keys`` with this module's weights,
         written out in the batch-first layout: projections as 2-D products, then
         ``scaled_dot_product_attention`` (never materialises the sources x keys
-        weights: about 2x faster on a CPU at 1284 sources) or, in an exported graph
+        weights) or, in an exported graph
         (which has no fused kernel), the same as plain products and a softmax.  The
         generic path of ``nn.MultiheadAttention`` works sequence-first and costs
         exported graphs transposes and 3-D bias adds."""

@@ -9,10 +9,9 @@ the median channel: a channel with SD below 1e-3 of the median is *flat*, one
 with SD above ``HIGH_SD`` x the median is *noisy*, and one whose mean is more
 than ``DC_OFFSET`` x the median channel SD away from the median channel mean
 carries a *DC offset* (harmless after baseline correction, dominant without).
-MNE's ``find_bad_channels_lof`` was measured here and not used: on clean
-evoked responses (simulated, and the ERP CORE averages) it flags the channels
-that carry the response itself (e.g. PO3, O1, Oz, POz for an occipital
-source), so dropping its picks would remove the signal.
+MNE's ``find_bad_channels_lof`` is not used: on clean evoked responses it
+flags the channels that carry the response itself, so dropping its picks would
+remove the signal.
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ def make_template_forward(cap="biosemi64", spacing="ico3", perturbed=False, bem_
     info = make_cap_info(cap, jitter=jitter, random_state=random_state)
     trans = mne.read_trans(_mne_data_dir() / "fsaverage-trans.fif")
     # scipy's Delaunay point location does thousands of tiny LAPACK calls:
-    # multi-threaded BLAS makes them 10x slower on a busy 2-core machine.
+    # multi-threaded BLAS makes them much slower on a busy machine.
     with threadpool_limits(1):
         fwd = mne.make_forward_solution(info, trans=trans, src=src, bem=bem, eeg=True,
                                         meg=False, verbose=False)

@@ -202,7 +202,7 @@ class UnfoldedSBLRegressor(_NetworkEstimator):
         value (``unfolded_sbl.zoo.DENSITY_CEILINGS``).  None (default): no check.
     dtype : {"float64", "float32"}
         Precision of the network.  float64 (default) keeps the solver exact at
-        every SNR; float32 is about 1.7x faster but its round-off limits the
+        every SNR; float32 is faster but its round-off limits the
         resolvable noise level to about 1e-5 of the data power, so above about
         25 dB SNR it is regularised (it never fails: a jitter keeps every
         factorisation positive definite) and can lose to ``ClassicalCB``.

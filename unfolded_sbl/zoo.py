@@ -41,7 +41,7 @@ PRESETS = {
                           max_epochs=10, steps_per_epoch=20, progressive_steps=3,
                           batch_size=32, learning_rate=2e-3),
     # attention over the 64 sources of largest classical update (O(M k)), so that it trains
-    # at Deep CB's budget on a CPU (global attention: about 5x slower per step)
+    # at Deep CB's budget on a CPU (global attention costs O(M^2) per layer)
     "deep-attn-cb-joint": dict(correction="attention", attention_keys=64,
                                noise_correction="mlp", learn_noise=True, max_epochs=16,
                                steps_per_epoch=20, progressive_steps=4, batch_size=32,
