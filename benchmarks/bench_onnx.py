@@ -258,7 +258,7 @@ def time_models(fwd, models, data, batches, threads):
                    "classical_f32_ms": t_cb, **{f"{kind}_ms": times[model, kind]
                                                 for kind in ests},
                    "provider": ests["onnx"].provider_, "dtype": ests["torch"].dtype,
-                   "onnx_dtype": str(ests["onnx"].input_dtype_)}
+                   "onnx_dtype": str(ests["onnx"].solver_dtype_)}
             rows.append(row)
             print(f"{model:20s} batch {batch:3d}: ClassicalCB f32 {t_cb:.1f} ms, torch "
                   f"{row['torch_ms']:.1f} ms (float32: {row['torch_f32_ms']:.1f}), onnxruntime "

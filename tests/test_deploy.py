@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 MODEL = DEPLOY / "classical-cb-biosemi64-ico3.onnx"
+LEARNED = DEPLOY / "deep-cb-joint-biosemi64-ico3.onnx"
 SAMPLE = DEPLOY / "sample-evoked.npy"
 
 
@@ -83,9 +84,6 @@ def test_bad_input_through_the_file_alone(small_fwd, tmp_path):
     assert not np.any(_run(path, {"sensors": np.zeros((1, 16, 5))})["sources"])
     with pytest.raises(Exception, match="sensors"):
         _run(path, {"sensors": good[:, :10]})  # a wrong channel count names the input
-    with pytest.raises(ValueError, match="embed_forward=True is for ClassicalCB"):
-        net = us.UnfoldedSBLRegressor(small_fwd, n_layers=2, max_epochs=0).fit_simulated()
-        us.export_onnx(net, tmp_path / "n.onnx", embed_forward=True)
     with pytest.raises(ValueError, match="tol=0"):
         us.export_onnx(us.ClassicalCB(small_fwd, tol=1e-3).fit(), tmp_path / "t.onnx")
 
@@ -98,9 +96,34 @@ def test_shipped_deployment_file_is_classicalcb_on_the_default_cap():
     assert _relative(out["sources"], reference) < 1e-6
 
 
+def _package_estimates():
+    """The package's estimates of the sample recording: ClassicalCB and Deep CB."""
+    eeg = np.load(SAMPLE)[None].astype(np.float64)
+    fwd = us.load_forward()
+    return {MODEL: us.ClassicalCB(fwd).fit().predict(eeg),
+            LEARNED: us.load_pretrained("deep-cb-joint", forward=fwd).predict(eeg)}
+
+
+def test_shipped_learned_file_is_deep_cb_with_its_checks_inside():
+    """deploy/'s learned file: sensors in, the package's Deep CB estimate out, and
+    noise-free data left to the classical updates by the file itself."""
+    session = ort.InferenceSession(str(LEARNED), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["sensors"]
+    fwd = us.load_forward()
+    data = us.simulate(fwd, 3, random_state=5)
+    X = data.sensors.copy()
+    X[1] = fwd.lead_field @ data.sources[1]  # noise-free
+    sources, _, _, fallback = session.run(None, {"sensors": X})
+    net = us.load_pretrained("deep-cb-joint", forward=fwd)
+    reference = net.predict(X)
+    assert fallback.tolist() == [False, True, False] == net.classical_fallback_.tolist()
+    assert _relative(sources, reference) < 1e-4  # a float32 solver against float64
+
+
 def test_python_example_runs_with_only_onnxruntime_and_numpy(tmp_path):
     """A fresh virtual environment with onnxruntime and numpy alone (not torch, not this
-    package) runs deploy/python/localize.py and gets the package's numbers."""
+    package) runs deploy/python/localize.py on both shipped files and gets the
+    package's numbers."""
     env = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
     python = env / "bin" / "python"
@@ -109,16 +132,15 @@ def test_python_example_runs_with_only_onnxruntime_and_numpy(tmp_path):
     assert install.returncode == 0, install.stderr[-2000:]
     missing = subprocess.run([str(python), "-c", "import unfolded_sbl"], capture_output=True)
     assert missing.returncode != 0  # the package is not there
-    out = tmp_path / "sources.npy"
-    run = subprocess.run([str(python), str(DEPLOY / "python" / "localize.py"), str(MODEL),
-                          str(SAMPLE), "--out", str(out)], capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    eeg = np.load(SAMPLE)[None].astype(np.float64)
-    reference = us.ClassicalCB(us.load_forward()).fit().predict(eeg)
-    assert _relative(np.load(out), reference) < 1e-4
-    peak = int(np.abs(reference[0, :, (reference[0] ** 2).sum(0).argmax()]).argmax())
-    assert f"peak source {peak}" in run.stdout
+    for model, reference in _package_estimates().items():
+        out = tmp_path / "sources.npy"
+        run = subprocess.run([str(python), str(DEPLOY / "python" / "localize.py"), str(model),
+                              str(SAMPLE), "--out", str(out)], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert _relative(np.load(out), reference) < 1e-4
+        peak = int(np.abs(reference[0, :, (reference[0] ** 2).sum(0).argmax()]).argmax())
+        assert f"peak source {peak}" in run.stdout
 
 
 def _npm_install(npm, work, package):
@@ -139,14 +161,13 @@ def test_node_example_matches_the_package(tmp_path):
         pytest.skip("Node.js is not installed")
     work = _npm_install(npm, tmp_path / "node", "onnxruntime-node")
     shutil.copy(DEPLOY / "node" / "localize.mjs", work)
-    run = subprocess.run([node, "localize.mjs", str(MODEL), str(SAMPLE), "out.json"],
-                         cwd=work, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads((work / "out.json").read_text())
-    sources = np.asarray(result["data"]).reshape(result["dims"])
-    eeg = np.load(SAMPLE)[None].astype(np.float64)
-    reference = us.ClassicalCB(us.load_forward()).fit().predict(eeg)
-    assert _relative(sources, reference) < 1e-3
+    for model, reference in _package_estimates().items():
+        run = subprocess.run([node, "localize.mjs", str(model), str(SAMPLE), "out.json"],
+                             cwd=work, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        result = json.loads((work / "out.json").read_text())
+        sources = np.asarray(result["data"]).reshape(result["dims"])
+        assert _relative(sources, reference) < 1e-4
 
 
 def _chromium():

@@ -31,7 +31,7 @@ def test_write_card_exports_validates_and_records_the_files(tmp_path):
     assert card["onnx_dtype"] == zoo.ONNX_DTYPE
     data = us.simulate(zoo.TRAIN_FORWARD, 2, random_state=0)
     onnx = us.OnnxSBLRegressor(tmp_path / "tiny.onnx", forward=zoo.TRAIN_FORWARD).fit()
-    assert onnx.input_dtype_ == np.dtype(zoo.ONNX_DTYPE)
+    assert onnx.solver_dtype_ == np.dtype(zoo.ONNX_DTYPE)
     ref = us.UnfoldedSBLRegressor.load(tmp_path / "tiny.pt", forward=zoo.TRAIN_FORWARD,
                                        dtype=zoo.ONNX_DTYPE).predict(data.sensors)
     np.testing.assert_allclose(onnx.predict(data.sensors), ref, rtol=1e-4,

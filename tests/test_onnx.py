@@ -230,7 +230,10 @@ def test_onnx_takes_the_pair_form_from_the_pair_batch_size(perturbed_net, onnx_f
 
     fwd, net = perturbed_net
     model = onnx.load(str(onnx_file))
-    assert [n.op_type for n in model.graph.node][-1] == "If"
+    branches = {a.g.name for n in model.graph.node if n.op_type == "If" for a in n.attribute}
+    assert {"classical_graph", "learned_only"} <= branches  # the fallback, then
+    inner = {a.g.name for n in model.graph.node if n.op_type == "If" for a in n.attribute}
+    assert {"paired_graph", "single_graph"} <= inner  # the two product forms
     est = us.OnnxSBLRegressor(onnx_file, forward=fwd).fit()
     rng = np.random.default_rng(3)
     for batch in (PAIR_BATCH_MIN - 1, PAIR_BATCH_MIN, 2 * PAIR_BATCH_MIN + 1):

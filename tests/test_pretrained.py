@@ -35,7 +35,7 @@ def test_shipped_model_loads_and_predicts(name, fwd, data):
     # order of float32 sums; the float64 torch default differs by float32 round-off
     assert card["dtype"] == "float64" and torch_est.dtype == "float64"
     assert card["onnx_dtype"] == zoo.ONNX_DTYPE == "float32"
-    assert onnx_est.input_dtype_ == np.float32
+    assert onnx_est.solver_dtype_ == np.float32
     ref32 = us.load_pretrained(name, forward=fwd, dtype="float32").predict(
         data.sensors[:2], **kwargs)
     assert np.linalg.norm(out - ref32) / np.linalg.norm(ref32) < 1e-4
@@ -97,9 +97,12 @@ def test_estimates_denser_than_the_ceiling_are_solved_classically(fwd, focal_and
     np.testing.assert_array_equal(est.classical_fallback_, dense)
     classical = us.ClassicalCB(fwd, n_iter=est.n_layers if backend == "torch" else 25).fit()
     reference = classical.predict(X[dense])
-    assert np.abs(out[dense] - reference).max() <= 1e-8 * np.abs(reference).max()
+    # float64 both; the file inverts with onnxruntime's Inverse, torch by Cholesky
+    tol = 1e-8 if backend == "torch" else 1e-7
+    assert np.abs(out[dense] - reference).max() <= tol * np.abs(reference).max()
     np.testing.assert_allclose(out[~dense], learned[~dense], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(est.source_var_[dense], classical.source_var_, rtol=1e-8)
+    np.testing.assert_allclose(est.source_var_[dense], classical.source_var_, rtol=tol,
+                               atol=tol * classical.source_var_.max())
     # without the regime check nothing falls back
     unchecked = us.load_pretrained("deep-cb-joint", forward=fwd, backend=backend,
                                    regime_check=False)
@@ -169,22 +172,20 @@ def test_export_records_the_estimators_density_ceiling(tmp_path):
     assert est.metadata_["density_ceiling"] == 0.25 and est.density_ceiling_ == 0.25
 
 
-@pytest.mark.parametrize("recorded, expected", [("absent", None), (5.0, ValueError)])
-def test_onnx_auto_density_ceiling_of_older_or_damaged_files(tmp_path, recorded, expected):
-    """Files exported before the ceiling was recorded run without one; a recorded value
-    outside (0, 1] is refused, naming the file."""
+@pytest.mark.parametrize("recorded, expected", [("inf", None), (5.0, ValueError)])
+def test_onnx_auto_density_ceiling_of_files_without_one_or_damaged(tmp_path, recorded,
+                                                                   expected):
+    """A file without a density ceiling runs without one; a recorded value outside
+    (0, 1] is refused, naming the file."""
     import json
 
     import onnx
 
     model = onnx.load(str(zoo.pretrained_path("deep-cb-known", "onnx")))
-    prop = next(p for p in model.metadata_props if p.key == "unfolded_sbl")
-    meta = json.loads(prop.value)
-    if recorded == "absent":
-        del meta["density_ceiling"]
-    else:
-        meta["density_ceiling"] = recorded
-    prop.value = json.dumps(meta)
+    prop = next(p for p in model.metadata_props if p.key == "unfolded_sbl.contract")
+    contract = json.loads(prop.value)
+    contract["settings"]["density_ceiling"] = recorded
+    prop.value = json.dumps(contract)
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
     est = us.OnnxSBLRegressor(path, forward=zoo.TRAIN_FORWARD)

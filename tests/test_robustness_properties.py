@@ -171,7 +171,7 @@ def test_float32_graph_matches_the_float64_network(solvers, fwd, name, snr_db):
     data = us.simulate(fwd, 4, random_state=7, snr_db=snr_db, n_times=50)
     ref, _ = _predict(solvers[f"{name}/torch"], data.sensors, data.noise_var)
     out, _ = _predict(solvers[f"{name}/onnx"], data.sensors, data.noise_var)
-    assert solvers[f"{name}/onnx"].input_dtype_ == np.float32
+    assert solvers[f"{name}/onnx"].solver_dtype_ == np.float32
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < FLOAT32_TOLERANCE, snr_db
 
 

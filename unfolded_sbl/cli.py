@@ -309,7 +309,7 @@ def _cmd_export(args):
     from .unfolded import UnfoldedSBLRegressor
 
     est = UnfoldedSBLRegressor.load(args.model, forward=args.forward)
-    print(f"wrote {export_onnx(est, args.out)}")
+    print(f"wrote {export_onnx(est, args.out, embed_forward=args.embed_forward)}")
     return 0
 
 
@@ -437,6 +437,8 @@ def build_parser():
     exp.add_argument("model", help="network saved by UnfoldedSBLRegressor.save (.pt)")
     exp.add_argument("out", help="ONNX file to write")
     exp.add_argument("--forward", default=None, help="template (default: training one)")
+    exp.add_argument("--embed-forward", action="store_true",
+                     help="make the forward model a constant of the file (input: sensors only)")
     exp.set_defaults(func=_cmd_export)
 
     train = sub.add_parser("train", help="train learned corrections for your forward model")

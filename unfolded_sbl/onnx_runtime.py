@@ -7,17 +7,16 @@ import logging
 import os
 
 import numpy as np
-import torch
 
 from ._base import _plain_zeros
 from ._network_base import _NetworkEstimator
 from ._validation import (
+    check_noise_var,
     check_optional_fraction,
     check_positive_int,
     check_spacing_range,
 )
-from .estimators import ClassicalCB
-from .forward import mesh_neighbourhoods
+from .forward import mesh_neighbourhoods, source_spacing
 
 logger = logging.getLogger("unfolded_sbl")
 
@@ -62,9 +61,10 @@ def _session_options(threads=None, park_threads=True):
     return options
 
 
-def _session(path, providers, threads):
-    """An onnxruntime session with :func:`_session_options`, CUDA first when
-    available; reports which provider really runs."""
+def _session(model, providers, threads, path=None):
+    """An onnxruntime session on ``model`` (a file or serialised bytes) with
+    :func:`_session_options`, CUDA first when available; reports which provider
+    really runs."""
     import onnxruntime as ort
 
     options = _session_options(threads)
@@ -75,10 +75,11 @@ def _session(path, providers, threads):
     # the session falls back to the CPU: silence it during creation, report below.
     ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                       sess_options=options, providers=wanted)
     except Exception as err:  # onnxruntime raises its own exception types
-        raise ValueError(f"cannot load ONNX model {path}: it is corrupted or not an ONNX "
-                         f"model ({type(err).__name__}: {str(err)[:200]})") from None
+        raise ValueError(f"cannot load ONNX model {path or model}: it is corrupted or not an "
+                         f"ONNX model ({type(err).__name__}: {str(err)[:200]})") from None
     finally:
         ort.set_default_logger_severity(2)
     # onnxruntime-gpu lists CUDA even without a usable GPU and then silently runs
@@ -91,22 +92,24 @@ def _session(path, providers, threads):
     return session
 
 
-def _as_float64(array):
-    """onnxruntime's output in float64: itself, or (float32 graphs) widened by torch,
-    whose allocator gives plain pages (see :func:`unfolded_sbl._base._plain_zeros`)."""
-    return torch.from_numpy(array).to(torch.float64).numpy()
-
-
 class OnnxSBLRegressor(_NetworkEstimator):
-    """Predict sources with an exported unfolded network (onnxruntime).
+    """Predict sources with an exported solver (onnxruntime).
+
+    A thin wrapper over the file's contract (:mod:`unfolded_sbl.export`): the
+    file takes volts and returns A m, and runs the regime check and its
+    classical fallback itself; this class validates the input, feeds the
+    forward model, batches, and runs long windows on their row space (the same
+    estimate, fewer columns).
 
     Parameters
     ----------
     path : str | Path
-        ONNX file written by :func:`unfolded_sbl.export_onnx`.
+        ONNX file written by :func:`unfolded_sbl.export_onnx` (a learned model,
+        ``ClassicalCB`` or ``SLORETA``).
     forward : str | ForwardModel | mne.Forward | None
         Forward model to run on (any cap or source space for MLP and attention
-        models; bias models only on the sizes they were trained for).
+        models; bias models only on the sizes they were trained for; files with
+        an embedded forward model only on theirs).
     providers : list of str | None
         onnxruntime execution providers; default CUDA when available, else CPU.
     batch_size : int
@@ -118,25 +121,30 @@ class OnnxSBLRegressor(_NetworkEstimator):
     intra_op_num_threads : int | None
         onnxruntime threads (None: its default).
     regime_check : bool
-        Solve samples outside the regime the corrections were trained for with
-        :class:`ClassicalCB` at the network's depth (as
+        Let the file solve samples outside the regime the corrections were
+        trained for with the classical updates at the network's depth (as
         :class:`UnfoldedSBLRegressor` does); ``classical_fallback_`` marks them.
     density_ceiling : "auto" | float | None
         As in :class:`UnfoldedSBLRegressor`: samples whose learned estimate
         spreads over more than this fraction of the sources are solved again by
-        the classical solver.  ``"auto"`` (default) takes the value recorded in
-        the file: the ``density_ceiling`` of the exported estimator, which for the
-        shipped models is :data:`unfolded_sbl.zoo.DENSITY_CEILINGS` (None in
-        files exported before it was recorded).
+        the classical updates.  ``"auto"`` (default) keeps the file's setting
+        (that of the exported estimator; for the shipped models
+        :data:`unfolded_sbl.zoo.DENSITY_CEILINGS`).
 
     Attributes
     ----------
     provider_ : str
         The execution provider actually used.
+    contract_ : dict
+        The file's contract (:func:`unfolded_sbl.export.read_contract`).
     metadata_ : dict
-        Model configuration stored in the file.
+        Training configuration stored in a learned model's file (else empty).
     density_ceiling_ : float | None
         The density ceiling in use (``density_ceiling`` resolved).
+    solver_dtype_ : numpy.dtype
+        The dtype the file's solver runs in (its inputs and outputs are float64).
+    classical_fallback_ : ndarray of bool, shape (n_samples,)
+        Samples of the last ``predict`` that the classical updates solved.
 
     Examples
     --------
@@ -161,7 +169,12 @@ class OnnxSBLRegressor(_NetworkEstimator):
         self.density_ceiling = density_ceiling
 
     def fit(self, X=None, y=None):
-        """Load the session and the forward model (``X`` optional, ``y`` ignored)."""
+        """Open the file and load the forward model (``X`` optional, ``y`` ignored)."""
+        import onnx
+
+        from ._export_compose import set_constants
+        from .export import read_contract
+
         check_positive_int(self.batch_size, "batch_size")
         auto = isinstance(self.density_ceiling, str) and self.density_ceiling == "auto"
         if not auto:
@@ -169,35 +182,64 @@ class OnnxSBLRegressor(_NetworkEstimator):
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"no ONNX model at {self.path}")
         self._fit_forward(X)
-        self.session_ = _session(self.path, self.providers, self.intra_op_num_threads)
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as err:  # protobuf raises its own exception types
+            raise ValueError(f"cannot load ONNX model {self.path}: it is corrupted or not an "
+                             f"ONNX model ({type(err).__name__}: {str(err)[:200]})") from None
+        self.contract_ = read_contract(model)
+        meta = {p.key: p.value for p in model.metadata_props}
+        self.metadata_ = json.loads(meta.get("unfolded_sbl", "{}"))
+        self._check_sizes()
+        self.train_spacing_ = self.metadata_.get("train_spacing")
+        self.spacing_range_ = check_spacing_range(
+            self.metadata_.get("spacing_range"), f"the spacing_range recorded in {self.path}")
+        settings = self.contract_.get("settings", {})
+        recorded = settings.get("density_ceiling")
+        recorded = None if recorded in (None, "inf") else recorded
+        self.density_ceiling_ = check_optional_fraction(
+            recorded if auto else self.density_ceiling,
+            f"the density_ceiling recorded in {self.path}")
+        if settings:
+            values = {"regime_check": np.array(bool(self.regime_check)),
+                      "density_ceiling": np.array(np.inf if self.density_ceiling_ is None
+                                                  else float(self.density_ceiling_))}
+            if "source_spacing" in settings:
+                values["source_spacing"] = np.array(float(source_spacing(self.forward_)))
+            set_constants(model, values)
+            if self.regime_check:
+                self._other_resolution()  # logs once when the corrections stand aside
+        self.session_ = _session(model.SerializeToString(), self.providers,
+                                 self.intra_op_num_threads, path=self.path)
         self.provider_ = self.session_.get_providers()[0]
-        meta = self.session_.get_modelmeta().custom_metadata_map.get("unfolded_sbl")
-        if meta is None:
-            raise ValueError(f"{self.path} is not an ONNX model exported by unfolded_sbl")
-        self.metadata_ = json.loads(meta)
-        if self.metadata_["fixed_sizes"] and (
+        inputs = {i.name: i for i in self.session_.get_inputs()}
+        self.learn_noise_ = "noise_var_in" not in inputs
+        self.outputs_ = [o.name for o in self.session_.get_outputs()]
+        # the solver's dtype inside the file (its inputs and outputs are float64)
+        self.solver_dtype_ = np.dtype(self.contract_["params"].get("dtype", "float64"))
+        return self
+
+    def _check_sizes(self):
+        """Files tied to a cap (an embedded forward model, bias corrections) run on
+        that cap only."""
+        fixed = self.contract_["forward"]
+        if fixed["embedded"]:
+            if (fixed["n_channels"], fixed["n_sources"]) != (self.n_features_in_,
+                                                             self.n_sources_) or (
+                    fixed["ch_names"] != list(self.forward_.ch_names)):
+                raise ValueError(
+                    f"{self.path} embeds the forward model {fixed['name']!r} "
+                    f"({fixed['n_channels']} channels x {fixed['n_sources']} sources); "
+                    f"forward= is {self.forward_.name!r} ({self.n_features_in_} x "
+                    f"{self.n_sources_}): pass forward={fixed['name']!r} or export the model "
+                    "without embed_forward")
+        elif self.metadata_.get("fixed_sizes") and (
                 self.metadata_["n_channels"] != self.n_features_in_
                 or self.metadata_["n_sources"] != self.n_sources_):
             raise ValueError(
                 f"this bias model is tied to {self.metadata_['n_channels']} channels x "
                 f"{self.metadata_['n_sources']} sources; the forward model has "
                 f"{self.n_features_in_} x {self.n_sources_}")
-        self.density_ceiling_ = check_optional_fraction(
-            self.metadata_.get("density_ceiling") if auto else self.density_ceiling,
-            f"the density_ceiling recorded in {self.path}")
-        self.learn_noise_ = self.metadata_["config"]["learn_noise"]
-        self.train_spacing_ = self.metadata_.get("train_spacing")
-        self.spacing_range_ = check_spacing_range(
-            self.metadata_.get("spacing_range"), f"the spacing_range recorded in {self.path}")
-        # files exported before float64 graphs carry no dtype: they are float32
-        self.input_dtype_ = np.dtype(self.metadata_.get("dtype", "float32"))
-        config = self.metadata_["config"]
-        self.classical_ = ClassicalCB(
-            self.forward_, noise="learn" if self.learn_noise_ else "known",
-            n_iter=config["n_layers"], init_source_var=config["init_source_var"],
-            init_noise_var=config["init_noise_var"],
-            prune_threshold=config["prune_threshold"]).fit()
-        return self
 
     def predict(self, X, noise_var=None):
         """Posterior-mean sources, shape (n_samples, n_sources, n_times)."""
@@ -208,62 +250,35 @@ class OnnxSBLRegressor(_NetworkEstimator):
                 "this OnnxSBLRegressor is not fitted yet: call fit() first (it opens the "
                 "ONNX session and loads the forward model; no training happens), or use "
                 "us.load_pretrained(name, backend='onnx'), which returns a fitted one")
-        Y, noise, safe, nonzero = self._network_inputs(X, noise_var, self.learn_noise_)
+        Y, _ = self._prepare(X)  # validated and referenced; the graph scales
+        if not self.learn_noise_:
+            noise_var = check_noise_var(noise_var, Y.shape[:2])
+        elif noise_var is not None:
+            raise ValueError("noise_var is only used by known-noise models")
         data, expand = self._on_row_space(Y)
-        X3 = np.asarray(X, dtype=float).reshape(Y.shape)  # (n, N): one time sample each
-
-        def run(rows, classical, merged):
-            if classical:
-                kwargs = {} if noise_var is None else {"noise_var": np.asarray(noise_var)[rows]}
-                part = (self.classical_.predict(X3[rows], **kwargs),
-                        self.classical_.source_var_, self.classical_.noise_var_)
-            else:
-                index = np.flatnonzero(rows)
-                part = (self._predict_network(X3[rows], data[rows], expand, index,
-                                              None if noise is None else noise[rows],
-                                              safe[rows], nonzero[rows]),
-                        self.source_var_, self.noise_var_)
-            if merged is None and rows.all():
-                return part  # every sample in one part: its outputs as they are
-            if merged is None:
-                merged = (_plain_zeros(Y.shape[:1] + part[0].shape[1:]),
-                          np.zeros((len(Y), self.n_sources_)),
-                          np.zeros((len(Y), self.n_features_in_)))
-            for whole, values in zip(merged, part):
-                whole[rows] = values
-            return merged
-
-        sources, self.source_var_, self.noise_var_ = self._with_regime_check(
-            data, run, lambda merged: merged[1])
-        return self._squeeze(sources, X)
-
-    def _predict_network(self, X, data, expand, rows, noise, safe, nonzero):
-        """The graph on ``data``: the data of the samples ``rows`` (indices into the
-        batch that ``expand`` was made for) or their row space, with ``expand``
-        mapping the estimate back (:meth:`_on_row_space`).  The graph runs
-        ``batch_size`` samples at a time and each part is mapped back into the
-        output as it comes, so that one part's outputs are alive at a time."""
-        dtype = self.input_dtype_
-        fixed = {"lead_field": self.lead_field_.astype(dtype), **self._geometry_feeds()}
-        sources, variances = None, []
+        fixed = {} if self.contract_["forward"]["embedded"] else {
+            "lead_field": self.forward_.lead_field,
+            **self._geometry_feeds()}
+        sources, parts = None, []
         for start in range(0, len(data), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            feeds = {"sensors": data[sl].astype(dtype), **fixed}
-            if noise is not None:
-                feeds["noise_var_in"] = noise[sl].astype(dtype)
-            outputs = self.session_.run(None, feeds)
-            part_sources, *part_variances = (_as_float64(o) for o in outputs)
-            part_sources = expand(part_sources, rows=rows[sl])
+            rows = slice(start, start + self.batch_size)
+            feeds = {"sensors": data[rows], **fixed}
+            if noise_var is not None:
+                feeds["noise_var_in"] = noise_var[rows]
+            outputs = dict(zip(self.outputs_, self.session_.run(None, feeds)))
+            part = expand(outputs.pop("sources"), rows=np.arange(len(data))[rows])
             if len(data) <= self.batch_size:  # one part: its output as it is
-                sources = part_sources
+                sources = part
             else:
-                sources = (_plain_zeros((len(data),) + part_sources.shape[1:])
-                           if sources is None else sources)
-                sources[sl] = part_sources
-            variances.append(part_variances)
-        source_var, noise_var = (np.concatenate(v) for v in zip(*variances))
-        sources, self.source_var_, self.noise_var_ = self._physical(
-            sources, source_var, noise_var, safe, nonzero)
+                sources = (_plain_zeros((len(data),) + part.shape[1:]) if sources is None
+                           else sources)
+                sources[rows] = part
+            parts.append(outputs)
+        if "source_var" in self.outputs_:
+            self.source_var_, self.noise_var_ = (
+                np.concatenate([p[k] for p in parts])
+                for k in ("source_var", "noise_var"))
+            self.classical_fallback_ = np.concatenate([p["classical_fallback"] for p in parts])
         return self._squeeze(sources, X)
 
     def _geometry_feeds(self):
@@ -272,7 +287,7 @@ class OnnxSBLRegressor(_NetworkEstimator):
         if "neighbour_index" not in names:
             return {}
         index, weight, _ = mesh_neighbourhoods(self.forward_)
-        return {"neighbour_index": index, "neighbour_weight": weight.astype(self.input_dtype_)}
+        return {"neighbour_index": index, "neighbour_weight": weight.astype(np.float64)}
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -282,4 +297,4 @@ class OnnxSBLRegressor(_NetworkEstimator):
     def __setstate__(self, state):
         self.__dict__.update(state)
         if "provider_" in state:
-            self.session_ = _session(self.path, self.providers, self.intra_op_num_threads)
+            self.fit()

@@ -620,7 +620,8 @@ def _export(name, out_dir):
     # the file records the model's density ceiling (OnnxSBLRegressor's "auto")
     export_onnx(UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD, dtype=ONNX_DTYPE,
                                           density_ceiling=DENSITY_CEILINGS.get(name)),
-                Path(out_dir) / f"{name}.onnx")
+                Path(out_dir) / f"{name}.onnx", name=name,
+                provenance={"weights": path.name, "weights_sha256": file_record(path)["sha256"]})
     # the card validates the network itself, without the density check (as the cards
     # written before the check existed did)
     return UnfoldedSBLRegressor.load(path, forward=TRAIN_FORWARD, density_ceiling=None)

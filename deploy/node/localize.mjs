@@ -27,15 +27,14 @@ export function readNpy(path) {
 }
 
 export async function localize(modelPath, eeg) {
-  const session = await ort.InferenceSession.create(modelPath);
+  // memory-pattern planning costs seconds on a learned model's thousands of nodes
+  const session = await ort.InferenceSession.create(modelPath, { enableMemPattern: false });
   const contract = JSON.parse(session.handler.metadata?.customMetadataMap?.["unfolded_sbl.contract"] ?? "{}");
   const shape = eeg.shape.length === 2 ? [1, ...eeg.shape] : eeg.shape;
-  const input = session.inputMetadata?.[0];
-  const wantsFloat = input ? input.type === "float32" : false;
-  const data = wantsFloat ? Float32Array.from(eeg.data) : Float64Array.from(eeg.data);
-  const tensor = new ort.Tensor(wantsFloat ? "float32" : "float64", data, shape);
+  // volts in float64, as the contract states for every file
+  const tensor = new ort.Tensor("float64", Float64Array.from(eeg.data), shape);
   const out = await session.run({ sensors: tensor });
-  return { sources: out.sources, contract };
+  return { sources: out.sources, fallback: out.classical_fallback, contract };
 }
 
 async function main() {
