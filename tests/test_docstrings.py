@@ -56,3 +56,17 @@ def test_examples_run(cls):
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{cls.__name__}: {result.failed} doctest example(s) failed"
+
+
+@pytest.mark.parametrize("obj", [us.export_onnx, us.skl2onnx_support],
+                         ids=["export_onnx", "skl2onnx_support"])
+def test_deployment_examples_run(obj):
+    """The Examples of export_onnx and of the skl2onnx converters run as written."""
+    pytest.importorskip("skl2onnx")
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = [t for t in finder.find(obj, globs={"us": us}) if t.examples]
+    assert tests, f"{obj.__name__} has no doctest examples"
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

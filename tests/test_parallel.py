@@ -87,3 +87,47 @@ def test_parallelism_guide_dask_example_runs(client):
     finally:
         namespace["client"].close()
         namespace["cluster"].close()
+
+
+def _guide_block(title):
+    import re
+    from pathlib import Path
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "parallelism.rst"
+    block = guide.read_text().split(title, 1)[1]
+    code = re.search(r"code-block:: python\n\n(.*?)(?:\n\n\S|\Z)", block, re.S).group(1)
+    return "\n".join(line[3:] for line in code.splitlines())
+
+
+def test_grid_search_on_ray_matches_the_local_search(fwd):
+    """The guide's ray example, run as written: the same cv_results_ as in this
+    process, and the workers' torch runs one thread."""
+    ray = pytest.importorskip("ray")
+    from sklearn.model_selection import GridSearchCV
+
+    namespace = {}
+    try:
+        exec(compile(_guide_block("Searching on a ray cluster"), "parallelism guide", "exec"),
+             namespace)
+
+        @ray.remote
+        def threads():
+            import torch
+
+            return torch.get_num_threads()
+
+        assert set(ray.get([threads.remote() for _ in range(2)])) == {1}
+    finally:
+        ray.shutdown()
+    train = namespace["train"]
+    local = GridSearchCV(us.ClassicalCB(namespace["fwd"]), {"n_iter": [3, 8]}, cv=2,
+                         scoring=us.rmse_scorer).fit(train.sensors, train.sources)
+    np.testing.assert_allclose(namespace["search"].cv_results_["mean_test_score"],
+                               local.cv_results_["mean_test_score"], rtol=1e-10)
+
+
+def test_ray_runtime_env_checks_its_argument():
+    from unfolded_sbl.parallel import ray_runtime_env
+
+    with pytest.raises(ValueError, match="n_threads must be an integer >= 1"):
+        ray_runtime_env(0)

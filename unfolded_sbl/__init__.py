@@ -18,6 +18,7 @@ from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
 from .pretrained import list_pretrained, load_pretrained, pretrained_path  # noqa: E402
 from .scoring import SCORERS, emd_scorer, f1_scorer, le_scorer, rmse_scorer  # noqa: E402
 from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # noqa: E402
+from .skl2onnx_support import register_converters  # noqa: E402
 from .templates import forward_for_montage  # noqa: E402
 from .unfolded import UnfoldedSBLRegressor  # noqa: E402
 from .viz import plot_source_maps  # noqa: E402
@@ -29,5 +30,5 @@ __all__ = [
     "OnnxSBLRegressor", "list_pretrained", "load_pretrained", "pretrained_path", "apply",
     "SimulatedData", "Simulator", "simulate",
     "simulate_to_file", "forward_for_montage", "plot_source_maps", "peak_report",
-    "read_recording",
+    "read_recording", "register_converters",
 ]

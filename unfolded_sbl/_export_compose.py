@@ -108,3 +108,20 @@ def set_constants(model, values):
     for name, value in values.items():
         model.graph.initializer.append(numpy_helper.from_array(value, name))
     return model
+
+
+def drop_omitted_inputs(graph):
+    """Remove the empty names torch writes for omitted trailing optional inputs (e.g.
+    Clip's max), in ``graph`` and its subgraphs: the same model, and one that tools
+    which resolve every input by name (skl2onnx's topological sort) can read."""
+    for node in graph.node:
+        names = list(node.input)
+        while names and not names[-1]:
+            names.pop()
+        if len(names) != len(node.input):
+            del node.input[:]
+            node.input.extend(names)
+        for attribute in node.attribute:
+            if attribute.type == attribute.GRAPH:
+                drop_omitted_inputs(attribute.g)
+    return graph

@@ -183,7 +183,12 @@ def _example_inputs(module, n_channels, n_times, lead_field, neighbours):
 def _export_network(estimator, path, embed_forward, n_channels, n_sources, n_times, name):
     import onnx
 
-    from ._export_compose import choose_by_batch_size, set_constants, with_classical_fallback
+    from ._export_compose import (
+        choose_by_batch_size,
+        drop_omitted_inputs,
+        set_constants,
+        with_classical_fallback,
+    )
     from .regime import acting_spacings
 
     if not hasattr(estimator, "network_"):
@@ -237,6 +242,7 @@ def _export_network(estimator, path, embed_forward, n_channels, n_sources, n_tim
         # the source space is taken to be the trained one unless a caller says
         settings["source_spacing"] = np.array(float(estimator.train_spacing_ or 0.0))
     set_constants(model, settings)
+    drop_omitted_inputs(model.graph)
     names = [n for n in names if n not in settings]
     meta = {"unfolded_sbl_version": __version__, "config": config,
             "dtype": estimator.dtype, "n_channels": estimator.n_features_in_,
@@ -274,6 +280,7 @@ def _export_classical(est, path, embed_forward, n_times, name):
     import onnx
     from sklearn.utils.validation import check_is_fitted
 
+    from ._export_compose import drop_omitted_inputs
     from .estimators import ClassicalCB
 
     check_is_fitted(est, "lead_field_")
@@ -298,6 +305,7 @@ def _export_classical(est, path, embed_forward, n_times, name):
     finally:
         if network is not None:
             network.use_inverse = False
+    drop_omitted_inputs(model.graph)
     model.metadata_props.add(key="unfolded_sbl.contract", value=json.dumps(
         contract(est, names, outputs, embed_forward, name)))
     onnx.checker.check_model(model)

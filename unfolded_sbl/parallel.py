@@ -5,8 +5,9 @@ and scipy, onnxruntime's thread pool).  When several jobs run at once, scikit-le
 ``n_jobs`` or a dask cluster, each job should use its share only, or the cores are
 oversubscribed and every job slows down.  :func:`limit_threads` sets the share in the
 current process; :func:`thread_limits_plugin` does it in every worker of a
-``dask.distributed`` cluster (scikit-learn's default loky backend limits BLAS and OpenMP,
-which torch follows, by itself).
+``dask.distributed`` cluster and :func:`ray_runtime_env` in every worker of a ray cluster
+(scikit-learn's default loky backend limits BLAS and OpenMP, which torch follows, by
+itself).
 """
 
 from __future__ import annotations
@@ -76,3 +77,26 @@ def thread_limits_plugin(n_threads=1):
             set_worker_threads(n_threads)
 
     return ThreadLimits()
+
+
+def ray_runtime_env(n_threads=1):
+    """A ray ``runtime_env`` whose workers run torch, OpenMP and the BLAS libraries on
+    ``n_threads`` threads each (they read these variables when they start)::
+
+        ray.init(runtime_env=ray_runtime_env(1))
+
+    Parameters
+    ----------
+    n_threads : int
+        Threads per worker (a machine's cores divided by its workers).
+
+    Examples
+    --------
+    >>> from unfolded_sbl.parallel import ray_runtime_env
+    >>> ray_runtime_env(2)["env_vars"]["OMP_NUM_THREADS"]
+    '2'
+    """
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+        raise ValueError(f"n_threads must be an integer >= 1, got {n_threads!r}")
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    return {"env_vars": {name: str(n_threads) for name in names}}

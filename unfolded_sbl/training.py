@@ -297,31 +297,34 @@ class Trainer:
         all_params = [p for p in model.parameters() if p.requires_grad]
         if not all_params or s.max_epochs == 0:
             return self.history
-        if self.state["phase"] == "progressive" and s.progressive_steps > 0:
-            bar = tqdm(range(self.state["layer"], n_trainable),
-                       desc=f"phase 1/2 progressive ({s.progressive_steps} steps/layer)",
-                       unit="layer", disable=not s.verbose)
-            for k in bar:
-                params = self._layer_params(k)
-                if k > 0:  # start layer k from layer k-1
-                    for name in ("source_corrections", "noise_corrections"):
-                        modules = getattr(model, name)
-                        modules[k].load_state_dict(modules[k - 1].state_dict())
-                for p in model.parameters():
-                    p.requires_grad_(False)
-                for p in params:
-                    p.requires_grad_(True)
-                optimizer = torch.optim.Adam(params, lr=s.learning_rate)
-                losses = []
-                for _ in range(s.progressive_steps):
-                    losses.append(self._step(optimizer, params, n_layers_active=k + 1,
-                                             deep=False))
-                    bar.set_postfix(layer=k, loss=f"{losses[-1]:.4f}")
-                self.history.append({"phase": "progressive", "layer": k,
-                                     "steps": s.progressive_steps,
-                                     "loss": float(np.nanmean(losses))})
-                self.state["layer"] = k + 1
-                self._save(optimizer)
+        if self.state["phase"] == "progressive":
+            if s.progressive_steps > 0:
+                bar = tqdm(range(self.state["layer"], n_trainable),
+                           desc=f"phase 1/2 progressive ({s.progressive_steps} steps/layer)",
+                           unit="layer", disable=not s.verbose)
+                for k in bar:
+                    params = self._layer_params(k)
+                    if k > 0:  # start layer k from layer k-1
+                        for name in ("source_corrections", "noise_corrections"):
+                            modules = getattr(model, name)
+                            modules[k].load_state_dict(modules[k - 1].state_dict())
+                    for p in model.parameters():
+                        p.requires_grad_(False)
+                    for p in params:
+                        p.requires_grad_(True)
+                    optimizer = torch.optim.Adam(params, lr=s.learning_rate)
+                    losses = []
+                    for _ in range(s.progressive_steps):
+                        losses.append(self._step(optimizer, params, n_layers_active=k + 1,
+                                                 deep=False))
+                        bar.set_postfix(layer=k, loss=f"{losses[-1]:.4f}")
+                    self.history.append({"phase": "progressive", "layer": k,
+                                         "steps": s.progressive_steps,
+                                         "loss": float(np.nanmean(losses))})
+                    self.state["layer"] = k + 1
+                    self._save(optimizer)
+            # joint from here, also without a progressive phase, so that a resumed
+            # run restores the joint phase's optimiser and scheduler
             self.state = {"phase": "joint", "layer": n_trainable, "epoch": 0,
                           "seconds": self.state["seconds"]}
         for p in model.parameters():

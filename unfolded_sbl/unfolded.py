@@ -498,21 +498,27 @@ class UnfoldedSBLRegressor(_NetworkEstimator):
     def _stream_batches(self, components, streams):
         """``draw_batch`` over independent simulator streams, one per rank of a
         distributed run (``streams=[rank]``) or several in one process
-        (``data_streams``): stream ``s`` is seeded by ``(random_state, s)``, so that one
-        process with ``data_streams=k`` and batch ``k b`` draws exactly the samples of
-        ``k`` ranks with batch ``b`` each."""
+        (``data_streams``), so that one process with ``data_streams=k`` and batch
+        ``k b`` draws exactly the samples of ``k`` ranks with batch ``b`` each.
+
+        Every batch reseeds stream ``s`` with ``(step seed, s, component)``, where the
+        step seed comes from the trainer's generator (the same on every rank, and
+        restored from a checkpoint): a resumed run draws the batches the uninterrupted
+        run would have drawn, on every rank, without saving the streams' states."""
         if self.batch_size % len(streams):
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of the "
                              f"data streams ({len(streams)})")
-        seed = 0 if self.random_state is None else int(self.random_state)
-        simulators = {s: [Simulator(self.forward_, device=self.device_,
-                                    random_state=np.random.default_rng([seed, s, c]), **params)
-                          for c, params in enumerate(components)] for s in streams}
-        choosers = {s: np.random.default_rng([seed, s, len(components)]) for s in streams}
+        simulators = {s: [Simulator(self.forward_, device=self.device_, random_state=0,
+                                    **params) for params in components] for s in streams}
 
         def draw_batch(batch_size, batch_rng, weights=None):
-            parts = [simulators[s][choosers[s].choice(len(components), p=weights)].draw(
-                batch_size // len(streams)) for s in streams]
+            step = int(batch_rng.integers(2 ** 63))
+            parts = []
+            for s in streams:
+                chooser = np.random.default_rng([step, s, len(components)])
+                c = chooser.choice(len(components), p=weights)
+                simulators[s][c].rng = np.random.default_rng([step, s, c])
+                parts.append(simulators[s][c].draw(batch_size // len(streams)))
             join = (torch.cat if torch.is_tensor(parts[0].sensors) else np.concatenate)
             noise = None if self.learn_noise else join([p.noise_var for p in parts])
             return tuple(self._normalise(join([p.sensors for p in parts]),
