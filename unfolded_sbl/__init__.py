@@ -15,6 +15,7 @@ from .localize import peak_report, read_recording  # noqa: E402
 from .metrics import emd, f1, localization_error, rmse  # noqa: E402
 from .mne_io import apply  # noqa: E402
 from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
+from . import realtime  # noqa: E402  (mne-lsl is imported when a stream is used)
 from .pretrained import list_pretrained, load_pretrained, pretrained_path  # noqa: E402
 from .scoring import SCORERS, emd_scorer, f1_scorer, le_scorer, rmse_scorer  # noqa: E402
 from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # noqa: E402

@@ -1,4 +1,4 @@
-"""Command-line interface: unfolded-sbl {localize,demo,simulate,forward,train,export}.
+"""Command-line interface: unfolded-sbl {localize,stream,demo,simulate,forward,train,export}.
 
 The shipped models are retrained with ``python -m unfolded_sbl.zoo`` (maintainers).
 """
@@ -304,6 +304,15 @@ def _optional_float(value):
     return None if value.lower() == "none" else float(value)
 
 
+def _cmd_stream(args):
+    from .realtime import run
+
+    run(args.name, model=args.model, window=args.window, hop=args.hop,
+        duration=args.duration, out=args.out, replay_file=args.replay, outlet=args.outlet,
+        montage=args.montage, forward=args.forward)
+    return 0
+
+
 def _cmd_export(args):
     from .export import export_onnx
     from .unfolded import UnfoldedSBLRegressor
@@ -432,6 +441,27 @@ def build_parser():
                      help="per-sensor SNR range in dB (default: 5 20)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sim.set_defaults(func=_cmd_simulate)
+
+    stream = sub.add_parser("stream", help="source estimates of a live LSL EEG stream, "
+                            "window by window")
+    stream.add_argument("name", help="the LSL stream's name")
+    stream.add_argument("--model", default="deep-cb-joint",
+                        help="a shipped model (run by onnxruntime), ClassicalCB or sLORETA "
+                             "(default: deep-cb-joint)")
+    stream.add_argument("--window", type=float, default=0.2, help="window length (s)")
+    stream.add_argument("--hop", type=float, default=0.1, help="step between windows (s)")
+    stream.add_argument("--duration", type=float, default=None,
+                        help="seconds of stream to solve (default: until Ctrl-C)")
+    stream.add_argument("--out", default=None,
+                        help="prefix of OUT-windows.csv (default: the stream's name)")
+    stream.add_argument("--replay", default=None, metavar="FILE",
+                        help="stream this recording with mne-lsl's PlayerLSL first")
+    stream.add_argument("--outlet", action="store_true",
+                        help="push each window's peak to an LSL stream NAME-sources")
+    stream.add_argument("--montage", default=None, help="standard montage for channels "
+                        "without standard names")
+    stream.add_argument("--forward", default=None, help="template name or -fwd.fif")
+    stream.set_defaults(func=_cmd_stream)
 
     exp = sub.add_parser("export", help="export a saved network (.pt) to ONNX")
     exp.add_argument("model", help="network saved by UnfoldedSBLRegressor.save (.pt)")

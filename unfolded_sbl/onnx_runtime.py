@@ -92,6 +92,31 @@ def _session(model, providers, threads, path=None):
     return session
 
 
+class _SessionCache:
+    """The last few sessions opened, by file and settings: opening a learned model's
+    graph takes seconds, and the same file is opened again for each forward model
+    (a live stream's channel set that changes, a search's folds).  onnxruntime
+    sessions may be shared: ``run`` is thread-safe."""
+
+    def __init__(self, size=8):
+        self.size, self.sessions = size, {}
+
+    def get(self, key):
+        session = self.sessions.pop(key, None)
+        if session is not None:
+            self.sessions[key] = session  # most recently used last
+        return session
+
+    def put(self, key, session):
+        self.sessions[key] = session
+        while len(self.sessions) > self.size:
+            self.sessions.pop(next(iter(self.sessions)))
+        return session
+
+
+_SESSIONS = _SessionCache()
+
+
 class OnnxSBLRegressor(_NetworkEstimator):
     """Predict sources with an exported solver (onnxruntime).
 
@@ -200,6 +225,7 @@ class OnnxSBLRegressor(_NetworkEstimator):
         self.density_ceiling_ = check_optional_fraction(
             recorded if auto else self.density_ceiling,
             f"the density_ceiling recorded in {self.path}")
+        values = {}
         if settings:
             values = {"regime_check": np.array(bool(self.regime_check)),
                       "density_ceiling": np.array(np.inf if self.density_ceiling_ is None
@@ -209,8 +235,12 @@ class OnnxSBLRegressor(_NetworkEstimator):
             set_constants(model, values)
             if self.regime_check:
                 self._other_resolution()  # logs once when the corrections stand aside
-        self.session_ = _session(model.SerializeToString(), self.providers,
-                                 self.intra_op_num_threads, path=self.path)
+        key = (os.path.abspath(self.path), os.path.getmtime(self.path),
+               tuple((k, v.item()) for k, v in sorted(values.items())),
+               tuple(self.providers or ()), self.intra_op_num_threads)
+        self.session_ = _SESSIONS.get(key) or _SESSIONS.put(key, _session(
+            model.SerializeToString(), self.providers, self.intra_op_num_threads,
+            path=self.path))
         self.provider_ = self.session_.get_providers()[0]
         inputs = {i.name: i for i in self.session_.get_inputs()}
         self.learn_noise_ = "noise_var_in" not in inputs
