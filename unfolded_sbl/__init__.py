@@ -7,6 +7,7 @@ simulator and source-imaging metrics.
 
 __version__ = "0.1.0"
 
+from . import realtime  # noqa: E402  (mne-lsl is imported when a stream is used)
 from .end_to_end import EndToEndRegressor  # noqa: E402
 from .estimators import SLORETA, ClassicalCB  # noqa: E402
 from .export import export_onnx  # noqa: E402
@@ -15,7 +16,6 @@ from .localize import peak_report, read_recording  # noqa: E402
 from .metrics import emd, f1, localization_error, rmse  # noqa: E402
 from .mne_io import apply  # noqa: E402
 from .onnx_runtime import OnnxSBLRegressor  # noqa: E402
-from . import realtime  # noqa: E402  (mne-lsl is imported when a stream is used)
 from .pretrained import list_pretrained, load_pretrained, pretrained_path  # noqa: E402
 from .scoring import SCORERS, emd_scorer, f1_scorer, le_scorer, rmse_scorer  # noqa: E402
 from .simulate import SimulatedData, Simulator, simulate, simulate_to_file  # noqa: E402
@@ -31,5 +31,5 @@ __all__ = [
     "OnnxSBLRegressor", "list_pretrained", "load_pretrained", "pretrained_path", "apply",
     "SimulatedData", "Simulator", "simulate",
     "simulate_to_file", "forward_for_montage", "plot_source_maps", "peak_report",
-    "read_recording", "register_converters",
+    "read_recording", "register_converters", "realtime",
 ]
