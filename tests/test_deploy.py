@@ -78,10 +78,17 @@ def test_bad_input_through_the_file_alone(small_fwd, tmp_path):
     good = rng.normal(size=(2, 16, 20)) * 1e-5
     flat = good.copy()
     flat[:, 3] = 0.0
-    for sensors in (flat, np.zeros((2, 16, 20)), good[:, :, :1]):
+    holes = good.copy()
+    holes[0, 3, 7], holes[1, 5, 0] = np.nan, np.inf
+    for sensors in (flat, np.zeros((2, 16, 20)), good[:, :, :1], holes):
         out = _run(path, {"sensors": sensors})
         assert np.all(np.isfinite(out["sources"]))
     assert not np.any(_run(path, {"sensors": np.zeros((1, 16, 5))})["sources"])
+    # a channel with a non-finite value counts as flat (zero) in that sample
+    zeroed = good.copy()
+    zeroed[0, 3], zeroed[1, 5] = 0.0, 0.0
+    np.testing.assert_allclose(_run(path, {"sensors": holes})["sources"],
+                               _run(path, {"sensors": zeroed})["sources"], rtol=1e-12)
     with pytest.raises(Exception, match="sensors"):
         _run(path, {"sensors": good[:, :10]})  # a wrong channel count names the input
     with pytest.raises(ValueError, match="tol=0"):
@@ -120,11 +127,11 @@ def test_shipped_learned_file_is_deep_cb_with_its_checks_inside():
     assert _relative(sources, reference) < 1e-4  # a float32 solver against float64
 
 
-def test_python_example_runs_with_only_onnxruntime_and_numpy(tmp_path):
+@pytest.fixture(scope="module")
+def small_python(tmp_path_factory):
     """A fresh virtual environment with onnxruntime and numpy alone (not torch, not this
-    package) runs deploy/python/localize.py on both shipped files and gets the
-    package's numbers."""
-    env = tmp_path / "env"
+    package)."""
+    env = tmp_path_factory.mktemp("deploy") / "env"
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
     python = env / "bin" / "python"
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", "onnxruntime",
@@ -132,6 +139,50 @@ def test_python_example_runs_with_only_onnxruntime_and_numpy(tmp_path):
     assert install.returncode == 0, install.stderr[-2000:]
     missing = subprocess.run([str(python), "-c", "import unfolded_sbl"], capture_output=True)
     assert missing.returncode != 0  # the package is not there
+    return python
+
+
+RUN_EVERY_FILE = """
+import sys, numpy as np, onnxruntime as ort
+feeds = dict(np.load(sys.argv[2]))
+options = ort.SessionOptions()
+options.enable_mem_reuse = False
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+names = [i.name for i in session.get_inputs()]
+np.save(sys.argv[3], session.run(["sources"], {n: feeds[n] for n in names})[0])
+"""
+
+
+def test_every_shipped_file_runs_with_only_onnxruntime_and_numpy(small_python, tmp_path):
+    """Each shipped model's file, fed volts, its template's lead field (and noise,
+    neighbourhoods) in that environment, gives the package's estimate (5-30 dB)."""
+    from unfolded_sbl import zoo
+    from unfolded_sbl.forward import mesh_neighbourhoods
+
+    script = tmp_path / "run.py"
+    script.write_text(RUN_EVERY_FILE)
+    for name in us.list_pretrained():
+        fwd = us.load_forward(zoo.default_forward(name))
+        data = us.simulate(fwd, 3, n_times=40, snr_db=(5.0, 30.0), random_state=3)
+        index, weight, _ = mesh_neighbourhoods(fwd)
+        feeds = {"sensors": data.sensors, "lead_field": fwd.lead_field,
+                 "noise_var_in": data.noise_var, "neighbour_index": index,
+                 "neighbour_weight": weight.astype(np.float64)}
+        np.savez(tmp_path / "feeds.npz", **feeds)
+        run = subprocess.run([str(small_python), str(script), str(us.pretrained_path(name,
+                              "onnx")), str(tmp_path / "feeds.npz"), str(tmp_path / "out.npy")],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
+        est = us.load_pretrained(name, forward=fwd, backend="onnx")
+        kwargs = {} if est.learn_noise_ else {"noise_var": data.noise_var}
+        reference = est.predict(data.sensors, **kwargs)
+        assert _relative(np.load(tmp_path / "out.npy"), reference) < 1e-4, name
+
+
+def test_python_example_runs_with_only_onnxruntime_and_numpy(small_python, tmp_path):
+    """deploy/python/localize.py, in that environment, on both of deploy/'s files gets
+    the package's numbers."""
+    python = small_python
     for model, reference in _package_estimates().items():
         out = tmp_path / "sources.npy"
         run = subprocess.run([str(python), str(DEPLOY / "python" / "localize.py"), str(model),

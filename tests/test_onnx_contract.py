@@ -100,6 +100,21 @@ def test_plain_onnxruntime_gives_the_wrapper_and_torch_estimate(tiny_net, tmp_pa
     assert contract["settings"]["regime_check"] is True
 
 
+def test_non_finite_values_through_the_file_alone_give_finite_estimates(tiny_net, tmp_path):
+    fwd, net = tiny_net
+    path = us.export_onnx(net, tmp_path / "net.onnx", embed_forward=True)
+    session = ort.InferenceSession(path)
+    X = _mixed_batch(fwd)
+    holes, zeroed = X.copy(), X.copy()
+    holes[0, 4, 3], holes[2, 7, :] = np.nan, -np.inf
+    zeroed[0, 4], zeroed[2, 7] = 0.0, 0.0
+    out = session.run(None, {"sensors": holes})
+    assert all(np.all(np.isfinite(o)) for o in out[:3])
+    np.testing.assert_allclose(out[0], session.run(None, {"sensors": zeroed})[0], rtol=1e-10)
+    with pytest.raises(ValueError, match="finite|NaN"):  # the Python API refuses them
+        us.OnnxSBLRegressor(path, forward=fwd).fit().predict(holes)
+
+
 def test_settings_change_the_fallback_inside_the_file(tiny_net, tmp_path):
     """regime_check=False and a density ceiling reach the graph's constants."""
     fwd, net = tiny_net

@@ -127,3 +127,77 @@ def test_sklearn_estimator_checks(make):
     assert failed <= set(NOT_APPLICABLE), failed - set(NOT_APPLICABLE)
     assert all(status.get(name) == {"passed"} for name in MUST_PASS), {
         n: status.get(n) for n in MUST_PASS}
+
+
+def test_free_orientation_matches_mne_gamma_map_groups():
+    """Free orientation (three dipoles per location, one variance): known-noise
+    ClassicalCB == MNE's gamma_map with group_size=3 on a whitened problem."""
+    from mne.inverse_sparse._gamma_map import _gamma_map_opt
+
+    rng = np.random.default_rng(5)
+    n_channels, n_locations, n_times = 30, 40, 50
+    L = rng.normal(size=(n_channels, 3 * n_locations))
+    positions = np.repeat(rng.normal(size=(n_locations, 3)) * 0.05, 3, axis=0)
+    X = np.zeros((3 * n_locations, n_times))
+    X[[3, 4, 5, 30, 31, 32]] = rng.normal(size=(6, n_times)) * 3.0
+    Y = L @ X + rng.normal(size=(n_channels, n_times))
+    free = us.ForwardModel(L, positions, average_reference=False, n_orient=3)
+    n_iter = 15
+    mne_gamma0 = np.linalg.norm(Y @ Y.T, "fro") / np.linalg.norm(L, np.inf) ** 2
+    ours_unit = np.mean(Y ** 2) / (np.sum(L ** 2) / L.shape[0])
+    est = us.ClassicalCB(free, noise=np.ones(n_channels), n_iter=n_iter,
+                         init_source_var=mne_gamma0 / ours_unit, keep_history=True).fit()
+    est.predict(Y[None])
+    gammas = est.history_["source_var"][0]
+    assert np.allclose(gammas[-1].reshape(-1, 3), gammas[-1].reshape(-1, 3)[:, :1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x_active, active = _gamma_map_opt(Y, L, alpha=1.0, maxit=n_iter, tol=0.0,
+                                          update_mode=2, group_size=3, verbose=False)
+    x_mne = np.zeros((L.shape[1], n_times))
+    x_mne[active] = x_active
+    model_cov = (L * gammas[-2]) @ L.T + np.eye(n_channels)
+    x_ours = gammas[-1][:, None] * (L.T @ np.linalg.solve(model_cov, Y))
+    assert np.linalg.norm(x_ours - x_mne) / np.linalg.norm(x_mne) < 1e-6
+    # the grouped locations are found
+    power = (est.predict(Y[None])[0] ** 2).sum(axis=1).reshape(-1, 3).sum(axis=1)
+    assert set(np.argsort(power)[-2:]) == {1, 10}
+
+
+def _free_forward():
+    forward, info = _discrete_forward()
+    free = mne.convert_forward_solution(
+        mne.make_forward_solution(info, None, forward["src"], mne.make_sphere_model(
+            "auto", "auto", info, verbose=False), meg=False, verbose=False),
+        surf_ori=True, verbose=False)
+    return free, info
+
+
+def test_free_orientation_forward_and_apply_pick_ori():
+    forward, info = _free_forward()
+    free = us.ForwardModel.from_mne(forward, orientation="free")
+    n_locations = forward["nsource"]
+    assert free.n_orient == 3 and free.n_sources == 3 * n_locations
+    # the normal components of the free model are the fixed model's lead field
+    fixed = us.ForwardModel.from_mne(forward)
+    np.testing.assert_allclose(free.lead_field[:, 2::3], fixed.lead_field, rtol=1e-4,
+                               atol=1e-6 * np.abs(fixed.lead_field).max())
+    rng = np.random.default_rng(1)
+    X = np.zeros((3 * n_locations, 30))
+    X[3 * 20:3 * 21] = rng.normal(size=(3, 30)) * 2e-8
+    evoked = mne.EvokedArray(free.lead_field @ X + 1e-7 * rng.normal(size=(64, 30)), info,
+                             verbose=False)
+    out = {ori: us.apply(evoked, forward=free, pick_ori=ori, baseline=None)
+           for ori in (None, "normal", "vector")}
+    assert isinstance(out["vector"], mne.VolVectorSourceEstimate)
+    assert out["vector"].data.shape == (n_locations, 3, 30)
+    np.testing.assert_allclose(out[None].data, np.linalg.norm(out["vector"].data, axis=1))
+    np.testing.assert_allclose(out["normal"].data, out["vector"].data[:, 2])
+    assert np.argmax((out[None].data ** 2).sum(1)) == 20  # the active location
+    with pytest.raises(ValueError, match="pick_ori='vector' needs a free-orientation"):
+        us.apply(evoked, forward=fixed, pick_ori="vector", baseline=None)
+    with pytest.raises(ValueError, match="pick_ori must be"):
+        us.apply(evoked, forward=free, pick_ori="tangential", baseline=None)
+    with pytest.raises(ValueError, match="needs a free-orientation forward"):
+        us.ForwardModel.from_mne(mne.convert_forward_solution(
+            forward, force_fixed=True, verbose=False), orientation="free")

@@ -335,7 +335,7 @@ COMPACT_FRACTION = 0.25
 
 
 def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=25,
-              tol=0.0, prune_threshold=None, keep_history=False):
+              tol=0.0, prune_threshold=None, keep_history=False, group_size=1):
     """Run convex-bounding Champagne on a batch.
 
     Parameters
@@ -364,6 +364,11 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     keep_history : bool
         Record the cost, source and noise variances before every iteration and
         after the last.
+    group_size : int
+        Consecutive lead-field columns in groups of this size share one variance
+        (the x, y, z dipoles of one location: free orientation), updated as MNE's
+        gamma_map groups them: ``gamma_g <- gamma_g sum_m sqrt(l_m^T S Cy S l_m) /
+        (k sqrt(sum_m l_m^T S l_m))`` over the group's k columns.
 
     Returns
     -------
@@ -431,8 +436,11 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
         SV = precision @ Vr
         # l^T S l and l^T S Cy S l
         gain, fit = ops.quad_diag(precision, SV @ SV.transpose(-1, -2))
-        ratio = torch.where(has_gain, fit.clamp(min=0) / gain.clamp(min=tiny), 0.0)
-        new_source_var = source_var * ratio.sqrt()
+        if group_size == 1:
+            ratio = torch.where(has_gain, fit.clamp(min=0) / gain.clamp(min=tiny), 0.0)
+            new_source_var = source_var * ratio.sqrt()
+        else:
+            new_source_var = _grouped_update(source_var, fit, gain, group_size, tiny)
         peak = new_source_var.amax(-1, keepdim=True)
         threshold = max(prune_threshold or 0.0, COLLAPSED)
         new_source_var = torch.where(new_source_var < threshold * peak, 0.0, new_source_var)
@@ -480,6 +488,15 @@ def champagne(Y, lead_field, source_var, noise_var, noise_mode="learn", n_iter=2
     else:
         history = {}
     return ChampagneResult(out_sources, out_source_var, out_noise, iteration, history)
+
+
+def _grouped_update(source_var, fit, gain, group_size, tiny):
+    """The source update of groups sharing one variance (``champagne``'s
+    ``group_size``), repeated over each group's columns."""
+    shape = source_var.shape[:-1] + (-1, group_size)
+    numer = (source_var * fit.clamp(min=0).sqrt()).reshape(shape).sum(-1)
+    denom = gain.reshape(shape).sum(-1).clamp(min=tiny).sqrt()
+    return (numer / denom / group_size).repeat_interleave(group_size, dim=-1)
 
 
 def _record(history, cost, source_var, noise):

@@ -19,6 +19,14 @@ from .regime import REGIME_FLOOR_DB, regime_level_db, source_spread
 WIDE = torch.float64
 
 
+def finite_channels(sensors):
+    """``sensors`` with every channel that holds a non-finite value in a sample set to
+    zero in that sample, as a flat channel: plain onnxruntime callers get a finite
+    answer, never NaN (the Python estimators refuse such input instead)."""
+    good = torch.isfinite(sensors).all(dim=2, keepdim=True)
+    return torch.where(good, sensors, torch.zeros_like(sensors))
+
+
 def _physical_lead_field(lead_field, average_reference):
     """The referenced lead field scaled to ``trace(L L^T)`` = independent channels, and
     that scale: what every estimator's ``fit`` computes, inside the graph."""
@@ -94,6 +102,7 @@ class SolverGraph(nn.Module):
         noise_var = extra.pop(0) if self.with_noise else None
         neighbours = None
         dtype = self.dtype
+        sensors = finite_channels(sensors)
         if self.takes_neighbours:
             neighbours = ((self.neighbour_index, self.neighbour_weight) if self.embedded
                           else (extra.pop(0), extra.pop(0)))
@@ -150,6 +159,7 @@ class SLORETAGraph(nn.Module):
 
     def forward(self, sensors, *extra):
         lead_field = self.lead_field if self.embedded else extra[0]
+        sensors = finite_channels(sensors)
         Y = sensors - sensors.mean(dim=1, keepdim=True) if self.average_reference else sensors
         L, lead_scale = _physical_lead_field(lead_field, self.average_reference)
         eye = torch.eye(L.shape[0], dtype=L.dtype)

@@ -90,7 +90,11 @@ class ClassicalCB(_SourceEstimator):
     Notes
     -----
     All-zero data give zero sources and variances.  Sources whose lead-field
-    column is zero get zero variance.
+    column is zero get zero variance.  With a free-orientation forward model
+    (``ForwardModel(n_orient=3)``, ``ForwardModel.from_mne(fwd,
+    orientation="free")``) the three dipoles of a location share one variance,
+    updated as MNE's ``gamma_map`` updates its groups; ``predict`` returns the
+    three components of every location.
 
     References
     ----------
@@ -265,7 +269,8 @@ class ClassicalCB(_SourceEstimator):
             return champagne(Y_t, lead_field, source_var, noise, noise_mode=mode,
                              n_iter=self.n_iter, tol=self.tol,
                              prune_threshold=self.prune_threshold,
-                             keep_history=self.keep_history)
+                             keep_history=self.keep_history,
+                             group_size=getattr(self.forward_, "n_orient", 1))
 
     def _merge_history(self, parts, n_samples):
         n_steps = max(h["cost"].shape[1] for _, h, _, _ in parts) if parts else 0

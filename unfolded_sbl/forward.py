@@ -58,11 +58,18 @@ class ForwardModel:
     average_reference : bool
         Re-reference the lead field to the channel average (default).  Data are
         re-referenced the same way by the solvers, so both stay consistent.
+    n_orient : {1, 3}
+        Dipoles per location: 1 (fixed orientation, default) or 3 (free
+        orientation: the columns come in consecutive groups of three, the x, y
+        and z dipoles of one location, as in MNE's free-orientation forward
+        models; ``positions`` and ``normals`` have one row per column).
+        ``ClassicalCB`` gives each group one variance.
     """
 
     def __init__(self, lead_field, positions, ch_names=None, adjacency=None, *,
                  normals=None, ch_pos=None, vertices=None, subject="fsaverage",
-                 name=None, average_reference=True, cap=None, spacing=None, variant=None):
+                 name=None, average_reference=True, cap=None, spacing=None, variant=None,
+                 n_orient=1):
         lead_field = check_finite_array(lead_field, "lead_field", ndim=2,
                                         shape_doc="(n_channels, n_sources)")
         n_channels, n_sources = lead_field.shape
@@ -99,6 +106,10 @@ class ForwardModel:
         if variant not in (None, "nominal", "perturbed"):
             raise ValueError(f"variant must be 'nominal', 'perturbed' or None, got {variant!r}")
         self.cap, self.spacing, self.variant = cap, spacing, variant
+        if n_orient not in (1, 3) or n_sources % n_orient:
+            raise ValueError(f"n_orient must be 1 or 3 and divide the lead field's "
+                             f"{n_sources} columns, got {n_orient!r}")
+        self.n_orient = int(n_orient)
 
     @property
     def n_channels(self):
@@ -144,7 +155,8 @@ class ForwardModel:
                             ch_pos=None if self.ch_pos is None else self.ch_pos[rows],
                             vertices=self.vertices, subject=self.subject, name=name,
                             average_reference=self.average_reference, cap=self.cap,
-                            spacing=self.spacing, variant=self.variant)
+                            spacing=self.spacing, variant=self.variant,
+                            n_orient=self.n_orient)
 
     def __repr__(self):
         label = f" {self.name!r}" if self.name else ""
@@ -152,14 +164,36 @@ class ForwardModel:
                 f"{self.n_sources} sources>")
 
     @classmethod
-    def from_mne(cls, forward, name=None, **fields):
-        """Adapt an ``mne.Forward`` (converted to fixed orientation if needed)."""
+    def from_mne(cls, forward, name=None, orientation="fixed", **fields):
+        """Adapt an ``mne.Forward``'s EEG channels.
+
+        Parameters
+        ----------
+        forward : mne.Forward
+        name : str | None
+        orientation : {"fixed", "free"}
+            ``"fixed"`` (default): dipoles normal to the cortex (the forward is
+            converted to fixed orientation if needed); ``"free"``: three dipoles
+            per location in surface coordinates (the last one normal), whose
+            variance ``ClassicalCB`` shares (``n_orient=3``).
+        **fields
+            Further :class:`ForwardModel` parameters.
+        """
         import mne
 
         if not isinstance(forward, mne.Forward):
             raise TypeError(f"forward must be an mne.Forward, got {type(forward).__name__}")
+        if orientation not in ("fixed", "free"):
+            raise ValueError(f"orientation must be 'fixed' or 'free', got {orientation!r}")
         forward = mne.pick_types_forward(forward, meg=False, eeg=True)
-        if not forward["surf_ori"] or forward["source_ori"] != 1:
+        if orientation == "free":
+            if forward["source_ori"] == 1 and forward["sol"]["ncol"] == forward["nsource"]:
+                raise ValueError("orientation='free' needs a free-orientation forward "
+                                 "(this one was made or converted to fixed orientation)")
+            forward = mne.convert_forward_solution(forward, surf_ori=True, force_fixed=False,
+                                                   use_cps=True, verbose=False)
+            fields["n_orient"] = 3
+        elif not forward["surf_ori"] or forward["source_ori"] != 1:
             forward = mne.convert_forward_solution(forward, surf_ori=True, force_fixed=True,
                                                    use_cps=True, verbose=False)
         src = forward["src"]
@@ -169,9 +203,15 @@ class ForwardModel:
         except Exception:  # volume or discrete source spaces without a mesh
             adjacency = None
         ch_pos = np.array([ch["loc"][:3] for ch in forward["info"]["chs"]])
-        return cls(forward["sol"]["data"], forward["source_rr"], forward["info"]["ch_names"],
-                   adjacency, normals=forward["source_nn"], ch_pos=ch_pos, vertices=vertices,
-                   subject=src._subject or "unknown", name=name, **fields)
+        n_orient = fields.get("n_orient", 1)
+        if n_orient > 1 and adjacency is not None:  # the three dipoles of a location too
+            adjacency = sp.kron(adjacency + sp.eye(adjacency.shape[0]),
+                                np.ones((n_orient, n_orient))) - sp.eye(
+                                    n_orient * adjacency.shape[0])
+        return cls(forward["sol"]["data"], np.repeat(forward["source_rr"], n_orient, axis=0),
+                   forward["info"]["ch_names"], adjacency, normals=forward["source_nn"],
+                   ch_pos=ch_pos, vertices=vertices, subject=src._subject or "unknown",
+                   name=name, **fields)
 
     def save(self, fname):
         """Write to a compressed ``.npz`` (lead field in float32)."""
@@ -182,6 +222,7 @@ class ForwardModel:
                       edges=np.stack([adj.row, adj.col]).astype(np.int32),
                       subject=np.array(self.subject), name=np.array(self.name or ""),
                       average_reference=np.array(self.average_reference),
+                      n_orient=np.array(self.n_orient),
                       **{k: np.array(getattr(self, k)) for k in ("cap", "spacing", "variant")
                          if getattr(self, k) is not None})
         if self.normals is not None:
@@ -219,6 +260,7 @@ class ForwardModel:
                    name=str(arrays.get("name", "")) or None,
                    # re-referencing removes the float32 rounding of the stored sums
                    average_reference=bool(arrays.get("average_reference", True)),
+                   n_orient=int(arrays.get("n_orient", 1)),
                    **{k: str(arrays[k]) for k in ("cap", "spacing", "variant")
                       if k in arrays})
 

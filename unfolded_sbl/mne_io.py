@@ -313,8 +313,43 @@ def _log_reports(reports, name, evoked):
                        empty[0].describe_empty())
 
 
+def _oriented(sources, fwd, pick_ori):
+    """Sources (n, n_orient * M, T) of a forward model as ``pick_ori`` asks: one value
+    per location ((n, M, T): fixed orientation as it is, free orientation as the
+    dipole's length with ``None`` or its normal component with ``"normal"``) or the
+    three components ((n, M, 3, T), ``"vector"``)."""
+    n_orient = getattr(fwd, "n_orient", 1)
+    if pick_ori not in (None, "normal", "vector"):
+        raise ValueError(f"pick_ori must be None, 'normal' or 'vector', got {pick_ori!r}")
+    if n_orient == 1:
+        if pick_ori == "vector":
+            raise ValueError("pick_ori='vector' needs a free-orientation forward model "
+                             "(ForwardModel.from_mne(fwd, orientation='free'))")
+        return sources
+    vectors = sources.reshape(sources.shape[0], -1, n_orient, sources.shape[-1])
+    if pick_ori == "vector":
+        return vectors
+    if pick_ori == "normal":  # surface coordinates: the last dipole is the normal one
+        return vectors[:, :, -1]
+    return np.linalg.norm(vectors, axis=2)
+
+
+def _source_estimate(data, fwd, tmin, tstep):
+    """The MNE source estimate class for ``data`` (M, T) or (M, 3, T) on ``fwd``'s
+    source space: surface (two hemispheres) or volume/discrete (one)."""
+    import mne
+
+    vector = data.ndim == 3
+    if len(fwd.vertices) == 2:
+        cls = mne.VectorSourceEstimate if vector else mne.SourceEstimate
+    else:
+        cls = mne.VolVectorSourceEstimate if vector else mne.VolSourceEstimate
+    return cls(data, vertices=fwd.vertices, tmin=tmin, tstep=tstep, subject=fwd.subject)
+
+
 def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
-          baseline=(None, 0), noise_cov=None, drop_bad="auto", return_forward=False):
+          baseline=(None, 0), noise_cov=None, drop_bad="auto", return_forward=False,
+          pick_ori=None):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
 
     Parameters
@@ -353,10 +388,18 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         correction removes the offset; ``"none"`` keeps every channel.
     return_forward : bool
         Also return the :class:`ForwardModel` used (its channels and geometry).
+    pick_ori : None | "normal" | "vector"
+        With a free-orientation forward model
+        (``ForwardModel.from_mne(fwd, orientation="free")``), as MNE's
+        ``apply_inverse``: None gives each location's dipole length, ``"normal"``
+        its component normal to the cortex, ``"vector"`` the three components
+        (an ``mne.VectorSourceEstimate``).  Fixed orientation: None or "normal".
 
     Returns
     -------
     stc : mne.SourceEstimate, or a list of them (one per epoch) for Epochs
+        (``mne.VectorSourceEstimate`` with ``pick_ori="vector"``; the volume
+        classes for a volume source space)
         Each carries ``stc.solver_report`` (:class:`SolverReport`): the solver
         that answered (a learned model's regime check may hand the data to the
         classical updates) and whether the estimate is *empty*: a sparse
@@ -406,13 +449,13 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         kwargs["noise_var"] = np.tile(noise_var, (len(X), 1))
     elif noise_var is not None:
         logger.warning("%s learns the sensor noise jointly: noise_cov is not used", name)
-    sources = estimator.predict(X, **kwargs)
+    _oriented(np.zeros((1, fwd.n_sources, 1)), fwd, pick_ori)  # checked before solving
+    sources = _oriented(estimator.predict(X, **kwargs), fwd, pick_ori)
     reports = _reports(estimator, name, len(sources))
     _log_reports(reports, name, isinstance(inst, mne.Evoked))
     stcs = []
     for estimate, report in zip(sources, reports):
-        stc = mne.SourceEstimate(estimate, vertices=fwd.vertices, tmin=inst.times[0],
-                                 tstep=1.0 / inst.info["sfreq"], subject=fwd.subject)
+        stc = _source_estimate(estimate, fwd, inst.times[0], 1.0 / inst.info["sfreq"])
         stc.solver_report = report
         stcs.append(stc)
     out = stcs[0] if isinstance(inst, mne.Evoked) else stcs
