@@ -14,8 +14,8 @@ A file takes data as users hold them and returns physical units (the contract,
 The average reference, the scaling, and for learned models the regime check
 (:mod:`unfolded_sbl.regime`) with its classical fallback all run inside the
 graph (a channel holding a non-finite value in a sample counts as flat, zero, in
-that sample, so the answer is finite), so plain onnxruntime gives what :class:`~unfolded_sbl.OnnxSBLRegressor`
-gives.  The regime check's settings are constants of a learned file, listed in
+that sample, so the answer is finite), so plain onnxruntime gives what
+:class:`~unfolded_sbl.OnnxSBLRegressor` gives.  The regime check's settings are constants of a learned file, listed in
 its contract's ``settings``: ``regime_check`` (bool), ``density_ceiling``
 (``inf`` for none) and, when the lead field is an input, ``source_spacing``
 (metres: the source space is taken to be the trained one).
@@ -318,7 +318,8 @@ _SHAPES_IN = {"sensors": "(batch, channels, times)", "lead_field": "(channels, s
               "noise_var_in": "(batch, channels)", "neighbour_index": "(sources, neighbours)",
               "neighbour_weight": "(sources, neighbours)"}
 _UNITS_IN = {"sensors": "V, any reference; a channel with a non-finite value in a sample "
-                        "is taken as zero in that sample", "lead_field": "V / (A m)", "noise_var_in": "V^2",
+                        "is taken as zero in that sample",
+             "lead_field": "V / (A m)", "noise_var_in": "V^2",
              "neighbour_index": "int64 source indices (mesh_neighbourhoods)",
              "neighbour_weight": "weights (mesh_neighbourhoods)"}
 
