@@ -125,7 +125,7 @@ def test_meg_and_auxiliary_channels_are_named_once(fwd, data, caplog):
     warned = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING and "not used" in r.getMessage()]
     assert len(warned) == 1
-    assert "157 MEG" in warned[0] and "MEG is not supported yet" in warned[0]
+    assert "157 MEG" in warned[0] and "picks='meg,eeg'" in warned[0]
     informed = [r.getMessage() for r in caplog.records
                 if r.levelno == logging.INFO and "not used" in r.getMessage()]
     assert len(informed) == 1 and "1 EOG (EOG1)" in informed[0] and "1 STIM" in informed[0]
@@ -135,10 +135,15 @@ def test_meg_and_auxiliary_channels_are_named_once(fwd, data, caplog):
                                atol=1e-8 * np.abs(direct.data).max())
 
 
-def test_meg_only_data_say_meg_is_not_supported(fwd, data):
-    with pytest.raises(ValueError, match=r"157 MEG channels and no good EEG channels: MEG is "
-                                         r"not supported yet.*mne.inverse_sparse.gamma_map"):
-        us.apply(_eeg_meg_evoked(fwd, data, eeg=False), "ClassicalCB")
+def test_meg_only_data_say_what_meg_needs(fwd, data):
+    evoked = _eeg_meg_evoked(fwd, data, eeg=False)
+    with pytest.raises(ValueError, match="need noise_cov="):  # MEG by default here
+        us.apply(evoked, "ClassicalCB")
+    with pytest.raises(ValueError, match="forward= an mne.Forward"):
+        us.apply(evoked, "ClassicalCB", noise_cov="baseline")
+    with pytest.raises(ValueError, match=r"157 MEG channels and no good EEG channels: "
+                                         r"localise them with picks='meg'"):
+        us.apply(evoked, "ClassicalCB", picks="eeg")
 
 
 # -- 3. labels name the solver that answered -----------------------------------------

@@ -157,7 +157,13 @@ def _recordings(args):
 
 def _localize_one(recording, args, prefix, echo):
     """Localise one recording as ``localize`` does; returns its group-summary row."""
-    from .localize import format_report, output_units, read_recording, write_outputs
+    from .localize import (
+        format_report,
+        on_fsaverage_surface,
+        output_units,
+        read_recording,
+        write_outputs,
+    )
     from .mne_io import apply
 
     start = time.perf_counter()
@@ -170,7 +176,7 @@ def _localize_one(recording, args, prefix, echo):
         recording = recording.fpath
     inst = read_recording(source, montage=args.montage, event=args.event,
                           condition=condition, tmin=args.epoch[0], tmax=args.epoch[1],
-                          l_freq=args.l_freq, h_freq=args.h_freq)
+                          l_freq=args.l_freq, h_freq=args.h_freq, picks=args.picks or "eeg")
     baseline = None if args.no_baseline else tuple(
         None if v is None else float(v) for v in args.baseline)
     if baseline is not None and inst.times[0] >= 0:
@@ -187,7 +193,7 @@ def _localize_one(recording, args, prefix, echo):
     with _info_to_stdout() if echo is print else contextlib.nullcontext():
         stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
                              tmax=args.tmax, baseline=baseline, noise_cov=noise_cov,
-                             drop_bad=args.drop_bad, return_forward=True)
+                             drop_bad=args.drop_bad, return_forward=True, picks=args.picks)
     units = output_units(args.model)
     report = stc.solver_report
     peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
@@ -196,8 +202,10 @@ def _localize_one(recording, args, prefix, echo):
         echo(f"{recording}: {report.describe_empty()}; no peak table and no map")
     else:
         echo(format_report(peaks, units=units,
-                           header=f"{recording}: {report.solver}, peak sources "
-                           "(MNI-like fsaverage coordinates in mm; approximate lobes)"))
+                           header=f"{recording}: {report.solver}, peak sources ("
+                           + ("MNI-like fsaverage coordinates in mm; approximate lobes)"
+                              if on_fsaverage_surface(forward) else
+                              "mm in the source space's own frame)")))
     for path in written:
         echo(f"wrote {path}")
     seconds = time.perf_counter() - start
@@ -383,6 +391,9 @@ def build_parser():
     loc.add_argument("--out", default=None, help="output prefix (default: "
                      "<recording>-<model> in the current folder); for several recordings "
                      "a folder (default: the current one)")
+    loc.add_argument("--picks", default=None, metavar="TYPES",
+                     help="channel types: eeg, meg or meg,eeg (default: EEG when present); "
+                          "MEG needs --noise-cov and --forward a -fwd.fif with the sensors")
     loc.add_argument("--n-jobs", type=int, default=1,
                      help="recordings localised in parallel (default: 1)")
     loc.add_argument("--scheduler", default=None, metavar="ADDRESS",

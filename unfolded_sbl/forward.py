@@ -158,14 +158,29 @@ class ForwardModel:
                             spacing=self.spacing, variant=self.variant,
                             n_orient=self.n_orient)
 
+    def locations(self):
+        """One column per location: this model itself with fixed orientation, else
+        the dipoles normal to the cortex (the last of each group) with the
+        locations' positions and adjacency: the geometry of a source estimate that
+        gives one value per location (``apply``'s ``pick_ori`` None or "normal")."""
+        k = self.n_orient
+        if k == 1:
+            return self
+        return ForwardModel(self.lead_field[:, k - 1::k], self.positions[::k], self.ch_names,
+                            self.adjacency.tocsr()[::k, ::k],
+                            normals=None if self.normals is None else self.normals[k - 1::k],
+                            ch_pos=self.ch_pos, vertices=self.vertices, subject=self.subject,
+                            name=self.name, average_reference=False, cap=self.cap,
+                            spacing=self.spacing, variant=self.variant)
+
     def __repr__(self):
         label = f" {self.name!r}" if self.name else ""
         return (f"<ForwardModel{label} | {self.n_channels} channels x "
                 f"{self.n_sources} sources>")
 
     @classmethod
-    def from_mne(cls, forward, name=None, orientation="fixed", **fields):
-        """Adapt an ``mne.Forward``'s EEG channels.
+    def from_mne(cls, forward, name=None, orientation="fixed", picks=("eeg",), **fields):
+        """Adapt an ``mne.Forward`` (its EEG channels by default).
 
         Parameters
         ----------
@@ -176,6 +191,9 @@ class ForwardModel:
             converted to fixed orientation if needed); ``"free"``: three dipoles
             per location in surface coordinates (the last one normal), whose
             variance ``ClassicalCB`` shares (``n_orient=3``).
+        picks : sequence of {"eeg", "mag", "grad"}
+            Channel types to keep (MEG gains are in T/(A m) and T/(m A m): solve
+            them whitened, as ``apply`` does with a noise covariance).
         **fields
             Further :class:`ForwardModel` parameters.
         """
@@ -185,7 +203,10 @@ class ForwardModel:
             raise TypeError(f"forward must be an mne.Forward, got {type(forward).__name__}")
         if orientation not in ("fixed", "free"):
             raise ValueError(f"orientation must be 'fixed' or 'free', got {orientation!r}")
-        forward = mne.pick_types_forward(forward, meg=False, eeg=True)
+        meg = {"mag", "grad"} & set(picks)
+        forward = mne.pick_types_forward(
+            forward, meg=(True if len(meg) == 2 else meg.pop() if meg else False),
+            eeg="eeg" in picks)
         if orientation == "free":
             if forward["source_ori"] == 1 and forward["sol"]["ncol"] == forward["nsource"]:
                 raise ValueError("orientation='free' needs a free-orientation forward "

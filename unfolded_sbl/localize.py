@@ -31,7 +31,7 @@ def _mark_eog(inst):
 
 
 def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=0.5,
-                   l_freq=None, h_freq=None, average=True):
+                   l_freq=None, h_freq=None, average=True, picks="eeg"):
     """Read any EEG file MNE reads as an ``mne.Evoked`` (or ``mne.Epochs``).
 
     Parameters
@@ -57,12 +57,18 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
         epochs data as read.
     average : bool
         Average epochs into an Evoked (False: return the Epochs, single trials).
+    picks : str | list of str
+        Channel types kept from raw data and epochs (``"eeg"``, ``"meg"``,
+        ``"meg,eeg"``, as :func:`~unfolded_sbl.apply`); evoked files keep theirs.
     """
+    from .meg import parse_picks
+
+    picks = list(parse_picks(picks))
     import mne
 
     if isinstance(path, mne.io.BaseRaw):
         return _from_raw(path.copy().load_data(), montage, event, tmin, tmax, l_freq, h_freq,
-                         average, path.filenames[0] if path.filenames else "raw")
+                         average, path.filenames[0] if path.filenames else "raw", picks)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -76,18 +82,19 @@ def read_recording(path, montage=None, event=None, condition=0, tmin=-0.2, tmax=
         inst = mne.read_epochs_eeglab(path, verbose=False)
     else:
         raw = mne.io.read_raw(path, preload=True, verbose=False)
-        return _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path)
+        return _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path,
+                         picks)
     _mark_eog(inst)
     if montage is not None:
         inst.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
     if (l_freq is not None or h_freq is not None) and not filtered:
-        inst.filter(l_freq, h_freq, picks="eeg", verbose=False)
+        inst.filter(l_freq, h_freq, picks=picks, verbose=False)
     if isinstance(inst, mne.BaseEpochs) and average:
-        return inst.average(picks="eeg")
+        return inst.average(picks=picks)
     return inst
 
 
-def _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path):
+def _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path, picks=("eeg",)):
     """Raw data, filtered, as one Evoked segment or epoched (and averaged) on ``event``."""
     import mne
 
@@ -95,9 +102,9 @@ def _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path):
     if montage is not None:
         raw.set_montage(montage, match_case=False, on_missing="warn", verbose=False)
     if l_freq is not None or h_freq is not None:
-        raw.filter(l_freq, h_freq, picks="eeg", verbose=False)
+        raw.filter(l_freq, h_freq, picks=list(picks), verbose=False)
     if event is None:  # the continuous data as one segment; apply() crops it
-        data = raw.pick("eeg")
+        data = raw.pick(list(picks))
         return mne.EvokedArray(data.get_data(), data.info, tmin=0.0, nave=1,
                                comment=Path(str(path)).stem, verbose=False)
     events, event_id = mne.events_from_annotations(raw, verbose=False)
@@ -107,7 +114,7 @@ def _from_raw(raw, montage, event, tmin, tmax, l_freq, h_freq, average, path):
     epochs = mne.Epochs(raw, events, {event: event_id[event]}, tmin=tmin, tmax=tmax,
                         baseline=(None, 0), preload=True, verbose=False)
     _mark_eog(epochs)
-    return epochs.average(picks="eeg") if average else epochs
+    return epochs.average(picks=list(picks)) if average else epochs
 
 
 def _is_epoched_eeglab(path):
@@ -159,6 +166,25 @@ def approximate_lobe(xyz):
     return "frontal"
 
 
+def on_fsaverage_surface(forward):
+    """The forward model's sources are fsaverage surface vertices (MNI-like
+    coordinates, approximate lobes and the template maps apply)."""
+    return (forward.subject == "fsaverage" and forward.vertices is not None
+            and len(forward.vertices) == 2)
+
+
+def _source_space_peaks(stc, forward, order, t_peak):
+    """Peaks of a source space other than fsaverage's surface (a subject's own, a
+    volume grid): positions in the source space's own frame, no lobe."""
+    time_s = round(float(stc.times[t_peak]), 3)
+    return [{"hemisphere": "left" if forward.positions[i, 0] < 0 else "right",
+             "region": "n/a (not fsaverage)",
+             **{f"{a}_mm": round(float(1e3 * v), 1) for a, v in zip("xyz",
+                                                                    forward.positions[i])},
+             "time_s": time_s, "amplitude": float(f"{stc.data[i, t_peak]:.4g}"),
+             "source": int(i)} for i in order]
+
+
 def peak_time_index(stc):
     """Index of the time of maximal source power (sum of squares over sources)."""
     return int(np.argmax((stc.data ** 2).sum(axis=0)))
@@ -184,6 +210,8 @@ def peak_report(stc, forward, n_peaks=5):
         return []
     maxima = np.flatnonzero(local_maxima(snapshot[None], forward.adjacency)[0])
     order = maxima[np.argsort(snapshot[maxima])[::-1]][:n_peaks]
+    if not on_fsaverage_surface(forward):
+        return _source_space_peaks(stc, forward, order, t_peak)
     xyz = mni_like_coordinates(forward)
     n_left = len(forward.vertices[0])
     peaks = []
@@ -249,7 +277,12 @@ def write_outputs(stc, forward, prefix, formats=("stc", "png", "csv"), title="",
     written = []
     if "stc" in formats:
         stc.save(str(prefix), overwrite=True, verbose=False)
-        written += [f"{prefix}-lh.stc", f"{prefix}-rh.stc"]
+        written += ([f"{prefix}-lh.stc", f"{prefix}-rh.stc"] if len(stc.vertices) == 2
+                    else [f"{prefix}-vl.stc"])
+    if not on_fsaverage_surface(forward) and {"png", "html"} & set(formats):
+        logger.warning("the map (png, html) is drawn on fsaverage's surface; this source "
+                       "space is another, so only the estimate and the peak table are written")
+        formats = [f for f in formats if f not in ("png", "html")]
     if "png" in formats:
         if empty:
             empty_figure(report.describe_empty(), title=title.rstrip(","),

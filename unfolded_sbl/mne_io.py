@@ -58,9 +58,9 @@ def _report_unused(inst):
     data = {k: v for k, v in groups.items() if k in OTHER_DATA_TYPES}
     aux = {k: v for k, v in groups.items() if k not in OTHER_DATA_TYPES}
     if data:
-        logger.warning("not used: %s. This package localises EEG only (MEG is not "
-                       "supported yet); the estimate comes from the EEG channels alone",
-                       _describe(data))
+        logger.warning("not used: %s. The estimate comes from the EEG channels alone "
+                       "(picks='meg,eeg' with a noise_cov and an mne.Forward localises "
+                       "them together)", _describe(data))
     if aux:
         logger.info("not used (not EEG): %s", _describe(aux))
     return groups
@@ -76,10 +76,9 @@ def _eeg_channels(inst):
         meg = sum(len(groups.get(kind, [])) for kind in ("mag", "grad"))
         if meg:
             raise ValueError(
-                f"the recording has {meg} MEG channels and no good EEG channels: MEG is "
-                "not supported yet (this package localises EEG). Use MNE-Python's inverse "
-                "solvers for MEG (mne.minimum_norm.apply_inverse, "
-                "mne.inverse_sparse.gamma_map), or pass a recording with EEG channels")
+                f"the recording has {meg} MEG channels and no good EEG channels: localise "
+                "them with picks='meg', a noise_cov and forward= an mne.Forward holding "
+                "the MEG sensors")
         raise ValueError("the recording has no good EEG channels"
                          + (f" (its channels: {_describe(groups)})" if groups else ""))
     bads = [c for c in inst.info["bads"] if c in inst.ch_names
@@ -119,6 +118,10 @@ def _make_estimator(model, fwd):
 
         return clone(model).set_params(forward=fwd).fit()
     if model in list_pretrained():
+        if getattr(fwd, "n_orient", 1) > 1:
+            logger.warning("%s was trained for fixed-orientation EEG; a free-orientation "
+                           "forward model is solved by ClassicalCB at the same depth", model)
+            return ClassicalCB(fwd).fit()
         return load_pretrained(model, forward=fwd, backend="onnx")
     if model.lower() == "classicalcb":
         return ClassicalCB(fwd).fit()
@@ -349,7 +352,7 @@ def _source_estimate(data, fwd, tmin, tstep):
 
 def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
           baseline=(None, 0), noise_cov=None, drop_bad="auto", return_forward=False,
-          pick_ori=None):
+          pick_ori=None, picks=None):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
 
     Parameters
@@ -387,13 +390,23 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         flat and noisy channels, and offset channels when no baseline
         correction removes the offset; ``"none"`` keeps every channel.
     return_forward : bool
-        Also return the :class:`ForwardModel` used (its channels and geometry).
+        Also return the :class:`ForwardModel` used (its channels and geometry; one
+        column per location, :meth:`ForwardModel.locations`; whitened for MEG).
     pick_ori : None | "normal" | "vector"
         With a free-orientation forward model
         (``ForwardModel.from_mne(fwd, orientation="free")``), as MNE's
         ``apply_inverse``: None gives each location's dipole length, ``"normal"``
         its component normal to the cortex, ``"vector"`` the three components
         (an ``mne.VectorSourceEstimate``).  Fixed orientation: None or "normal".
+    picks : str | list of str | None
+        Channel types to localise: ``"eeg"``, ``"meg"`` (``"mag"``, ``"grad"``) or
+        ``"meg,eeg"``; default EEG when the recording has EEG, else MEG.  MEG and
+        MEG+EEG are projected (the recording's SSP projectors) and whitened by
+        ``noise_cov`` (required: an ``mne.Covariance``, a ``-cov.fif`` or
+        ``"baseline"``; scaled by ``1 / nave`` for an Evoked), rank-aware, and
+        solved with unit noise by ``ClassicalCB`` or ``sLORETA``; ``forward``
+        must then be an ``mne.Forward`` (or ``-fwd.fif``) with the sensors (a
+        free-orientation one solves three dipoles per location).
 
     Returns
     -------
@@ -415,6 +428,17 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         raise TypeError(f"inst must be an mne.Evoked or mne.Epochs, got {type(inst).__name__}")
     if drop_bad not in ("auto", "none"):
         raise ValueError(f"drop_bad must be 'auto' or 'none', got {drop_bad!r}")
+    from .meg import apply_whitened, default_picks, parse_picks
+
+    kinds = parse_picks(picks) if picks is not None else default_picks(inst)
+    if kinds != ("eeg",):
+        stcs, estimator, white = apply_whitened(inst, model, forward, tmin, tmax, baseline,
+                                                noise_cov, kinds, pick_ori)
+        name = model if isinstance(model, str) else type(model).__name__
+        for stc, report in zip(stcs, _reports(estimator, name, len(stcs))):
+            stc.solver_report = report
+        out = stcs[0] if isinstance(inst, mne.Evoked) else stcs
+        return (out, white.locations()) if return_forward else out
     inst = inst.copy()
     ch_names = _eeg_channels(inst)
     use_baseline = baseline is not None and inst.times[0] < 0
@@ -459,4 +483,4 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         stc.solver_report = report
         stcs.append(stc)
     out = stcs[0] if isinstance(inst, mne.Evoked) else stcs
-    return (out, fwd) if return_forward else out
+    return (out, fwd.locations()) if return_forward else out
