@@ -16,9 +16,10 @@ The average reference, the scaling, and for learned models the regime check
 graph (a channel holding a non-finite value in a sample counts as flat, zero, in
 that sample, so the answer is finite), so plain onnxruntime gives what
 :class:`~unfolded_sbl.OnnxSBLRegressor` gives.  The regime check's settings are
-constants of a learned file, listed in its contract's ``settings``: ``regime_check`` (bool), ``density_ceiling``
-(``inf`` for none) and, when the lead field is an input, ``source_spacing``
-(metres: the source space is taken to be the trained one).
+constants of a learned file, listed in its contract's ``settings``:
+``regime_check`` (bool), ``density_ceiling`` (``inf`` for none) and, when the
+lead field is an input, ``source_spacing`` (metres: the source space is taken to
+be the trained one).
 :class:`~unfolded_sbl.OnnxSBLRegressor` sets them from its parameters and
 forward model before it opens the file.
 
