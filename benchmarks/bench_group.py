@@ -4,8 +4,9 @@ simulated recordings with ``--n-jobs 1`` and ``2`` (one run).
     python -m benchmarks.bench_group [--recordings 20] [--model ClassicalCB]
 
 Each recording is ``--seconds`` of simulated 64-channel EEG (100 Hz, the default cap)
-with a 'stim' event every second, epoched and averaged by ``localize``; the outputs are the peak tables and
-the group summary (``--formats csv``), so the time is reading, epoching and solving.
+with a 'stim' event every second, epoched and averaged by ``localize``; the outputs
+are the peak tables and the group summary (``--formats csv``), so the time is reading,
+epoching and solving.
 Writes the ``group`` section of benchmarks/RESULTS.md.
 """
 
