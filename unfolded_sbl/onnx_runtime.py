@@ -86,9 +86,7 @@ def _session(model, providers, threads, path=None):
     # on the CPU: report what the session really uses.
     used = session.get_providers()[0]
     if "CUDAExecutionProvider" in wanted and used != "CUDAExecutionProvider":
-        logger.info("onnxruntime: CUDA unavailable here, running on %s", used)
-    else:
-        logger.info("onnxruntime: running on %s", used)
+        logger.info("onnxruntime: CUDA unavailable here")
     return session
 
 
@@ -242,6 +240,7 @@ class OnnxSBLRegressor(_NetworkEstimator):
             model.SerializeToString(), self.providers, self.intra_op_num_threads,
             path=self.path))
         self.provider_ = self.session_.get_providers()[0]
+        logger.info("onnxruntime: running on %s", self.provider_)  # new or cached session
         inputs = {i.name: i for i in self.session_.get_inputs()}
         self.learn_noise_ = "noise_var_in" not in inputs
         self.outputs_ = [o.name for o in self.session_.get_outputs()]
