@@ -179,3 +179,5 @@ def test_models_command_shows_each_models_prior_gain_and_losses(capsys):
     for row in us.list_pretrained(details=True):
         assert row["name"] in out and row["prior"] in out
     assert "deep-cb-known" in out and "SNR 30 to 40 dB 1.33" in out  # a known loss
+    # what each was trained for, and what answers otherwise
+    assert out.count("supports: EEG in volts, fixed orientation") == len(us.list_pretrained())

@@ -43,7 +43,8 @@ def _cmd_models(args):
         loses = ", ".join(f"{k} {v:.2f}" for k, v in (row["loses"] or {}).items()) or "none"
         print(f"\n{row['name']}: {row['description']}\n  trained on: {row['prior']}\n"
               f"  median ratio {row['median_ratio']}, nominal {row['nominal']}, perturbed "
-              f"{row['perturbed']}\n  loses (ratio above 1.005): {loses}")
+              f"{row['perturbed']}\n  loses (ratio above 1.005): {loses}\n"
+              f"  supports: {row['supports']}")
     return 0
 
 

@@ -47,6 +47,12 @@ DENSITY_CEILINGS = {"deep-cb-joint": 0.1, "deep-cb-known": 0.1, "deep-attn-cb-jo
                     "deep-graph-cb-joint": 0.1, "deep-cb-joint-classical-noise": 0.1,
                     "deep-cb-joint-focal": 0.1}
 
+#: The modalities and orientations every shipped model was trained for; ``apply``
+#: solves anything else with ClassicalCB at the same depth and says so.
+SUPPORTS = ("EEG in volts, fixed orientation (normal to the cortex); MEG, whitened "
+            "MEG+EEG and free orientation are solved by ClassicalCB")
+
+
 def list_pretrained(forward=None, details=False):
     """Names of the shipped models (those with a model card); with ``forward``, only
     those whose corrections act on its source space (:func:`suits`).
@@ -56,7 +62,8 @@ def list_pretrained(forward=None, details=False):
     ``median_ratio`` (its median rMSE ratio to ClassicalCB over the robustness
     matrix's conditions where its corrections act), ``nominal`` and ``perturbed``
     (the matrix's first two rows) and ``loses`` (condition -> ratio, every
-    condition above 1.005), from its card's ``summary``.
+    condition above 1.005), from its card's ``summary``; and ``supports``: what it
+    was trained for (:data:`SUPPORTS`).
     """
     names = sorted(p.stem for p in MODEL_DIR.glob("*.json"))
     names = names if forward is None else [n for n in names if suits(n, forward)]
@@ -68,7 +75,8 @@ def list_pretrained(forward=None, details=False):
         summary = card.get("summary", {})
         rows.append({"name": name, "description": card.get("description", name),
                      **{k: summary.get(k) for k in ("prior", "median_ratio", "nominal",
-                                                    "perturbed", "loses")}})
+                                                    "perturbed", "loses")},
+                     "supports": SUPPORTS})
     return rows
 
 
