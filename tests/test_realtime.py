@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import numpy as np
@@ -163,3 +164,14 @@ def test_bad_parameters_are_refused_before_connecting():
             realtime.SourceStream("none", **kwargs).connect()
     with pytest.raises(RuntimeError, match="connect"):
         next(realtime.SourceStream("none").windows())
+
+
+def test_a_stream_that_stops_is_reported_and_the_duration_still_ends(tmp_path, player):
+    """The player plays 3 s once and stops: windows after it say the stream stalled,
+    and a duration longer than the recording still ends (by the wall clock)."""
+    name = player(_recording(tmp_path, seconds=3.0), seconds=3.0)
+    start = time.perf_counter()
+    with realtime.SourceStream(name, model="sLORETA", source_id=name) as stream:
+        windows = list(stream.windows(duration=6.0))
+    assert time.perf_counter() - start < 6.0 + 3 * realtime.STALL_SECONDS + 10
+    assert any("no new sample" in w.skipped for w in windows)

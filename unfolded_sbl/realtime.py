@@ -262,7 +262,12 @@ class SourceStream:
             raise RuntimeError("call connect() first, or use the SourceStream in a "
                                "with-block")
         index, first, last_end = 0, None, None
+        started = time.perf_counter()
         while max_windows is None or index < max_windows:
+            # a stream that stopped does not advance its own clock: bound by the wall's
+            if duration is not None and (time.perf_counter() - started
+                                         > duration + 2 * STALL_SECONDS):
+                return
             waited = self._wait_for_hop()
             data, stamps = self.stream_.get_data(winsize=self.window, picks=self.ch_names_)
             if len(stamps) < self.n_window_ or not waited:
