@@ -98,24 +98,11 @@ def export_onnx(estimator, path, n_channels=None, n_sources=None, n_times=20,
     """
     from .estimators import SLORETA, ClassicalCB
 
+    labels = {"model": name, **({"provenance": provenance} if provenance else {})}
     if isinstance(estimator, (ClassicalCB, SLORETA)):
-        path = _export_classical(estimator, path, embed_forward, n_times, name)
-    else:
-        path = _export_network(estimator, path, embed_forward, n_channels, n_sources,
-                               n_times, name)
-    if provenance:
-        _add_provenance(path, provenance)
-    return path
-
-
-def _add_provenance(path, provenance):
-    import onnx
-
-    model = onnx.load(str(path))
-    for prop in model.metadata_props:
-        if prop.key == "unfolded_sbl.contract":
-            prop.value = json.dumps({**json.loads(prop.value), "provenance": provenance})
-    onnx.save(model, str(path))
+        return _export_classical(estimator, path, embed_forward, n_times, labels)
+    return _export_network(estimator, path, embed_forward, n_channels, n_sources, n_times,
+                           labels)
 
 
 def read_contract(path_or_model):
@@ -182,7 +169,7 @@ def _example_inputs(module, n_channels, n_times, lead_field, neighbours):
 
 
 # -- learned networks ---------------------------------------------------------------
-def _export_network(estimator, path, embed_forward, n_channels, n_sources, n_times, name):
+def _export_network(estimator, path, embed_forward, n_channels, n_sources, n_times, labels):
     import onnx
 
     from ._export_compose import (
@@ -255,7 +242,7 @@ def _export_network(estimator, path, embed_forward, n_channels, n_sources, n_tim
             "fixed_sizes": "bias" in (config["correction"], config["noise_correction"])}
     model.metadata_props.add(key="unfolded_sbl", value=json.dumps(meta))
     model.metadata_props.add(key="unfolded_sbl.contract", value=json.dumps(
-        contract(estimator, names, OUTPUTS, embed_forward, name, settings)))
+        contract(estimator, names, OUTPUTS, embed_forward, labels, settings)))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return str(path)
@@ -277,7 +264,7 @@ def _classical_network(est):
     return network.cast(_DTYPES[est.dtype]).eval()
 
 
-def _export_classical(est, path, embed_forward, n_times, name):
+def _export_classical(est, path, embed_forward, n_times, labels):
     """ClassicalCB or SLORETA as a self-contained file (see :func:`export_onnx`)."""
     import onnx
     from sklearn.utils.validation import check_is_fitted
@@ -309,7 +296,7 @@ def _export_classical(est, path, embed_forward, n_times, name):
             network.use_inverse = False
     drop_omitted_inputs(model.graph)
     model.metadata_props.add(key="unfolded_sbl.contract", value=json.dumps(
-        contract(est, names, outputs, embed_forward, name)))
+        contract(est, names, outputs, embed_forward, labels)))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return str(path)
@@ -325,10 +312,11 @@ _UNITS_IN = {"sensors": "V, any reference; a channel with a non-finite value in 
              "neighbour_weight": "weights (mesh_neighbourhoods)"}
 
 
-def contract(est, inputs, outputs, embed_forward, name=None, settings=None):
+def contract(est, inputs, outputs, embed_forward, labels=None, settings=None):
     """The file's contract, stored as its ``unfolded_sbl.contract`` metadata (JSON):
-    what goes in and comes out, in which units, for which forward model and model;
-    readable with ``onnx`` or ``onnxruntime`` alone."""
+    what goes in and comes out, in which units, for which forward model and model
+    (``labels``: ``model`` name and optional ``provenance``); readable with ``onnx``
+    or ``onnxruntime`` alone."""
     from .estimators import SLORETA, ClassicalCB
 
     fwd = est.forward_
@@ -344,7 +332,7 @@ def contract(est, inputs, outputs, embed_forward, name=None, settings=None):
                   "length, source spacing) or denser than density_ceiling are solved by "
                   "the classical updates; classical_fallback marks them")
     return {"contract_version": CONTRACT_VERSION, "unfolded_sbl_version": __version__,
-            "solver": type(est).__name__, "model": name, "params": {
+            "solver": type(est).__name__, "model": None, **(labels or {}), "params": {
                 k: v for k, v in est.get_params().items()
                 if k != "forward" and isinstance(v, (str, int, float, bool, type(None)))},
             "inputs": {n: {"shape": _SHAPES_IN[n], "units": _UNITS_IN[n]} for n in inputs},

@@ -208,7 +208,7 @@ class ForwardModel:
             forward, meg=(True if len(meg) == 2 else meg.pop() if meg else False),
             eeg="eeg" in picks)
         if orientation == "free":
-            if forward["source_ori"] == 1 and forward["sol"]["ncol"] == forward["nsource"]:
+            if mne.forward.is_fixed_orient(forward):
                 raise ValueError("orientation='free' needs a free-orientation forward "
                                  "(this one was made or converted to fixed orientation)")
             forward = mne.convert_forward_solution(forward, surf_ori=True, force_fixed=False,

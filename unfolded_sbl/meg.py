@@ -142,10 +142,6 @@ def whitened_problem(inst, forward, noise_cov, picks, orientation="fixed"):
     return np.einsum("rc,ect->ert", operator, data), white, ch_names
 
 
-def _free(forward):
-    return not (forward["source_ori"] == 1 and forward["sol"]["ncol"] == forward["nsource"])
-
-
 def _whitened_estimator(model, white):
     """The solver of a whitened problem (unit sensor noise): ClassicalCB with known
     noise, sLORETA, or the user's ClassicalCB/SLORETA on the whitened gain.  Learned
@@ -177,7 +173,7 @@ def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks,
     whitened forward model)."""
     import mne
 
-    from .mne_io import _oriented, _source_estimate
+    from .mne_io import _check_pick_ori, _oriented, _source_estimate
 
     if isinstance(forward, str) and Path(forward).is_file():
         forward = mne.read_forward_solution(forward, verbose=False)
@@ -189,9 +185,10 @@ def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks,
     if baseline is not None and inst.times[0] < 0:
         inst.apply_baseline(baseline, verbose=False)
     inst.crop(tmin, tmax)
-    orientation = "free" if isinstance(forward, mne.Forward) and _free(forward) else "fixed"
+    orientation = ("free" if isinstance(forward, mne.Forward)
+                   and not mne.forward.is_fixed_orient(forward) else "fixed")
     data, white, _ = whitened_problem(inst, forward, cov, picks, orientation)
-    _oriented(np.zeros((1, white.n_sources, 1)), white, pick_ori)  # checked before solving
+    _check_pick_ori(white, pick_ori)
     estimator = _whitened_estimator(model, white)
     kwargs = {}
     if getattr(estimator, "noise_mode_", None) == "known":

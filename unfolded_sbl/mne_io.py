@@ -98,7 +98,8 @@ def forward_for_channels(ch_names, forward=None, positions=None, log=print):
 
 
 def _montage_positions(inst, ch_names):
-    """Head-frame positions of ``ch_names`` from the recording's montage, where set."""
+    """Head-frame positions of ``ch_names`` from the montage of ``inst`` (a recording or
+    an ``mne_lsl`` stream: anything with ``get_montage``), where set."""
     montage = inst.get_montage()
     if montage is None:
         return {}
@@ -316,18 +317,24 @@ def _log_reports(reports, name, evoked):
                        empty[0].describe_empty())
 
 
+def _check_pick_ori(fwd, pick_ori):
+    """``pick_ori`` checked against ``fwd`` (before solving); returns its ``n_orient``."""
+    if pick_ori not in (None, "normal", "vector"):
+        raise ValueError(f"pick_ori must be None, 'normal' or 'vector', got {pick_ori!r}")
+    n_orient = getattr(fwd, "n_orient", 1)
+    if n_orient == 1 and pick_ori == "vector":
+        raise ValueError("pick_ori='vector' needs a free-orientation forward model "
+                         "(ForwardModel.from_mne(fwd, orientation='free'))")
+    return n_orient
+
+
 def _oriented(sources, fwd, pick_ori):
     """Sources (n, n_orient * M, T) of a forward model as ``pick_ori`` asks: one value
     per location ((n, M, T): fixed orientation as it is, free orientation as the
     dipole's length with ``None`` or its normal component with ``"normal"``) or the
     three components ((n, M, 3, T), ``"vector"``)."""
-    n_orient = getattr(fwd, "n_orient", 1)
-    if pick_ori not in (None, "normal", "vector"):
-        raise ValueError(f"pick_ori must be None, 'normal' or 'vector', got {pick_ori!r}")
+    n_orient = _check_pick_ori(fwd, pick_ori)
     if n_orient == 1:
-        if pick_ori == "vector":
-            raise ValueError("pick_ori='vector' needs a free-orientation forward model "
-                             "(ForwardModel.from_mne(fwd, orientation='free'))")
         return sources
     vectors = sources.reshape(sources.shape[0], -1, n_orient, sources.shape[-1])
     if pick_ori == "vector":
@@ -473,7 +480,7 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         kwargs["noise_var"] = np.tile(noise_var, (len(X), 1))
     elif noise_var is not None:
         logger.warning("%s learns the sensor noise jointly: noise_cov is not used", name)
-    _oriented(np.zeros((1, fwd.n_sources, 1)), fwd, pick_ori)  # checked before solving
+    _check_pick_ori(fwd, pick_ori)
     sources = _oriented(estimator.predict(X, **kwargs), fwd, pick_ori)
     reports = _reports(estimator, name, len(sources))
     _log_reports(reports, name, isinstance(inst, mne.Evoked))

@@ -223,13 +223,8 @@ class OnnxSBLRegressor(_NetworkEstimator):
         self.density_ceiling_ = check_optional_fraction(
             recorded if auto else self.density_ceiling,
             f"the density_ceiling recorded in {self.path}")
-        values = {}
-        if settings:
-            values = {"regime_check": np.array(bool(self.regime_check)),
-                      "density_ceiling": np.array(np.inf if self.density_ceiling_ is None
-                                                  else float(self.density_ceiling_))}
-            if "source_spacing" in settings:
-                values["source_spacing"] = np.array(float(source_spacing(self.forward_)))
+        values = self._settings_values()
+        if values:
             set_constants(model, values)
             if self.regime_check:
                 self._other_resolution()  # logs once when the corrections stand aside
@@ -247,6 +242,27 @@ class OnnxSBLRegressor(_NetworkEstimator):
         # the solver's dtype inside the file (its inputs and outputs are float64)
         self.solver_dtype_ = np.dtype(self.contract_["params"].get("dtype", "float64"))
         return self
+
+    def _settings_values(self):
+        """The file's regime-check constants as this estimator sets them (its
+        ``regime_check``, resolved density ceiling and forward model's spacing);
+        empty for files without a regime check."""
+        settings = self.contract_.get("settings", {})
+        if not settings:
+            return {}
+        values = {"regime_check": np.array(bool(self.regime_check)),
+                  "density_ceiling": np.array(np.inf if self.density_ceiling_ is None
+                                              else float(self.density_ceiling_))}
+        if "source_spacing" in settings:
+            values["source_spacing"] = np.array(float(source_spacing(self.forward_)))
+        return values
+
+    def _forward_feeds(self):
+        """The inputs that carry the forward model: none for a file that embeds it,
+        else the lead field (V / (A m)) and a graph model's neighbourhoods."""
+        if self.contract_["forward"]["embedded"]:
+            return {}
+        return {"lead_field": self.forward_.lead_field, **self._geometry_feeds()}
 
     def _check_sizes(self):
         """Files tied to a cap (an embedded forward model, bias corrections) run on
@@ -285,9 +301,7 @@ class OnnxSBLRegressor(_NetworkEstimator):
         elif noise_var is not None:
             raise ValueError("noise_var is only used by known-noise models")
         data, expand = self._on_row_space(Y)
-        fixed = {} if self.contract_["forward"]["embedded"] else {
-            "lead_field": self.forward_.lead_field,
-            **self._geometry_feeds()}
+        fixed = self._forward_feeds()
         sources, parts = None, []
         for start in range(0, len(data), self.batch_size):
             rows = slice(start, start + self.batch_size)

@@ -176,6 +176,8 @@ class SourceStream:
         first window, so that the first window is not slowed by it)."""
         from mne_lsl.stream import StreamLSL
 
+        from .mne_io import _montage_positions
+
         for value, label in ((self.window, "window"), (self.hop, "hop")):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
@@ -198,21 +200,11 @@ class SourceStream:
                              f"(its channels: {self.stream_.ch_names[:10]}...)")
         self.ch_names_ = eeg
         self.n_window_ = max(1, int(round(self.window * self.sfreq_)))
-        self._positions = self._montage_positions()
+        self._positions = _montage_positions(self.stream_, eeg)
         self._solvers = {}
         self._solver(tuple(eeg))
         self._warned = set()
         return self
-
-    def _montage_positions(self):
-        montage = self.stream_.get_montage()
-        if montage is None:
-            return {}
-        pos = montage.get_positions()
-        if pos["coord_frame"] not in ("head", "unknown"):
-            return {}
-        return {c: p for c, p in pos["ch_pos"].items()
-                if c in self.ch_names_ and np.all(np.isfinite(p)) and np.any(p != 0)}
 
     def _solver(self, channels):
         """(estimator, forward, MNI-like source coordinates) for ``channels``, cached."""

@@ -66,8 +66,9 @@ def source_spread(source_var):
     return torch.where(power > 0, spread, torch.zeros_like(spread))
 
 
-#: Subspace iterations of :func:`regime_level_db`: enough to bring its level
-#: within a fraction of a dB of the eigenvalues' at every SNR the models meet.
+#: Subspace iterations of :func:`regime_level_db`: the strong directions converge in
+#: a few; the rest let the level follow the eigenvalues' where the upper half ends
+#: among noise eigenvalues of nearly equal size (``tests/test_onnx_contract.py``).
 SUBSPACE_ITERATIONS = 16
 #: Ridge added to the trace-normalised covariance that :func:`regime_level_db`
 #: iterates on: it keeps every matrix the iterations invert well conditioned (a
@@ -80,8 +81,8 @@ def regime_level_db(Y, referenced=True):
 
     Mean of the lower half of the data-covariance eigenvalues (of the
     ``min(N - 1, T)`` that can be non-zero) over the mean of all of them: about
-    the noise level relative to the data power for noisy data, and round-off
-    (below -200 dB) for noise-free or exactly low-rank data.
+    the noise level relative to the data power for noisy data, and round-off for
+    noise-free or exactly low-rank data, far below :data:`REGIME_FLOOR_DB`.
 
     The upper half's directions are found by subspace iteration on the
     covariance (normalised by its trace, plus a small ridge) and the lower half's

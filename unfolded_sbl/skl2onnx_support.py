@@ -31,8 +31,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-import numpy as np
-
 
 def _solver_graph(est):
     """The estimator's self-contained ONNX model, its only input ``sensors``."""
@@ -40,27 +38,12 @@ def _solver_graph(est):
 
     from ._export_compose import drop_omitted_inputs, set_constants
     from .export import export_onnx
-    from .forward import mesh_neighbourhoods
     from .onnx_runtime import OnnxSBLRegressor
 
     if isinstance(est, OnnxSBLRegressor):
-        model = onnx.load(str(est.path))
-        names = {i.name for i in model.graph.input}
-        constants = {"lead_field": est.forward_.lead_field} if "lead_field" in names else {}
-        if "neighbour_index" in names:
-            index, weight, _ = mesh_neighbourhoods(est.forward_)
-            constants.update(neighbour_index=np.asarray(index),
-                             neighbour_weight=np.asarray(weight, dtype=np.float64))
-        settings = est.contract_.get("settings", {})
-        if settings:
-            constants["regime_check"] = np.array(bool(est.regime_check))
-            constants["density_ceiling"] = np.array(
-                np.inf if est.density_ceiling_ is None else float(est.density_ceiling_))
-            if "source_spacing" in settings:
-                from .forward import source_spacing
-
-                constants["source_spacing"] = np.array(float(source_spacing(est.forward_)))
-        set_constants(model, constants)
+        # the forward model and the settings as constants, as the estimator feeds them
+        model = set_constants(onnx.load(str(est.path)),
+                              {**est._forward_feeds(), **est._settings_values()})
     else:
         with tempfile.TemporaryDirectory() as folder:
             path = export_onnx(est, os.path.join(folder, "solver.onnx"), embed_forward=True)
