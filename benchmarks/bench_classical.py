@@ -6,6 +6,12 @@ whitened by the true per-sensor noise so that MNE's scalar noise variance
 time) is timed without its wrapper's I/O; ClassicalCB solves the batch.
 
     python -m benchmarks.bench_classical [--n-problems 32] [--n-mne 8] [--rounds 3]
+    python -m benchmarks.bench_classical --meg   # MEG and MEG+EEG, whitened
+
+``--meg`` times the same pair on the whitened MEG and MEG+EEG problems of
+:mod:`benchmarks.bench_meg` (mne-python's test recording's sensors, fsaverage
+ico3), with the orientation fixed and free (three dipoles per location, one
+variance: MNE's ``group_size=3``), and writes its own section.
 
 MNE's time moves by up to 40 % between runs on a shared machine, so every solver is
 timed ``--rounds`` times, the solvers taking turns within a round; the table shows
@@ -111,6 +117,62 @@ def _ratio(speedup):
     return f"x{median:.1f} [{low:.1f}, {high:.1f}]"
 
 
+def meg_speed(n_problems, n_mne, n_iter, rounds):
+    """Seconds per problem of MNE's ``_gamma_map_opt`` and of batched ClassicalCB on
+    whitened MEG and MEG+EEG problems, fixed and free orientation, taking turns."""
+    from mne.inverse_sparse._gamma_map import _gamma_map_opt
+
+    from benchmarks.bench_meg import MODALITIES, simulate_tilted, whitened_forward
+    from unfolded_sbl.forward import loose_model
+
+    rows, payload = {}, {}
+    for modality, kinds in MODALITIES.items():
+        white = whitened_forward(kinds)
+        data, _ = simulate_tilted(white, n_problems, 30.0, 5.0, random_state=0)
+        noise, n_times = np.ones(data.shape[:2]), data.shape[-1]
+        for orientation, loose, group in (("fixed", 0.0, 1), ("free", 1.0, 3)):
+            model, _ = loose_model(white, loose)
+            est = us.ClassicalCB(model, noise="known", n_iter=n_iter, tol=0.0,
+                                 batch_size=n_problems).fit()
+            est.predict(data[:2], noise_var=noise[:2])  # warm-up
+
+            def run_mne(L=model.lead_field, group=group):
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for Y in data[:n_mne]:
+                        _gamma_map_opt(Y, L, alpha=1.0, maxit=n_iter, tol=0.0,
+                                       update_mode=2, group_size=group, verbose=False)
+                return (time.perf_counter() - start) / n_mne
+
+            def run_ours(est=est):
+                start = time.perf_counter()
+                est.predict(data, noise_var=noise)
+                return (time.perf_counter() - start) / n_problems
+
+            seconds = take_turns({"mne": run_mne, "ours": run_ours}, rounds)
+            ratios = [m / o for m, o in zip(seconds["mne"], seconds["ours"])]
+            label = f"{modality}, {orientation} ({model.n_sources} columns, " \
+                    f"{model.n_channels} whitened channels)"
+            rows[label] = {"mne_ms": 1e3 * statistics.median(seconds["mne"]),
+                           "ours_ms": 1e3 * statistics.median(seconds["ours"]),
+                           "speedup": (statistics.median(ratios), min(ratios), max(ratios))}
+            print(label, rows[label], flush=True)
+    payload["rows"] = rows
+    lines = ["| problem | MNE gamma_map core (ms) | ClassicalCB f64, batch "
+             f"{n_problems} (ms) | speed-up |", "|---|---|---|---|"]
+    lines += [f"| {label} | {r['mne_ms']:.1f} | {r['ours_ms']:.1f} | {_ratio(r['speedup'])} |"
+              for label, r in rows.items()]
+    body = ("`python -m benchmarks.bench_classical --meg` - whitened problems of "
+            "`benchmarks.bench_meg` (mne-python's test recording's sensors and noise "
+            f"covariance, fsaverage ico3), T = {n_times} (simulated), {n_iter} iterations, "
+            f"known noise; MNE's `_gamma_map_opt` (update_mode=2, `group_size` 3 when "
+            f"free) on {n_mne} problems one by one, ClassicalCB on {n_problems} in one "
+            f"batch; each timed {rounds} times taking turns, medians and the median "
+            "per-round speed-up [lowest, highest].\n\n" + "\n".join(lines))
+    return body, payload
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-problems", type=int, default=64)
@@ -119,7 +181,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3,
                         help="times every solver is timed (median kept)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--meg", action="store_true",
+                        help="time the whitened MEG and MEG+EEG problems instead")
     args = parser.parse_args(argv)
+    if args.meg:
+        body, payload = meg_speed(args.n_problems // 4, args.n_mne // 2, 25, args.rounds)
+        if not args.no_write:
+            write_section("classical_meg", "Classical solvers on MEG: ClassicalCB vs MNE "
+                          "gamma_map", body, payload)
+        return
 
     fwd = us.load_forward()
     data = us.simulate(fwd, args.n_problems, random_state=args.seed)

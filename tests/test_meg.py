@@ -28,15 +28,30 @@ def recording():
     return evokeds, cov, forward, sphere
 
 
-@pytest.mark.parametrize("picks", [("grad", "mag"), ("eeg",), ("eeg", "grad", "mag")],
-                         ids=["meg", "eeg", "meg+eeg"])
-def test_whitened_classicalcb_equals_mne_gamma_map(recording, picks):
-    """Same projections, whitening (rank-aware) and orientation grouping: known-noise
-    ClassicalCB == mne.inverse_sparse.gamma_map (free orientation, update_mode=2)."""
-    evokeds, cov, forward, _ = recording
-    evoked = evokeds[0].copy().crop(0.05, 0.15)
+@pytest.fixture(scope="module")
+def template(recording, tmp_path_factory):
+    """Forward models on fsaverage for the recording's sensors, built offline (ico3 BEM
+    to keep the suite short): MEG, EEG and MEG+EEG."""
+    from unfolded_sbl import templates
+
+    evokeds = recording[0]
+    cache = tmp_path_factory.mktemp("forward-cache")
+    subjects_dir = templates.make_subjects_dir(tmp_path_factory.mktemp("subjects"))
+    messages = []
+    built = {picks: templates.forward_for_recording(
+        evokeds[0].info, picks, bem_ico=3, cache_dir=cache, subjects_dir=subjects_dir,
+        log=messages.append) for picks in (("grad", "mag"), ("eeg",), ("eeg", "grad", "mag"))}
+    return built, messages, cache, subjects_dir
+
+
+def _gamma_map_parity(evoked, forward, cov, picks, loose):
+    """Known-noise ClassicalCB on the whitened problem against mne's gamma_map (same
+    projections, rank-aware whitening, orientation grouping and loose prior)."""
+    from unfolded_sbl.forward import loose_model
+
     Y, white, ch_names = whitened_problem(evoked, forward, cov, picks, orientation="free")
     assert white.n_orient == 3 and Y.shape[1] == white.n_channels < len(ch_names)
+    white, scale = loose_model(white, loose)
     n_iter, L = 10, white.lead_field
     mne_gamma0 = np.linalg.norm(Y[0] @ Y[0].T, "fro") / np.linalg.norm(L, np.inf) ** 2
     ours_unit = np.mean(Y[0] ** 2) / (np.sum(L ** 2) / L.shape[0])
@@ -46,41 +61,104 @@ def test_whitened_classicalcb_equals_mne_gamma_map(recording, picks):
     gammas = est.history_["source_var"][0]
     # gamma_map returns gamma_K L^T S(gamma_{K-1}) Y: rebuilt from the history
     model_cov = (L * gammas[-2]) @ L.T + np.eye(L.shape[0])
-    ours = (gammas[-1][:, None] * (L.T @ np.linalg.solve(model_cov, Y[0]))).reshape(
-        -1, 3, Y.shape[-1])
+    ours = gammas[-1][:, None] * (L.T @ np.linalg.solve(model_cov, Y[0]))
+    ours = (ours if scale is None else ours * scale[:, None]).reshape(-1, 3, Y.shape[-1])
+    # MNE's vector estimates are in x, y, z: the surface-oriented dipoles rotated back
+    ours = np.einsum("mkt,mkd->mdt", ours, white.normals.reshape(-1, 3, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stc = mne.inverse_sparse.gamma_map(
-            evoked.copy().pick(ch_names), forward, cov, alpha=1.0, loose=1.0, depth=None,
+            evoked.copy().pick(ch_names), forward, cov, alpha=1.0, loose=loose, depth=None,
             xyz_same_gamma=True, update_mode=2, tol=0, maxit=n_iter, pca=True,
             pick_ori="vector", verbose=False)
     theirs = np.zeros_like(ours)
-    theirs[np.searchsorted(forward["src"][0]["vertno"], stc.vertices[0])] = stc.data
+    offsets = np.cumsum([0] + [s["nuse"] for s in forward["src"]])
+    for hemi, (vertno, offset) in enumerate(zip([s["vertno"] for s in forward["src"]],
+                                                offsets)):
+        rows = stc.lh_data if len(forward["src"]) == 2 and hemi == 0 else (
+            stc.rh_data if len(forward["src"]) == 2 else stc.data)
+        theirs[offset + np.searchsorted(vertno, stc.vertices[hemi])] = rows
+    return ours, theirs
+
+
+@pytest.mark.parametrize("picks", [("grad", "mag"), ("eeg",), ("eeg", "grad", "mag")],
+                         ids=["meg", "eeg", "meg+eeg"])
+def test_whitened_classicalcb_equals_mne_gamma_map(recording, picks):
+    """Same projections, whitening (rank-aware) and orientation grouping: known-noise
+    ClassicalCB == mne.inverse_sparse.gamma_map (free orientation, update_mode=2)."""
+    evokeds, cov, forward, _ = recording
+    ours, theirs = _gamma_map_parity(evokeds[0].copy().crop(0.05, 0.15), forward, cov,
+                                     picks, loose=1.0)
     assert np.linalg.norm(ours - theirs) <= 1e-6 * np.linalg.norm(theirs)
 
 
-def _peak_mm(stc, sphere, forward):
-    """Position (mm, head frame, from the sphere's centre) of the strongest source at
-    the time of maximal power."""
-    power = stc.data ** 2 if stc.data.ndim == 2 else (stc.data ** 2).sum(1)
-    t = power.sum(0).argmax()
-    rr = forward["src"][0]["rr"][stc.vertices[0]]
-    return 1e3 * (rr[power[:, t].argmax()] - sphere["r0"]), stc.times[t]
+def test_loose_orientation_equals_mne_gamma_map(recording, template):
+    """On a cortical surface, loose=0.2 (MNE's default there) as gamma_map applies it:
+    the tangential dipoles' gain scaled by sqrt(loose), the estimate scaled back."""
+    evokeds, cov, _, _ = recording
+    forward = template[0][("grad", "mag")]
+    ours, theirs = _gamma_map_parity(evokeds[0].copy().crop(0.05, 0.15), forward, cov,
+                                     ("grad", "mag"), loose=0.2)
+    assert np.linalg.norm(ours - theirs) <= 1e-6 * np.linalg.norm(theirs)
 
 
-@pytest.mark.parametrize("picks", ["meg", "meg,eeg"])
-def test_responses_peak_where_the_physiology_puts_them(recording, picks):
-    """Auditory responses (N100m) lateral over a temporal lobe; visual responses
-    posterior, in the hemisphere opposite the stimulated visual field."""
-    evokeds, cov, forward, sphere = recording
-    peaks = {e.comment: _peak_mm(us.apply(e, forward=forward, noise_cov=cov, picks=picks,
-                                          tmin=0.05, tmax=0.2), sphere, forward)
-             for e in evokeds}
+def _peak(stc, forward):
+    """MNI-like position (mm) and hemisphere of the strongest local maximum."""
+    from unfolded_sbl.localize import peak_report
+
+    peak = peak_report(stc, forward, n_peaks=1)[0]
+    return peak["hemisphere"], peak["x_mm"], peak["y_mm"]
+
+
+@pytest.mark.parametrize("picks", ["meg", "meg,eeg", "eeg"])
+def test_responses_peak_where_the_physiology_puts_them(recording, template, picks):
+    """On the fsaverage forward built for the recording's sensors (co-registered by its
+    digitisation), whitened, loose orientation: auditory responses (N100m) lateral,
+    around the sylvian fissure; visual responses posterior, in the hemisphere opposite
+    the stimulated visual field.  EEG alone is whitened too (``whiten=True``)."""
+    evokeds, cov, _, _ = recording
+    forward = template[0][parse_picks(picks)]
+    peaks = {}
+    for evoked in evokeds:
+        stc, located = us.apply(evoked, forward=forward, noise_cov=cov, picks=picks,
+                                whiten=True, tmin=0.05, tmax=0.2, return_forward=True)
+        peaks[evoked.comment] = _peak(stc, located)
     for side in ("Left", "Right"):
-        (x, y, z), t = peaks[f"{side} Auditory"]
-        assert abs(x) > 40 and 0.07 < t < 0.13, (side, x, y, z, t)
-        (x, y, z), t = peaks[f"{side} visual"]
-        assert y < -40 and (x > 0 if side == "Left" else x < 0), (side, x, y, z, t)
+        _, x, y = peaks[f"{side} Auditory"]
+        assert abs(x) > 35 and -50 < y < 5, (side, peaks)
+        hemisphere, _, y = peaks[f"{side} visual"]
+        assert y < -45 and hemisphere == ("right" if side == "Left" else "left"), (side, peaks)
+
+
+def test_forward_for_recording_is_cached_and_coregistered(recording, template, caplog):
+    from unfolded_sbl import templates
+
+    evokeds = recording[0]
+    built, messages, cache, subjects_dir = template
+    assert any("ICP on" in m and "mm" in m for m in messages)
+    meg = built[("grad", "mag")]
+    n_meg = len(mne.pick_types(evokeds[0].info, meg=True, exclude="bads"))
+    assert meg["nchan"] == n_meg and not mne.forward.is_fixed_orient(meg)
+    assert meg["src"]._subject == "fsaverage" and meg["surf_ori"]
+    again = []
+    cached = templates.forward_for_recording(evokeds[0].info, ("grad", "mag"), bem_ico=3,
+                                             cache_dir=cache, subjects_dir=subjects_dir,
+                                             log=again.append)
+    assert again == [] and np.array_equal(cached["sol"]["data"], meg["sol"]["data"])
+    # no digitisation: fsaverage's own head frame, said
+    info = evokeds[0].info.copy()
+    with info._unlock():
+        info["dig"] = None
+    warned = []
+    trans, how = templates.coregister_fsaverage(info, subjects_dir, log=warned.append)
+    assert "no digitised fiducials" in warned[0] and "own head frame" in how
+    with info._unlock():
+        info["dev_head_t"] = None
+    with pytest.raises(ValueError, match="dev_head_t"):
+        templates.forward_for_recording(info, ("mag",), cache_dir=cache,
+                                        subjects_dir=subjects_dir)
+    with pytest.raises(ValueError, match="picks must name"):
+        templates.forward_for_recording(info, ("ecg",), cache_dir=cache)
 
 
 def test_apply_on_meg_gives_vector_estimates_and_names_its_solver(recording, tmp_path,

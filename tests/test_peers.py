@@ -192,7 +192,11 @@ def test_free_orientation_forward_and_apply_pick_ori():
     assert isinstance(out["vector"], mne.VolVectorSourceEstimate)
     assert out["vector"].data.shape == (n_locations, 3, 30)
     np.testing.assert_allclose(out[None].data, np.linalg.norm(out["vector"].data, axis=1))
-    np.testing.assert_allclose(out["normal"].data, out["vector"].data[:, 2])
+    # vector estimates are in x, y, z (as MNE's): "normal" is their normal component
+    normal = free.normals[2::3]
+    np.testing.assert_allclose(out["normal"].data,
+                               np.einsum("mdt,md->mt", out["vector"].data, normal),
+                               atol=1e-10 * np.abs(out["normal"].data).max())
     assert np.argmax((out[None].data ** 2).sum(1)) == 20  # the active location
     with pytest.raises(ValueError, match="pick_ori='vector' needs a free-orientation"):
         us.apply(evoked, forward=fixed, pick_ori="vector", baseline=None)

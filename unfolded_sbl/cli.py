@@ -194,7 +194,8 @@ def _localize_one(recording, args, prefix, echo):
     with _info_to_stdout() if echo is print else contextlib.nullcontext():
         stc, forward = apply(inst, model=args.model, forward=args.forward, tmin=args.tmin,
                              tmax=args.tmax, baseline=baseline, noise_cov=noise_cov,
-                             drop_bad=args.drop_bad, return_forward=True, picks=args.picks)
+                             drop_bad=args.drop_bad, return_forward=True, picks=args.picks,
+                             loose=args.loose, whiten=args.whiten or "auto")
     units = output_units(args.model)
     report = stc.solver_report
     peaks, written = write_outputs(stc, forward, prefix, formats=args.formats,
@@ -303,6 +304,20 @@ def _interval(baseline):
                            f"{v:g} s" for i, v in enumerate(baseline)) + ")"
 
 
+def _loose(value):
+    """``--loose``: "auto" or a number in [0, 1]."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"--loose must be 'auto' or a number in [0, 1], "
+                                         f"got {value!r}")
+    return number
+
+
 def _existing(path):
     if not Path(path).exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -394,7 +409,14 @@ def build_parser():
                      "a folder (default: the current one)")
     loc.add_argument("--picks", default=None, metavar="TYPES",
                      help="channel types: eeg, meg or meg,eeg (default: EEG when present); "
-                          "MEG needs --noise-cov and --forward a -fwd.fif with the sensors")
+                          "MEG needs --noise-cov, and --forward a -fwd.fif with the sensors "
+                          "or none (built on fsaverage for the recording's sensors)")
+    loc.add_argument("--whiten", action="store_true", help="EEG too: projected and "
+                     "whitened by --noise-cov as MEG is (MNE's way; loose orientation on "
+                     "a forward model built for the digitised electrodes)")
+    loc.add_argument("--loose", type=_loose, default="auto", help="orientation constraint "
+                     "of a free-orientation forward model: 0 fixed to 1 free (default: "
+                     "auto, 0.2 on the cortex)")
     loc.add_argument("--n-jobs", type=int, default=1,
                      help="recordings localised in parallel (default: 1)")
     loc.add_argument("--scheduler", default=None, metavar="ADDRESS",

@@ -330,6 +330,62 @@ def load_forward(name=DEFAULT_FORWARD):
     return fwd
 
 
+def loose_model(forward, loose="auto"):
+    """The forward model to solve with under MNE's orientation constraint ``loose``.
+
+    As MNE's inverse solvers: a free-orientation model's two tangential dipoles
+    get the prior variance ``loose`` relative to the normal one (their gain
+    columns scaled by ``sqrt(loose)``; the location's three dipoles still share
+    one variance), 0 keeps the normal dipoles only and 1 leaves the model free.
+
+    Parameters
+    ----------
+    forward : ForwardModel
+    loose : float in [0, 1] | "auto"
+        ``"auto"``: 0 for a fixed-orientation model, 0.2 for a free one on a
+        cortical surface (two hemispheres), 1 on a volume or discrete source
+        space (no normals to loosen about).
+
+    Returns
+    -------
+    model : ForwardModel
+        To solve with.
+    scale : ndarray, shape (model.n_sources,) | None
+        Multiplies the solver's estimate back into dipole moments (None: 1).
+    """
+    surface = forward.vertices is not None and len(forward.vertices) == 2
+    if isinstance(loose, str):
+        if loose != "auto":
+            raise ValueError(f"loose must be a number in [0, 1] or 'auto', got {loose!r}")
+        loose = 0.0 if forward.n_orient == 1 else 0.2 if surface else 1.0
+    elif not (isinstance(loose, (int, float, np.floating)) and 0 <= loose <= 1):
+        raise ValueError(f"loose must be a number in [0, 1] or 'auto', got {loose!r}")
+    if forward.n_orient == 1:
+        if loose != 0:
+            raise ValueError(f"loose={loose} needs a free-orientation forward model "
+                             "(ForwardModel.from_mne(fwd, orientation='free')); this one "
+                             "is fixed: use loose=0 or 'auto'")
+        return forward, None
+    if loose == 1:
+        return forward, None
+    if not surface:
+        raise ValueError(f"loose={loose} needs a cortical surface source space (normals); "
+                         "use loose=1 on a volume or discrete source space")
+    if loose == 0:  # the normal dipoles, the last of each location's three
+        return ForwardModel(forward.lead_field[:, 2::3], forward.positions[2::3],
+                            forward.ch_names, forward.adjacency.tocsr()[2::3, 2::3],
+                            normals=None if forward.normals is None else forward.normals[2::3],
+                            ch_pos=forward.ch_pos, vertices=forward.vertices,
+                            subject=forward.subject, name=forward.name,
+                            average_reference=forward.average_reference), None
+    scale = np.tile(np.sqrt([loose, loose, 1.0]), forward.n_sources // 3)
+    return ForwardModel(forward.lead_field * scale, forward.positions, forward.ch_names,
+                        forward.adjacency, normals=forward.normals, ch_pos=forward.ch_pos,
+                        vertices=forward.vertices, subject=forward.subject,
+                        name=forward.name, average_reference=forward.average_reference,
+                        n_orient=3), scale
+
+
 def as_forward(forward):
     """Turn a template name, a ForwardModel, an ``mne.Forward`` or a file (``-fwd.fif``
     or a saved ForwardModel ``.npz``) into a ForwardModel."""

@@ -10,8 +10,9 @@ whitened components that carry data).  The whitened problem has unit sensor
 noise, which the known-noise solvers take as given.
 
 The forward model is the user's own (an ``mne.Forward`` with the recording's
-sensors, e.g. from ``mne.make_forward_solution``): the shipped templates hold
-EEG caps only.
+sensors, e.g. from ``mne.make_forward_solution``), else one built offline on
+fsaverage for the recording's sensors and digitisation
+(:func:`unfolded_sbl.templates.forward_for_recording`) and cached.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def whitened_problem(inst, forward, noise_cov, picks, orientation="fixed"):
     if not isinstance(forward, mne.Forward):
         raise ValueError("MEG needs a forward model with the recording's MEG sensors: pass "
                          "forward= an mne.Forward (mne.make_forward_solution, or a "
-                         "-fwd.fif); the shipped templates hold EEG caps only")
+                         "-fwd.fif), or None to build one on fsaverage; the shipped "
+                         "templates hold EEG caps only")
     kinds = dict(zip(inst.ch_names, inst.get_channel_types()))
     ch_names = [c for c in inst.ch_names if kinds[c] in picks and c not in inst.info["bads"]
                 and c in forward["info"]["ch_names"] and c in noise_cov.ch_names
@@ -166,17 +168,22 @@ def _whitened_estimator(model, white):
     return ClassicalCB(white, noise="known").fit()
 
 
-def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks, pick_ori):
+def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks, pick_ori,
+                   loose="auto"):
     """:func:`unfolded_sbl.apply` for MEG and MEG+EEG: projected and whitened by the
     noise covariance (scaled by ``1 / nave`` for an Evoked, as MNE's
-    ``apply_inverse`` does), solved with unit noise; returns (stcs, estimator,
-    whitened forward model)."""
+    ``apply_inverse`` does), solved with unit noise under the orientation
+    constraint ``loose``; returns (stcs, estimator, whitened forward model)."""
     import mne
 
+    from .forward import loose_model
     from .mne_io import _check_pick_ori, _oriented, _source_estimate
+    from .templates import forward_for_recording
 
     if isinstance(forward, str) and Path(forward).is_file():
         forward = mne.read_forward_solution(forward, verbose=False)
+    if forward is None:
+        forward = forward_for_recording(inst.info, picks, log=logger.warning)
     inst = inst.copy()
     cov = read_noise_cov(noise_cov, inst)
     if isinstance(inst, mne.Evoked) and inst.nave > 1:
@@ -188,12 +195,16 @@ def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks,
     orientation = ("free" if isinstance(forward, mne.Forward)
                    and not mne.forward.is_fixed_orient(forward) else "fixed")
     data, white, _ = whitened_problem(inst, forward, cov, picks, orientation)
+    white, scale = loose_model(white, loose)
     _check_pick_ori(white, pick_ori)
     estimator = _whitened_estimator(model, white)
     kwargs = {}
     if getattr(estimator, "noise_mode_", None) == "known":
         kwargs["noise_var"] = np.ones(data.shape[:2])
-    sources = _oriented(estimator.predict(data, **kwargs), white, pick_ori)
+    sources = estimator.predict(data, **kwargs)
+    if scale is not None:
+        sources = sources * scale[:, None]
+    sources = _oriented(sources, white, pick_ori)
     stcs = [_source_estimate(s, white, inst.times[0], 1.0 / inst.info["sfreq"])
             for s in sources]
     return stcs, estimator, white

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .forward import loose_model
 from .quality import EMPTY_LEVEL_DB
 from .resolve import TEMPLATE_SEARCH, resolve_forward  # noqa: F401
 
@@ -59,8 +60,7 @@ def _report_unused(inst):
     aux = {k: v for k, v in groups.items() if k not in OTHER_DATA_TYPES}
     if data:
         logger.warning("not used: %s. The estimate comes from the EEG channels alone "
-                       "(picks='meg,eeg' with a noise_cov and an mne.Forward localises "
-                       "them together)", _describe(data))
+                       "(picks='meg,eeg' with a noise_cov localises them together)", _describe(data))
     if aux:
         logger.info("not used (not EEG): %s", _describe(aux))
     return groups
@@ -332,13 +332,16 @@ def _oriented(sources, fwd, pick_ori):
     """Sources (n, n_orient * M, T) of a forward model as ``pick_ori`` asks: one value
     per location ((n, M, T): fixed orientation as it is, free orientation as the
     dipole's length with ``None`` or its normal component with ``"normal"``) or the
-    three components ((n, M, 3, T), ``"vector"``)."""
+    dipole in x, y, z ((n, M, 3, T), ``"vector"``)."""
     n_orient = _check_pick_ori(fwd, pick_ori)
     if n_orient == 1:
         return sources
     vectors = sources.reshape(sources.shape[0], -1, n_orient, sources.shape[-1])
-    if pick_ori == "vector":
-        return vectors
+    if pick_ori == "vector":  # in x, y, z as MNE's vector estimates: the columns' directions
+        if fwd.normals is None or fwd.normals.shape != (fwd.n_sources, 3):
+            return vectors
+        directions = fwd.normals.reshape(-1, n_orient, 3)
+        return np.einsum("nmkt,mkd->nmdt", vectors, directions)
     if pick_ori == "normal":  # surface coordinates: the last dipole is the normal one
         return vectors[:, :, -1]
     return np.linalg.norm(vectors, axis=2)
@@ -359,7 +362,7 @@ def _source_estimate(data, fwd, tmin, tstep):
 
 def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
           baseline=(None, 0), noise_cov=None, drop_bad="auto", return_forward=False,
-          pick_ori=None, picks=None):
+          pick_ori=None, picks=None, loose="auto", whiten="auto"):
     """Estimate cortical sources of an ``mne.Evoked`` or ``mne.Epochs``.
 
     Parameters
@@ -377,7 +380,10 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         ``mne.Forward``); default: the estimator's own, else the first shipped
         template that has them all, else a template built offline for exactly
         these channels (standard 10-05 names, or the positions of the
-        recording's montage) and cached.
+        recording's montage) and cached.  For MEG and MEG+EEG the default is
+        a forward model on fsaverage built offline for the recording's sensors
+        and digitisation (:func:`~unfolded_sbl.templates.forward_for_recording`)
+        and cached.
     tmin, tmax : float | None
         Time window (s) to localise.
     baseline : tuple | None
@@ -405,6 +411,19 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         ``apply_inverse``: None gives each location's dipole length, ``"normal"``
         its component normal to the cortex, ``"vector"`` the three components
         (an ``mne.VectorSourceEstimate``).  Fixed orientation: None or "normal".
+    loose : float in [0, 1] | "auto"
+        Orientation constraint of a free-orientation forward model, as MNE's
+        inverse solvers: the tangential dipoles' prior variance relative to the
+        normal one (0: fixed, 1: free); ``"auto"`` is 0.2 on a cortical surface,
+        1 on a volume source space and 0 for a fixed-orientation model
+        (:func:`~unfolded_sbl.forward.loose_model`).
+    whiten : "auto" | bool
+        Solve the sensors projected and whitened by ``noise_cov`` as MNE does
+        (the ``picks`` paragraph): ``"auto"`` for MEG and MEG+EEG (which need
+        it), ``True`` for EEG too (its full noise covariance, the electrodes'
+        digitised positions when ``forward`` is None, loose orientation),
+        ``False`` never (EEG only: the learned models' path, in volts with
+        per-channel noise).
     picks : str | list of str | None
         Channel types to localise: ``"eeg"``, ``"meg"`` (``"mag"``, ``"grad"``) or
         ``"meg,eeg"``; default EEG when the recording has EEG, else MEG.  MEG and
@@ -413,7 +432,7 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         ``"baseline"``; scaled by ``1 / nave`` for an Evoked), rank-aware, and
         solved with unit noise by ``ClassicalCB`` or ``sLORETA``; ``forward``
         must then be an ``mne.Forward`` (or ``-fwd.fif``) with the sensors (a
-        free-orientation one solves three dipoles per location).
+        free-orientation one solves three dipoles per location) or None.
 
     Returns
     -------
@@ -438,9 +457,14 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
     from .meg import apply_whitened, default_picks, parse_picks
 
     kinds = parse_picks(picks) if picks is not None else default_picks(inst)
-    if kinds != ("eeg",):
+    if whiten not in ("auto", True, False):
+        raise ValueError(f"whiten must be 'auto', True or False, got {whiten!r}")
+    if whiten is False and kinds != ("eeg",):
+        raise ValueError(f"picks={'/'.join(kinds)} needs whiten='auto' or True: MEG is "
+                         "solved whitened by a noise covariance")
+    if kinds != ("eeg",) or whiten is True:
         stcs, estimator, white = apply_whitened(inst, model, forward, tmin, tmax, baseline,
-                                                noise_cov, kinds, pick_ori)
+                                                noise_cov, kinds, pick_ori, loose)
         name = model if isinstance(model, str) else type(model).__name__
         for stc, report in zip(stcs, _reports(estimator, name, len(stcs))):
             stc.solver_report = report
@@ -464,6 +488,8 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
                                log=logger.warning)
     if fwd.vertices is None:
         raise ValueError("the forward model has no surface vertices for a SourceEstimate")
+    fwd, scale = loose_model(fwd, loose)
+    _check_pick_ori(fwd, pick_ori)
     X = _channel_data(inst, ch_names)
     if noise_var is not None and isinstance(model, str) and model.lower() == "classicalcb":
         from .estimators import ClassicalCB
@@ -480,8 +506,10 @@ def apply(inst, model="ClassicalCB", forward=None, tmin=None, tmax=None,
         kwargs["noise_var"] = np.tile(noise_var, (len(X), 1))
     elif noise_var is not None:
         logger.warning("%s learns the sensor noise jointly: noise_cov is not used", name)
-    _check_pick_ori(fwd, pick_ori)
-    sources = _oriented(estimator.predict(X, **kwargs), fwd, pick_ori)
+    sources = estimator.predict(X, **kwargs)
+    if scale is not None:
+        sources = sources * scale[:, None]
+    sources = _oriented(sources, fwd, pick_ori)
     reports = _reports(estimator, name, len(sources))
     _log_reports(reports, name, isinstance(inst, mne.Evoked))
     stcs = []

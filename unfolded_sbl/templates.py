@@ -459,3 +459,167 @@ def build_templates(out_dir=None, caps=None, spacings=SPACINGS, bem_ico=4,
         json.dump(report, fid, indent=2)
     catalogue_path.write_text(json.dumps(dict(sorted(catalogue.items())), indent=2) + "\n")
     return report
+
+
+# -- forward models for a recording's own sensors (MEG, MEG+EEG) ---------------------
+#: Conductivity (S/m) of the single-layer BEM of MEG-only forward models: inside the
+#: inner skull the magnetic field hardly depends on the outer layers.
+MEG_CONDUCTIVITY = (0.3,)
+
+
+def _coregistration_files(subjects_dir):
+    """fsaverage's head surface and fiducials (shipped by MNE) where
+    ``mne.coreg.Coregistration`` looks for them."""
+    import shutil
+
+    bem_dir = Path(subjects_dir) / "fsaverage" / "bem"
+    for name in ("fsaverage-head.fif", "fsaverage-fiducials.fif"):
+        if not (bem_dir / name).exists():
+            shutil.copy(_mne_data_dir() / name, bem_dir / name)
+
+
+def coregister_fsaverage(info, subjects_dir=None, log=print):
+    """Head-to-MRI transform placing fsaverage under a recording's head frame.
+
+    With the recording's digitised fiducials (nasion, LPA, RPA), fsaverage's
+    fiducials are fitted to them and the fit is refined by ICP on the
+    digitised head shape (points over 5 mm off the scalp are left out), as MNE's
+    co-registration does; fsaverage is not scaled.  Without fiducials the head
+    frame is assumed to be fsaverage's own, which can be centimetres off: that
+    is logged.
+
+    Returns
+    -------
+    trans : mne.transforms.Transform
+        ``head`` to ``mri``.
+    description : str
+        How it was found (and the mean digitisation-to-scalp distance).
+    """
+    import mne
+
+    subjects_dir = make_subjects_dir(subjects_dir)
+    dig = info.get("dig") or []
+    cardinal = {d["ident"] for d in dig if d["kind"] == mne.io.constants.FIFF.FIFFV_POINT_CARDINAL
+                and d["coord_frame"] == mne.io.constants.FIFF.FIFFV_COORD_HEAD}
+    if not {1, 2, 3} <= cardinal:
+        if log is not None:
+            log("the recording has no digitised fiducials (nasion, LPA, RPA): fsaverage is "
+                "placed as if the head frame were its own, which can be centimetres off. "
+                "Digitise the head or pass forward= an mne.Forward of the subject")
+        return (mne.read_trans(_mne_data_dir() / "fsaverage-trans.fif"),
+                "fsaverage's own head frame (no digitised fiducials)")
+    _coregistration_files(subjects_dir)
+    with mne.use_log_level("warning"):
+        coreg = mne.coreg.Coregistration(info, "fsaverage", subjects_dir, fiducials="auto")
+    coreg.fit_fiducials(verbose=False)
+    n_shape = sum(d["kind"] in (mne.io.constants.FIFF.FIFFV_POINT_EXTRA,
+                                mne.io.constants.FIFF.FIFFV_POINT_EEG) for d in dig)
+    how = "fsaverage's fiducials fitted to the digitised ones"
+    if n_shape >= 10:
+        coreg.fit_icp(n_iterations=20, nasion_weight=2.0, verbose=False)
+        with mne.use_log_level("warning"):
+            coreg.omit_head_shape_points(distance=0.005)
+        coreg.fit_icp(n_iterations=20, nasion_weight=10.0, verbose=False)
+        how += f", refined by ICP on {n_shape} head-shape points"
+    distance = 1e3 * float(np.mean(coreg.compute_dig_mri_distances()))
+    return coreg.trans, f"{how} (mean distance to the scalp {distance:.1f} mm)"
+
+
+def _recording_key(info, ch_names, spacing, conductivity, bem_ico):
+    """Hash of what a recording's forward model depends on: its sensors (names,
+    positions and orientations), its device-to-head transform and its digitisation."""
+    import hashlib
+
+    chs = [info["chs"][info["ch_names"].index(c)] for c in ch_names]
+    parts = [ch_names, [np.round(ch["loc"], 6).tolist() for ch in chs],
+             [int(ch["coil_type"]) for ch in chs],
+             None if info["dev_head_t"] is None else np.round(
+                 info["dev_head_t"]["trans"], 6).tolist(),
+             [(int(d["kind"]), np.round(d["r"], 5).tolist()) for d in info.get("dig") or []],
+             spacing, list(conductivity), bem_ico]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
+
+
+def forward_for_recording(info, picks=("grad", "mag"), spacing="ico3", bem_ico=4,
+                          cache_dir=None, subjects_dir=None, log=print):
+    """Template forward model (fsaverage) for a recording's own sensors, offline.
+
+    MEG sensors are placed by the recording's ``dev_head_t``, electrodes by their
+    digitised positions, and fsaverage under the head by
+    :func:`coregister_fsaverage`.  MEG alone uses a single-layer BEM (the inner
+    skull); with EEG the 3-layer BEM of the EEG templates.  Built once (seconds
+    with a cached BEM solution) and cached in ``cache_dir`` by sensors,
+    transforms and digitisation, like :func:`forward_for_montage`.
+
+    Parameters
+    ----------
+    info : mne.Info
+        The recording's measurement info.
+    picks : sequence of {"eeg", "mag", "grad"}
+        Channel types to include (its good channels of these types).
+    spacing : {"ico3", "ico4"} or another ``mne.setup_source_space`` spacing
+    bem_ico : int
+        BEM surface resolution.
+    cache_dir, subjects_dir : str | Path | None
+        As :func:`forward_for_montage`.
+    log : callable | None
+        Progress and co-registration messages.
+
+    Returns
+    -------
+    forward : mne.Forward
+        Free orientation in surface coordinates (``surf_ori``), on fsaverage's
+        cortex; fix or loosen the orientation when solving.
+    """
+    import mne
+    from threadpoolctl import threadpool_limits
+
+    picks = tuple(picks)
+    if not set(picks) <= {"eeg", "mag", "grad"} or not picks:
+        raise ValueError(f"picks must name channel types among 'eeg', 'mag', 'grad', got "
+                         f"{picks!r}")
+    kinds = dict(zip(info["ch_names"], info.get_channel_types()))
+    ch_names = [c for c in info["ch_names"] if kinds[c] in picks and c not in info["bads"]]
+    if not ch_names:
+        raise ValueError(f"the recording has no good {'/'.join(picks)} channels")
+    meg = bool({"mag", "grad"} & set(picks))
+    if meg and info["dev_head_t"] is None:
+        raise ValueError("the recording's info has no dev_head_t (device-to-head transform): "
+                         "the MEG sensors cannot be placed under the head")
+    eeg = "eeg" in picks
+    unplaced = [c for c in ch_names if kinds[c] == "eeg" and not np.any(
+        info["chs"][info["ch_names"].index(c)]["loc"][:3])]
+    if unplaced:
+        raise ValueError(f"electrodes without a position: {unplaced[:5]}"
+                         f"{'...' if len(unplaced) > 5 else ''}; set the digitised montage "
+                         "(inst.set_montage) or pass forward=")
+    conductivity = CONDUCTIVITY if eeg else MEG_CONDUCTIVITY
+    cache_dir = Path(cache_dir or default_cache_dir())
+    key = _recording_key(info, ch_names, spacing, conductivity, bem_ico)
+    path = cache_dir / "forward" / f"recording{len(ch_names)}-{spacing}-{key}-fwd.fif"
+    if path.exists():
+        return _surface_oriented(mne.read_forward_solution(path, verbose=False))
+    log = log or (lambda *_: None)
+    start = time.perf_counter()
+    log(f"building a forward model for the recording's {len(ch_names)} "
+        f"{'/'.join(picks)} channels on fsaverage ({spacing}); cached at {path}")
+    subjects_dir = make_subjects_dir(subjects_dir)
+    trans, how = coregister_fsaverage(info, subjects_dir, log=log)
+    log(f"  co-registration: {how}")
+    bem = make_bem_solution(subjects_dir, conductivity, ico=bem_ico)
+    src = make_source_space(subjects_dir, spacing)
+    sensors = mne.pick_info(info, [info["ch_names"].index(c) for c in ch_names])
+    with threadpool_limits(1):  # see make_template_forward
+        fwd = mne.make_forward_solution(sensors, trans=trans, src=src, bem=bem, meg=meg,
+                                        eeg=eeg, verbose=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mne.write_forward_solution(path, fwd, overwrite=True, verbose=False)
+    log(f"  done in {time.perf_counter() - start:.0f} s")
+    # read back: the tangential directions are then those of every later (cached) call
+    return _surface_oriented(mne.read_forward_solution(path, verbose=False))
+
+
+def _surface_oriented(fwd):
+    import mne
+
+    return mne.convert_forward_solution(fwd, surf_ori=True, use_cps=True, verbose=False)
