@@ -60,7 +60,8 @@ def _report_unused(inst):
     aux = {k: v for k, v in groups.items() if k not in OTHER_DATA_TYPES}
     if data:
         logger.warning("not used: %s. The estimate comes from the EEG channels alone "
-                       "(picks='meg,eeg' with a noise_cov localises them together)", _describe(data))
+                       "(picks='meg,eeg' with a noise_cov localises them together)",
+                       _describe(data))
     if aux:
         logger.info("not used (not EEG): %s", _describe(aux))
     return groups
