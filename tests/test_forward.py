@@ -4,6 +4,8 @@ import time
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import unfolded_sbl as us
 
@@ -176,3 +178,57 @@ def test_one_resolver_for_names_files_objects_and_channels(tmp_path):
     # estimators resolve their forward parameter the same way
     est = us.ClassicalCB(forward=tmp_path / "mine.npz").fit()
     assert est.forward_.n_channels == 64
+
+
+def _free_surface_model(n_locations, rng):
+    """A free-orientation model on a two-hemisphere 'surface' (normals last)."""
+    lead_field = rng.normal(size=(8, 3 * n_locations))
+    positions = np.repeat(rng.normal(size=(n_locations, 3)) * 0.05, 3, axis=0)
+    half = n_locations // 2
+    return us.ForwardModel(lead_field, positions, average_reference=False, n_orient=3,
+                           vertices=[np.arange(half), np.arange(n_locations - half)])
+
+
+@settings(max_examples=25, deadline=None)
+@given(loose=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
+def test_loose_model_scales_the_tangential_dipoles(loose, seed):
+    """The tangential columns carry sqrt(loose) of their gain, the normal ones all of
+    it, and ``scale`` maps the solved amplitudes back: model.L @ (x / scale) == L @ x."""
+    from unfolded_sbl.forward import loose_model
+
+    free = _free_surface_model(6, np.random.default_rng(seed))
+    model, scale = loose_model(free, loose)
+    if loose == 0:
+        assert model.n_orient == 1 and scale is None
+        np.testing.assert_array_equal(model.lead_field, free.lead_field[:, 2::3])
+        assert model.adjacency.shape == (6, 6)
+        return
+    if loose == 1:
+        assert model is free and scale is None
+        return
+    assert model.n_orient == 3
+    np.testing.assert_allclose(scale[2::3], 1.0)
+    np.testing.assert_allclose(scale[0::3], np.sqrt(loose))
+    x = np.random.default_rng(seed + 1).normal(size=free.n_sources)
+    np.testing.assert_allclose(model.lead_field @ (x / scale), free.lead_field @ x)
+
+
+def test_loose_model_auto_and_refusals():
+    from unfolded_sbl.forward import loose_model
+
+    rng = np.random.default_rng(0)
+    free = _free_surface_model(6, rng)
+    _, scale = loose_model(free, "auto")
+    np.testing.assert_allclose(scale[0], np.sqrt(0.2))  # MNE's default on the cortex
+    volume = us.ForwardModel(free.lead_field, free.positions, average_reference=False,
+                             n_orient=3)
+    assert loose_model(volume, "auto") == (volume, None)
+    fixed = us.ForwardModel(rng.normal(size=(8, 6)), rng.normal(size=(6, 3)))
+    assert loose_model(fixed, "auto") == (fixed, None)
+    with pytest.raises(ValueError, match="loose=0.2 needs a free-orientation"):
+        loose_model(fixed, 0.2)
+    with pytest.raises(ValueError, match="needs a cortical surface"):
+        loose_model(volume, 0.5)
+    for bad in (1.5, -0.1, "loose", None):
+        with pytest.raises(ValueError, match="loose must be a number in"):
+            loose_model(free, bad)

@@ -215,3 +215,83 @@ def test_learned_models_leave_free_orientation_to_classicalcb(recording, caplog)
     assert "trained for fixed-orientation EEG" in caplog.text
     expected = us.apply(evoked, "ClassicalCB", forward=free, tmin=0.05, tmax=0.15)
     np.testing.assert_allclose(stc.data, expected.data, rtol=1e-10)
+
+
+@pytest.fixture
+def builder_spy(template, monkeypatch):
+    """``forward_for_recording`` as apply calls it, redirected to the test's cache (ico3
+    BEM) and recording each call's picks."""
+    from unfolded_sbl import templates
+
+    _, _, cache, subjects_dir = template
+    real, calls = templates.forward_for_recording, []
+
+    def spy(info, picks, **kwargs):
+        calls.append(tuple(picks))
+        return real(info, picks, bem_ico=3, cache_dir=cache, subjects_dir=subjects_dir,
+                    log=None)
+
+    monkeypatch.setattr(templates, "forward_for_recording", spy)
+    return calls
+
+
+def test_apply_without_forward_builds_one_for_the_recording(recording, builder_spy):
+    evokeds, cov, _, _ = recording
+    stc = us.apply(evokeds[2], noise_cov=cov, picks="meg", tmin=0.1, tmax=0.2,
+                   pick_ori="vector")
+    assert builder_spy == [("grad", "mag")]
+    assert isinstance(stc, mne.VectorSourceEstimate) and stc.subject == "fsaverage"
+    assert stc.data.shape[:2] == (1284, 3) and np.isfinite(stc.data).all()
+    fixed = us.apply(evokeds[2], noise_cov=cov, picks="meg", tmin=0.1, tmax=0.2, loose=0)
+    assert isinstance(fixed, mne.SourceEstimate) and fixed.data.shape[0] == 1284
+    with pytest.raises(ValueError, match="pick_ori='vector' needs a free-orientation"):
+        us.apply(evokeds[2], noise_cov=cov, picks="meg", loose=0, pick_ori="vector")
+    with pytest.raises(ValueError, match="needs whiten='auto' or True"):
+        us.apply(evokeds[2], noise_cov=cov, picks="meg", whiten=False)
+    with pytest.raises(ValueError, match="whiten must be"):
+        us.apply(evokeds[2], noise_cov=cov, picks="eeg", whiten="yes")
+    info = evokeds[2].copy().pick("eeg").info
+    with info._unlock():
+        for ch in info["chs"][:2]:
+            ch["loc"][:3] = 0.0
+    from unfolded_sbl import templates
+
+    with pytest.raises(ValueError, match="electrodes without a position"):
+        templates.forward_for_recording(info, ("eeg",))
+
+
+def test_localize_command_without_forward_reports_fsaverage_peaks(recording, builder_spy,
+                                                                  tmp_path, capsys):
+    from unfolded_sbl.cli import main
+
+    out = tmp_path / "meg"
+    assert main(["localize", str(DATA / "test-ave.fif.gz"), "--condition", "Left Auditory",
+                 "--picks", "meg", "--noise-cov", str(DATA / "test-cov.fif"), "--loose", "1",
+                 "--tmin", "0.05", "--tmax", "0.15", "--out", str(out),
+                 "--formats", "stc", "csv"]) == 0
+    assert builder_spy == [("grad", "mag")]
+    printed = capsys.readouterr().out
+    assert "MNI-like" in printed and (tmp_path / "meg-lh.stc").exists()
+    with pytest.raises(SystemExit):
+        main(["localize", str(DATA / "test-ave.fif.gz"), "--picks", "meg", "--loose", "2"])
+    assert "--loose must be 'auto' or a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_simulated_tilt_and_snr_of_the_meg_benchmark(recording, template):
+    """bench_meg's problems: untilted dipoles are the fixed model's, and the data hold
+    the asked SNR over unit noise."""
+    from benchmarks.bench_meg import simulate_tilted
+    from unfolded_sbl.forward import loose_model
+
+    evokeds, cov, _, _ = recording
+    _, white, _ = whitened_problem(evokeds[0].copy().crop(0, 0.01),
+                                   template[0][("grad", "mag")], cov, ("grad", "mag"), "free")
+    data, truth = simulate_tilted(white, 3, 0.0, 10.0, random_state=0)
+    data_again, _ = simulate_tilted(white, 3, 0.0, 10.0, random_state=0)
+    np.testing.assert_array_equal(data, data_again)
+    signal = np.einsum("cs,nst->nct", loose_model(white, 0.0)[0].lead_field, truth)
+    noise = data - signal
+    assert abs(np.std(noise) - 1) < 0.05
+    np.testing.assert_allclose(np.mean(signal ** 2, axis=(1, 2)), 10.0, rtol=1e-8)
+    tilted, _ = simulate_tilted(white, 3, 60.0, 10.0, random_state=0)
+    assert np.abs(tilted - data).max() > 0.1
