@@ -12,7 +12,7 @@ Known-noise ClassicalCB then solves them with the orientation fixed (``loose=0``
 loose (0.2, MNE's default on the cortex) and free (1); the metrics compare each
 location's dipole length with the truth.
 
-    python -m benchmarks.bench_meg [--n-problems 16] [--tilts 0 45] [--snr-db 5]
+    python -m benchmarks.bench_meg [--n-problems 16] [--tilts 0 45 90] [--snr-db 5]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def solve(white, data, loose, n_iter=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-problems", type=int, default=16)
-    parser.add_argument("--tilts", type=float, nargs="+", default=[0.0, 45.0])
+    parser.add_argument("--tilts", type=float, nargs="+", default=[0.0, 45.0, 90.0])
     parser.add_argument("--snr-db", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")

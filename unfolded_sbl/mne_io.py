@@ -78,8 +78,8 @@ def _eeg_channels(inst):
         if meg:
             raise ValueError(
                 f"the recording has {meg} MEG channels and no good EEG channels: localise "
-                "them with picks='meg', a noise_cov and forward= an mne.Forward holding "
-                "the MEG sensors")
+                "them with picks='meg' and a noise_cov (and forward= your mne.Forward, "
+                "else one is built on fsaverage for the recording's sensors)")
         raise ValueError("the recording has no good EEG channels"
                          + (f" (its channels: {_describe(groups)})" if groups else ""))
     bads = [c for c in inst.info["bads"] if c in inst.ch_names
