@@ -139,8 +139,10 @@ def test_meg_only_data_say_what_meg_needs(fwd, data):
     evoked = _eeg_meg_evoked(fwd, data, eeg=False)
     with pytest.raises(ValueError, match="need noise_cov="):  # MEG by default here
         us.apply(evoked, "ClassicalCB")
-    with pytest.raises(ValueError, match="forward= an mne.Forward"):
+    with pytest.raises(ValueError, match="no dev_head_t"):  # no forward: one is built
         us.apply(evoked, "ClassicalCB", noise_cov="baseline")
+    with pytest.raises(ValueError, match="forward= an mne.Forward"):
+        us.apply(evoked, "ClassicalCB", noise_cov="baseline", forward="biosemi64-ico3")
     with pytest.raises(ValueError, match=r"157 MEG channels and no good EEG channels: "
                                          r"localise them with picks='meg'"):
         us.apply(evoked, "ClassicalCB", picks="eeg")

@@ -182,10 +182,10 @@ def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks,
 
     if isinstance(forward, str) and Path(forward).is_file():
         forward = mne.read_forward_solution(forward, verbose=False)
+    inst = inst.copy()
+    cov = read_noise_cov(noise_cov, inst)  # a missing one is named before any build
     if forward is None:
         forward = forward_for_recording(inst.info, picks, log=logger.warning)
-    inst = inst.copy()
-    cov = read_noise_cov(noise_cov, inst)
     if isinstance(inst, mne.Evoked) and inst.nave > 1:
         cov = cov.copy()
         cov["data"] = cov["data"] / inst.nave
