@@ -9,8 +9,9 @@ courses and extents from :func:`unfolded_sbl.simulate`, each active location's
 dipole tilted away from the template's cortical normal by up to ``--tilt``
 degrees (real cortices are not the template's), scaled to ``--snr-db``.
 Known-noise ClassicalCB then solves them with the orientation fixed (``loose=0``),
-loose (0.2, MNE's default on the cortex) and free (1); the metrics compare each
-location's dipole length with the truth.
+loose (0.2, MNE's default on the cortex) and free (1), and a shipped model runs
+zero-shot with the orientation fixed, as ``us.apply`` runs it on whitened data; the
+metrics compare each location's dipole length with the truth.
 
     python -m benchmarks.bench_meg [--n-problems 16] [--tilts 0 45 90] [--snr-db 5]
 """
@@ -82,12 +83,21 @@ def solve(white, data, loose, n_iter=None):
     return np.linalg.norm(out.reshape(len(out), -1, 3, out.shape[-1]), axis=2)
 
 
+def solve_learned(white, data, name):
+    """A shipped model zero-shot on the fixed-orientation whitened problem, as
+    ``us.apply`` runs it (torch, its regime checks on)."""
+    model = us.load_pretrained(name, forward=loose_model(white, 0.0)[0])
+    return model.predict(data)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-problems", type=int, default=16)
     parser.add_argument("--tilts", type=float, nargs="+", default=[0.0, 45.0, 90.0])
     parser.add_argument("--snr-db", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learned", nargs="*", default=["deep-cb-joint"],
+                        help="shipped models run zero-shot with fixed orientation")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
@@ -105,6 +115,12 @@ def main(argv=None):
                 rows[label] = {"le_mm": 1e3 * scores["le"], "f1": scores["f1"],
                                "emd_mm": 1e3 * scores["emd"]}
                 print(label, {k: round(v, 3) for k, v in rows[label].items()}, flush=True)
+            for name in args.learned:
+                scores = score_sources(truth, solve_learned(white, data, name), locations)
+                label = f"{modality}, tilt <= {tilt:g} deg, {name} (zero-shot, loose 0)"
+                rows[label] = {"le_mm": 1e3 * scores["le"], "f1": scores["f1"],
+                               "emd_mm": 1e3 * scores["emd"]}
+                print(label, {k: round(v, 3) for k, v in rows[label].items()}, flush=True)
     payload["rows"] = rows
     columns = ("le_mm", "f1", "emd_mm")
     table = format_table(rows, columns=columns, markdown=True)
@@ -116,7 +132,9 @@ def main(argv=None):
             f"{args.n_problems} simulated problems per row in the whitened space at "
             f"{args.snr_db:g} dB, each active dipole tilted from the template's cortical "
             "normal by a uniform angle up to the row's tilt. Known-noise ClassicalCB with "
-            "the orientation fixed (loose 0), loose (0.2) and free (1); LE and EMD in mm, "
+            "the orientation fixed (loose 0), loose (0.2) and free (1), and shipped models "
+            "zero-shot with the orientation fixed (torch, regime checks on); LE and EMD in "
+            "mm, "
             "F1 of the supports, on each location's dipole length.\n\n" + table)
     if not args.no_write:
         write_section("meg", "MEG and MEG+EEG: fixed, loose and free orientation", body,

@@ -295,3 +295,27 @@ def test_simulated_tilt_and_snr_of_the_meg_benchmark(recording, template):
     np.testing.assert_allclose(np.mean(signal ** 2, axis=(1, 2)), 10.0, rtol=1e-8)
     tilted, _ = simulate_tilted(white, 3, 60.0, 10.0, random_state=0)
     assert np.abs(tilted - data).max() > 0.1
+
+
+def test_learned_model_runs_zero_shot_on_whitened_fixed_orientation(recording, template,
+                                                                   caplog):
+    """A shipped model on whitened MEG with a fixed orientation runs (torch, the whitened
+    gain, no average reference) and says it is zero-shot; a loose orientation goes to
+    ClassicalCB, said too."""
+    evokeds, cov, _, _ = recording
+    forward = template[0][("grad", "mag")]
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        stc, located = us.apply(evokeds[0], "deep-cb-joint", forward=forward, noise_cov=cov,
+                                picks="meg", loose=0, tmin=0.05, tmax=0.15,
+                                return_forward=True)
+    assert "runs zero-shot on the whitened data" in caplog.text
+    assert np.isfinite(stc.data).all() and stc.data.shape[0] == located.n_sources == 1284
+    assert "deep-cb-joint" in stc.solver_report.solver
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unfolded_sbl"):
+        loose = us.apply(evokeds[0], "deep-cb-joint", forward=forward, noise_cov=cov,
+                         picks="meg", tmin=0.05, tmax=0.15)
+    assert "free or loose orientation are solved by ClassicalCB" in caplog.text
+    expected = us.apply(evokeds[0], forward=forward, noise_cov=cov, picks="meg", tmin=0.05,
+                        tmax=0.15)
+    np.testing.assert_allclose(loose.data, expected.data, rtol=1e-10)

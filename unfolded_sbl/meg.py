@@ -146,13 +146,15 @@ def whitened_problem(inst, forward, noise_cov, picks, orientation="fixed"):
 
 def _whitened_estimator(model, white):
     """The solver of a whitened problem (unit sensor noise): ClassicalCB with known
-    noise, sLORETA, or the user's ClassicalCB/SLORETA on the whitened gain.  Learned
-    models were trained on EEG in volts, not on whitened data: ClassicalCB answers
-    for them, and that is said."""
+    noise, sLORETA, or the user's ClassicalCB/SLORETA on the whitened gain.  A shipped
+    (learned) model was trained on EEG in volts: it runs zero-shot on a fixed-orientation
+    whitened problem (torch; the file's in-graph average reference would be wrong
+    here), its regime checks handing samples it does not suit to the classical updates;
+    a free or loose orientation is solved by ClassicalCB.  Both are said."""
     from sklearn.base import clone
 
     from .estimators import SLORETA, ClassicalCB
-    from .pretrained import list_pretrained
+    from .pretrained import list_pretrained, load_pretrained
 
     if isinstance(model, (ClassicalCB, SLORETA)):
         est = clone(model).set_params(forward=white)
@@ -160,11 +162,17 @@ def _whitened_estimator(model, white):
     if isinstance(model, str) and model.lower() == "sloreta":
         return SLORETA(white).fit()
     if isinstance(model, str) and model in list_pretrained():
-        logger.warning("%s was trained on EEG in volts; whitened MEG/EEG data are solved by "
-                       "ClassicalCB (known noise) at the same depth", model)
+        if white.n_orient == 1:
+            logger.warning("%s was trained on EEG in volts; it runs zero-shot on the whitened "
+                           "data (its regime checks hand samples it does not suit to the "
+                           "classical updates)", model)
+            return load_pretrained(model, forward=white)
+        logger.warning("%s was trained on EEG in volts with fixed orientation; whitened "
+                       "data with a free or loose orientation are solved by ClassicalCB "
+                       "(known noise) at the same depth", model)
     elif not (isinstance(model, str) and model.lower() == "classicalcb"):
-        raise ValueError(f"whitened MEG/EEG data are solved by 'ClassicalCB' or 'sLORETA' (or "
-                         f"their estimators), got {model!r}")
+        raise ValueError(f"whitened MEG/EEG data are solved by 'ClassicalCB', 'sLORETA' or a "
+                         f"shipped model (or the first two's estimators), got {model!r}")
     return ClassicalCB(white, noise="known").fit()
 
 
@@ -177,7 +185,7 @@ def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks,
     import mne
 
     from .forward import loose_model
-    from .mne_io import _check_pick_ori, _oriented, _source_estimate
+    from .mne_io import _check_pick_ori, _needs_noise, _oriented, _source_estimate
     from .templates import forward_for_recording
 
     if isinstance(forward, str) and Path(forward).is_file():
@@ -199,7 +207,7 @@ def apply_whitened(inst, model, forward, tmin, tmax, baseline, noise_cov, picks,
     _check_pick_ori(white, pick_ori)
     estimator = _whitened_estimator(model, white)
     kwargs = {}
-    if getattr(estimator, "noise_mode_", None) == "known":
+    if _needs_noise(estimator):
         kwargs["noise_var"] = np.ones(data.shape[:2])
     sources = estimator.predict(data, **kwargs)
     if scale is not None:

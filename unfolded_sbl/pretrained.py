@@ -49,8 +49,9 @@ DENSITY_CEILINGS = {"deep-cb-joint": 0.1, "deep-cb-known": 0.1, "deep-attn-cb-jo
 
 #: The modalities and orientations every shipped model was trained for; ``apply``
 #: solves anything else with ClassicalCB at the same depth and says so.
-SUPPORTS = ("EEG in volts, fixed orientation (normal to the cortex); MEG, whitened "
-            "MEG+EEG and free orientation are solved by ClassicalCB")
+SUPPORTS = ("EEG in volts, fixed orientation (normal to the cortex); whitened MEG and "
+            "MEG+EEG with fixed orientation zero-shot; free or loose orientation is solved "
+            "by ClassicalCB")
 
 
 def list_pretrained(forward=None, details=False):
