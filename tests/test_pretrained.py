@@ -149,7 +149,13 @@ def test_onnx_files_record_the_density_ceiling_they_ship_with(name):
     assert est.density_ceiling == "auto"
     assert est.density_ceiling_ == zoo.DENSITY_CEILINGS.get(name)
     assert us.load_pretrained(name, backend="onnx").density_ceiling_ == est.density_ceiling_
-    # an explicit value wins over the file's
+
+
+def test_an_explicit_density_ceiling_wins_over_the_files():
+    """The wrapper's setting, the same for every file (one file checked: each setting
+    opens a session)."""
+    path = zoo.pretrained_path("deep-cb-joint", "onnx")
+    fwd = zoo.default_forward("deep-cb-joint")
     assert us.OnnxSBLRegressor(path, forward=fwd, density_ceiling=None).fit(
         ).density_ceiling_ is None
     assert us.OnnxSBLRegressor(path, forward=fwd, density_ceiling=0.3).fit(
