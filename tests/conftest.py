@@ -22,3 +22,19 @@ def small_fwd():
 @pytest.fixture(scope="session")
 def data(fwd):
     return us.simulate(fwd, 8, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One ``unfolded-sbl demo --n-samples 2 --png`` run shared by the tests that read
+    it: (exit code, printed text, PNG path)."""
+    import contextlib
+    import io
+
+    from unfolded_sbl.cli import main
+
+    png = tmp_path_factory.mktemp("demo") / "demo.png"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--n-samples", "2", "--png", str(png)])
+    return code, printed.getvalue(), png

@@ -23,9 +23,9 @@ def test_simulate_writes_dataset(tmp_path, capsys):
     np.testing.assert_allclose(data.sensors, again.sensors, rtol=1e-6)
 
 
-def test_demo_prints_metric_table(capsys):
-    assert main(["demo", "--n-samples", "2"]) == 0
-    out = capsys.readouterr().out
+def test_demo_prints_metric_table(demo_run):
+    code, out, _ = demo_run
+    assert code == 0
     for word in ("sLORETA", "ClassicalCB (joint noise)", "deep-cb-joint", "rel_sq_err", "emd"):
         assert word in out
     # sLORETA's standardised output has no current units: no squared error in A m

@@ -113,11 +113,11 @@ def test_apply_builds_a_template_for_other_caps(fwd, data, monkeypatch):
     assert stc.data.shape == (1284, 100)
 
 
-def test_demo_draws_truth_beside_estimates(tmp_path, capsys):
-    png = tmp_path / "demo.png"
-    assert cli.main(["demo", "--n-samples", "2", "--png", str(png)]) == 0
+def test_demo_draws_truth_beside_estimates(demo_run):
+    code, out, png = demo_run
+    assert code == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "truth beside" in capsys.readouterr().out
+    assert "truth beside" in out
 
 
 @pytest.mark.skipif(not REAL_EEG.exists(), reason="../shared/data/real_eeg is absent")

@@ -274,7 +274,7 @@ def test_parallelism_guide_settings_take_effect(fwd, data):
     assert onnx.session_.get_session_options().intra_op_num_threads == 1
 
 
-def test_demo_says_its_samples_favour_the_focal_prior(capsys):
-    assert cli.main(["demo", "--n-samples", "2"]) == 0
-    out = capsys.readouterr().out
+def test_demo_says_its_samples_favour_the_focal_prior(demo_run):
+    code, out, _ = demo_run
+    assert code == 0
     assert "training prior of deep-cb-joint-focal" in out and "unfolded-sbl models" in out
