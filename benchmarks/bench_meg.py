@@ -90,6 +90,14 @@ def solve_learned(white, data, name):
     return model.predict(data)
 
 
+def _add_row(rows, label, truth, estimate, locations):
+    """``rows[label]``: LE and EMD (mm) and F1 of ``estimate``, printed as it comes."""
+    scores = score_sources(truth, estimate, locations)
+    rows[label] = {"le_mm": 1e3 * scores["le"], "f1": scores["f1"],
+                   "emd_mm": 1e3 * scores["emd"]}
+    print(label, {k: round(v, 3) for k, v in rows[label].items()}, flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-problems", type=int, default=16)
@@ -110,17 +118,11 @@ def main(argv=None):
             data, truth = simulate_tilted(white, args.n_problems, tilt, args.snr_db,
                                           args.seed)
             for loose in LOOSE:
-                scores = score_sources(truth, solve(white, data, loose), locations)
-                label = f"{modality}, tilt <= {tilt:g} deg, loose {loose:g}"
-                rows[label] = {"le_mm": 1e3 * scores["le"], "f1": scores["f1"],
-                               "emd_mm": 1e3 * scores["emd"]}
-                print(label, {k: round(v, 3) for k, v in rows[label].items()}, flush=True)
+                _add_row(rows, f"{modality}, tilt <= {tilt:g} deg, loose {loose:g}", truth,
+                         solve(white, data, loose), locations)
             for name in args.learned:
-                scores = score_sources(truth, solve_learned(white, data, name), locations)
-                label = f"{modality}, tilt <= {tilt:g} deg, {name} (zero-shot, loose 0)"
-                rows[label] = {"le_mm": 1e3 * scores["le"], "f1": scores["f1"],
-                               "emd_mm": 1e3 * scores["emd"]}
-                print(label, {k: round(v, 3) for k, v in rows[label].items()}, flush=True)
+                _add_row(rows, f"{modality}, tilt <= {tilt:g} deg, {name} (zero-shot, loose 0)",
+                         truth, solve_learned(white, data, name), locations)
     payload["rows"] = rows
     columns = ("le_mm", "f1", "emd_mm")
     table = format_table(rows, columns=columns, markdown=True)

@@ -71,13 +71,13 @@ def _gamma_map_parity(evoked, forward, cov, picks, loose):
             evoked.copy().pick(ch_names), forward, cov, alpha=1.0, loose=loose, depth=None,
             xyz_same_gamma=True, update_mode=2, tol=0, maxit=n_iter, pca=True,
             pick_ori="vector", verbose=False)
+    # gamma_map keeps the active vertices of each source space, in order
     theirs = np.zeros_like(ours)
-    offsets = np.cumsum([0] + [s["nuse"] for s in forward["src"]])
-    for hemi, (vertno, offset) in enumerate(zip([s["vertno"] for s in forward["src"]],
-                                                offsets)):
-        rows = stc.lh_data if len(forward["src"]) == 2 and hemi == 0 else (
-            stc.rh_data if len(forward["src"]) == 2 else stc.data)
-        theirs[offset + np.searchsorted(vertno, stc.vertices[hemi])] = rows
+    offset = row = 0
+    for space, active in zip(forward["src"], stc.vertices):
+        theirs[offset + np.searchsorted(space["vertno"], active)] = (
+            stc.data[row:row + len(active)])
+        offset, row = offset + space["nuse"], row + len(active)
     return ours, theirs
 
 

@@ -555,8 +555,10 @@ def forward_for_recording(info, picks=("grad", "mag"), spacing="ico3", bem_ico=4
     ----------
     info : mne.Info
         The recording's measurement info.
-    picks : sequence of {"eeg", "mag", "grad"}
-        Channel types to include (its good channels of these types).
+    picks : str | sequence of str
+        Channel types to include (its good channels of these types), as
+        :func:`unfolded_sbl.meg.parse_picks` reads them (``"meg"``, ``"meg,eeg"``,
+        ``("grad", "mag")``).
     spacing : {"ico3", "ico4"} or another ``mne.setup_source_space`` spacing
     bem_ico : int
         BEM surface resolution.
@@ -574,10 +576,9 @@ def forward_for_recording(info, picks=("grad", "mag"), spacing="ico3", bem_ico=4
     import mne
     from threadpoolctl import threadpool_limits
 
-    picks = tuple(picks)
-    if not set(picks) <= {"eeg", "mag", "grad"} or not picks:
-        raise ValueError(f"picks must name channel types among 'eeg', 'mag', 'grad', got "
-                         f"{picks!r}")
+    from .meg import parse_picks
+
+    picks = parse_picks(picks)
     kinds = dict(zip(info["ch_names"], info.get_channel_types()))
     ch_names = [c for c in info["ch_names"] if kinds[c] in picks and c not in info["bads"]]
     if not ch_names:
